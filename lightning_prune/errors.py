@@ -1,0 +1,5 @@
+"""One exception type for bad user input: the CLI prints its message alone and exits 2."""
+
+
+class ConfigError(ValueError):
+    """A wrong option value or missing resource; the message names the option."""

@@ -1,0 +1,65 @@
+"""Pretrained CIFAR VGG16-BN weights from chenyaofo/pytorch-cifar-models."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import ConfigError
+
+RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/vgg"
+PRETRAINED_URLS: dict[int, str] = {
+    10: f"{RELEASE}/cifar10_vgg16_bn-6ee7ea24.pt",
+    100: f"{RELEASE}/cifar100_vgg16_bn-7d8c4031.pt",
+}
+# Their published test accuracies (top-1, top-5), the reference for the baseline.
+PUBLISHED_ACCURACY: dict[int, tuple[float, float]] = {10: (94.16, 99.71), 100: (74.00, 90.56)}
+
+
+def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
+    """Fetch the release checkpoint through torch.hub's cache; the file name's hash is checked."""
+    if num_classes not in PRETRAINED_URLS:
+        raise ConfigError(
+            f"pretrained=True: weights exist only for 10 or 100 classes, not {num_classes}; "
+            "pass pretrained=<path to a state dict> instead"
+        )
+    url = PRETRAINED_URLS[num_classes]
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise ConfigError(
+            f"pretrained=True: could not download {url} ({err}); "
+            "download it elsewhere and pass its local path as pretrained=<file.pt>"
+        ) from err
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local state dict, or a Lightning checkpoint whose ``model.`` keys hold one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pretrained: no such file {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"pretrained: {path} holds no state dict")
+    return obj
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``strict=True`` load that names the option and the first mismatch instead of a wall of text."""
+    own = model.state_dict()
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise ConfigError(
+                f"{source}: {key} has shape {tuple(value.shape)} but the model expects {tuple(own[key].shape)} "
+                "(another class count or channel widths?)"
+            )
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise ConfigError(f"{source}: keys do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,108 @@
+"""The LightningModule that wraps VGG16-BN: loss, top-1/top-5 metrics and the SGD recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_prune.errors import ConfigError
+from lightning_prune.models import scaled_channels, vgg16_bn
+
+STAGES = ("train", "val", "test")
+
+
+class ImageClassifier(L.LightningModule):
+    """VGG16-BN classifier trained with chenyaofo's recipe (SGD, nesterov, cosine schedule).
+
+    ``channels`` is saved with the hyperparameters and updated by channel surgery, so
+    ``load_from_checkpoint`` rebuilds a network of the same widths. ``pretrained`` is not saved:
+    a checkpoint already holds the weights.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        channels: list[int] | None = None,
+        width_multiplier: float = 1.0,
+        classifier_width: int = 512,
+        pretrained: bool | str = False,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        nesterov: bool = True,
+        cosine_schedule: bool = True,
+    ) -> None:
+        super().__init__()
+        if width_multiplier <= 0:
+            raise ConfigError(f"model.width_multiplier must be > 0, got {width_multiplier}")
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr}")
+        if channels is None:
+            channels = scaled_channels(width_multiplier)
+        self.save_hyperparameters(ignore=["pretrained"])
+        self.hparams["channels"] = list(channels)
+        self.model = vgg16_bn(num_classes, channels, pretrained, classifier_width)
+        self.metrics = torch.nn.ModuleDict(
+            {
+                f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
+                for stage in STAGES
+                for k in (1, 5)
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        for k in (1, 5):
+            metric = self.metrics[f"{stage}_{k}"]
+            metric(logits, y)
+            self.log(f"{stage}/top{k}", metric, on_step=False, on_epoch=True, prog_bar=k == 1, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+        )
+        if not hp.cosine_schedule:
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fail with the option's name when a checkpoint does not fit this model's shapes."""
+        own = self.state_dict()
+        for key, value in checkpoint.get("state_dict", {}).items():
+            if key in own and own[key].shape != value.shape:
+                raise ConfigError(
+                    f"ckpt_path: {key} has shape {tuple(value.shape)} but the model has {tuple(own[key].shape)}; "
+                    "the checkpoint is of another class count or width (check data.dataset / model.channels)"
+                )
+
+
+def checkpoint_path_exists(path: str | Path | None) -> None:
+    """``--ckpt_path`` that names no file: say so before Lightning's traceback does."""
+    if path not in (None, "last", "best") and not Path(path).is_file():
+        raise ConfigError(f"ckpt_path: no such file {path}")

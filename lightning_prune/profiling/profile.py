@@ -1,0 +1,91 @@
+"""One profile of a model in the shape of results.json's ``profile`` object."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_prune.pruning.layers import count_parameters, weight_sparsity
+from lightning_prune.profiling.energy import measure_energy
+from lightning_prune.profiling.runtime import measure_latency, measure_memory
+from lightning_prune.profiling.static import count_macs, serialized_size_mb
+
+
+@dataclass
+class ProfileSettings:
+    """How long to measure: timed batches after warm-up, batches for the energy meter."""
+
+    latency_batches: int = 10
+    warmup_batches: int = 2
+    energy_batches: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("latency_batches", "energy_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_batches < 0:
+            raise ValueError(f"warmup_batches must be >= 0, got {self.warmup_batches}")
+
+
+def take_batches(loader: Iterable, count: int, device: torch.device | str) -> list[torch.Tensor]:
+    """The first ``count`` input batches, moved to the device once (cycling a short loader)."""
+    batches: list[torch.Tensor] = []
+    while len(batches) < count:
+        before = len(batches)
+        for x, _ in loader:
+            batches.append(x.to(device))
+            if len(batches) == count:
+                break
+        if len(batches) == before:
+            raise ValueError("cannot profile on an empty dataloader")
+    return batches
+
+
+@torch.inference_mode()
+def profile_model(
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    settings: ProfileSettings | None = None,
+    macs_model: nn.Module | None = None,
+) -> dict:
+    """Size, parameters, sparsity, MACs, latency, memory and energy of ``model`` on ``batches``.
+
+    ``macs_model`` counts MACs for models torchprofile cannot trace (sparse COO weights): pass
+    the dense equivalent, whose operators are the ones that actually run.
+    """
+    settings = settings or ProfileSettings()
+    device = batches[0].device
+    model = model.to(device).eval()
+    params, nonzero = count_parameters(model)
+    latency, latency_std = measure_latency(model, batches, warmup=settings.warmup_batches)
+    peak, avg = measure_memory(model, batches[0])
+    energy, note = measure_energy(
+        lambda: _forward(model, batches[0]),
+        settings.energy_batches,
+        device.index or 0 if device.type == "cuda" else None,
+    )
+    return {
+        "model_size_mb": serialized_size_mb(model),
+        "params": params,
+        "nonzero_params": nonzero,
+        "sparsity": weight_sparsity(model),
+        "macs": count_macs(macs_model if macs_model is not None else model),
+        "latency_ms": latency,
+        "latency_ms_std": latency_std,
+        "batch_size": int(batches[0].shape[0]),
+        "batches": len(batches),
+        "peak_memory_mb": peak,
+        "avg_memory_mb": avg,
+        "memory_device": "cuda" if device.type == "cuda" else "cpu",
+        "energy_mj": energy,
+        "energy_note": note,
+    }
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    model(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)

@@ -1,0 +1,84 @@
+"""Latency and memory of inference batches, measured with perf_counter and torch.profiler."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module, batches: list[torch.Tensor], warmup: int = 2, repeats: int = 1
+) -> tuple[float, float]:
+    """Mean and std in ms of one forward pass per batch, after ``warmup`` untimed passes.
+
+    Batches are already on the device, so loading and copying are not timed; CUDA is
+    synchronised around every pass.
+    """
+    device = batches[0].device
+    model.eval()
+    for i in range(warmup):
+        model(batches[i % len(batches)])
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        for x in batches:
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.fmean(times), (statistics.stdev(times) if len(times) > 1 else 0.0)
+
+
+def _resident_bytes(model: nn.Module, device: torch.device) -> int:
+    """Bytes of the model's own tensors on the device (COO indices and values for sparse ones)."""
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type != device.type:
+            continue
+        if t.is_sparse:
+            t = t.coalesce() if not t.is_coalesced() else t
+            total += t.indices().nelement() * t.indices().element_size()
+            total += t.values().nelement() * t.values().element_size()
+        else:
+            total += t.nelement() * t.element_size()
+    return total
+
+
+@torch.inference_mode()
+def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Peak and average memory in MB of one forward pass, from torch.profiler's memory events.
+
+    The level is the model's resident tensors plus what the pass has allocated so far (running sum
+    of the profiler's allocation/free events on the batch's device). Peak is its maximum; average
+    is its mean over the operators' start times.
+    """
+    device = x.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    model.eval()
+    model(x)  # first-call allocations (e.g. oneDNN caches) should not count
+    _sync(device)
+    with profile(activities=activities, profile_memory=True) as prof:
+        model(x)
+        _sync(device)
+    want = "CUDA" if device.type == "cuda" else "CPU"
+    events = sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns())
+    base = _resident_bytes(model, device)
+    level, peak, samples = 0, 0, []
+    for e in events:
+        if e.name() == "[memory]":
+            if str(e.device_type()).endswith(want):
+                level += e.nbytes()
+                peak = max(peak, level)
+        else:
+            samples.append(level)
+    avg = statistics.fmean(samples) if samples else 0.0
+    return (base + peak) / 1e6, (base + max(avg, 0.0)) / 1e6

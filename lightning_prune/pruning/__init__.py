@@ -1,0 +1,1 @@
+"""Pruning algorithms as plain functions on tensors and modules (no Lightning here)."""

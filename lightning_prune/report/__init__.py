@@ -1,0 +1,1 @@
+"""The markdown report built from every run's results.json."""

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny VGGs and tiny data so the suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_prune.models import VGG, scaled_channels
+
+TINY_WIDTH = 1 / 16  # 4..32 channels
+TINY_CLASSIFIER = 32
+SUBSET_ENV = "LIGHTNING_PRUNE_CIFAR10_SUBSET"
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_channels() -> list[int]:
+    return scaled_channels(TINY_WIDTH)
+
+
+@pytest.fixture
+def tiny_model(tiny_channels) -> VGG:
+    return VGG(num_classes=10, channels=tiny_channels, classifier_width=TINY_CLASSIFIER)
+
+
+@pytest.fixture
+def tiny_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
+
+
+@pytest.fixture
+def cifar10_subset() -> Path:
+    """The real CIFAR-10 subset that CI points to; tests using it skip elsewhere."""
+    path = os.environ.get(SUBSET_ENV)
+    if not path:
+        pytest.skip(f"{SUBSET_ENV} is not set")
+    return Path(path)
+
+
+def tiny_cli_args(tmp_path: Path, experiment: str = "tiny") -> list[str]:
+    """CLI overrides that turn any config into a seconds-long run on digits."""
+    return [
+        "--data.dataset=digits",
+        "--data.batch_size=32",
+        "--data.val_size=64",
+        "--data.num_workers=0",
+        f"--model.channels=[{','.join(map(str, scaled_channels(TINY_WIDTH)))}]",
+        f"--model.classifier_width={TINY_CLASSIFIER}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        f"--trainer.logger.init_args.name={experiment}",
+    ]
