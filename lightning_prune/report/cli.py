@@ -1,0 +1,94 @@
+"""``lightning-prune report``: REPORT.md and its plots from every results.json under the logs."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lightning_prune.report import plots, tables
+from lightning_prune.report.collect import Run, latest_runs, load_runs
+from lightning_prune.results import atomic_write_bytes
+
+
+def reference_model(runs: list[Run]) -> dict | None:
+    for run in runs:
+        if run.task == "baseline" and run.data["models"]:
+            return run.data["models"][0]
+    return None
+
+
+def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Path]:
+    """Copy each run's sensitivity PNG beside the report so the report is self-contained."""
+    copied = []
+    for run in runs:
+        for key, value in (run.data.get("artifacts") or {}).items():
+            src = Path(str(value))
+            if "sensitivity" in key and src.suffix == ".png" and src.is_file():
+                dst = plot_dir / f"{dataset}_{run.experiment}_sensitivity.png"
+                shutil.copyfile(src, dst)
+                copied.append(dst)
+    return copied
+
+
+def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
+    runs = load_runs(logs)
+    chosen = runs if all_runs else latest_runs(runs)
+    plot_dir = out.parent / "report_plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "# lightning_prune report",
+        "",
+        f"Generated {now} from {len(chosen)} run(s) under `{logs}`"
+        + ("" if all_runs else f" (latest run of each experiment; {len(runs) - len(chosen)} older run(s) hidden)")
+        + ". Every number below is read from a results.json; nothing is estimated.",
+        "",
+    ]
+    if not chosen:
+        lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
+    for dataset in sorted({r.dataset for r in chosen}):
+        group = [r for r in chosen if r.dataset == dataset]
+        lines += [f"## {dataset}", "", tables.results_table(group), ""]
+        ref = reference_model(group)
+        if ref is None:
+            lines += ["No baseline run for this dataset: accuracy drops and relative bars are missing.", ""]
+        figures = [
+            plots.accuracy_vs_sparsity(group, plot_dir / f"{dataset}_accuracy_vs_sparsity.png"),
+            plots.relative_bars(group, plot_dir / f"{dataset}_latency_size.png", ref),
+            *sensitivity_plots(group, plot_dir, dataset),
+        ]
+        for fig in figures:
+            if fig is not None:
+                lines += [f"![{fig.stem}]({fig.relative_to(out.parent).as_posix()})", ""]
+        layers = tables.layer_table(group)
+        if layers:
+            lines += [f"### {dataset}: per-layer sparsity / channels kept", "", layers, ""]
+    if chosen:
+        notes = tables.energy_notes(chosen)
+        if notes:
+            lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", ""]
+            lines += [f"- {n}" for n in notes] + [""]
+        lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]
+        broken = [r for r in chosen if r.problems]
+        if broken:
+            lines += ["## Runs with missing or invalid fields", ""]
+            lines += [f"- `{r.path}`: {'; '.join(r.problems[:3])}" for r in broken] + [""]
+    text = "\n".join(lines)
+    atomic_write_bytes(out, text.encode())
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-prune report", description=__doc__)
+    parser.add_argument("--logs", default="logs", help="folder searched for results.json (default: logs)")
+    parser.add_argument("--out", default="REPORT.md", help="markdown file to write (default: REPORT.md)")
+    parser.add_argument("--all-runs", action="store_true", help="keep older runs of the same experiment too")
+    args = parser.parse_args(argv)
+    logs = Path(args.logs)
+    if not logs.is_dir():
+        parser.error(f"--logs: no such folder {logs}")
+    build_report(logs, Path(args.out), args.all_runs)
+    print(f"report written to {Path(args.out).resolve()} (plots in {Path(args.out).parent.resolve() / 'report_plots'})")
+    return 0

@@ -1,0 +1,77 @@
+"""Finding every run's results.json and keeping the latest run of each experiment."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+
+from lightning_prune.results import RESULTS_FILE, schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One results.json and where it came from (``logs/<experiment>/version_N``)."""
+
+    path: Path
+    data: dict
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def experiment(self) -> str:
+        return self.path.parent.parent.name
+
+    @property
+    def dataset(self) -> str:
+        return self.data.get("dataset", "unknown")
+
+    @property
+    def task(self) -> str:
+        return self.data.get("task", "unknown")
+
+    @property
+    def created(self) -> str:
+        return self.data.get("created", "")
+
+
+def load_runs(logs: str | Path) -> list[Run]:
+    """Every parseable results.json under ``logs``; schema problems are kept, not fatal."""
+    runs = []
+    validator = jsonschema.Draft202012Validator(schema())
+    for path in sorted(Path(logs).rglob(RESULTS_FILE)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("skipping %s: %s", path, err)
+            continue
+        if not isinstance(data, dict):
+            log.warning("skipping %s: not a JSON object", path)
+            continue
+        problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
+        data.setdefault("models", [])
+        runs.append(Run(path, data, problems))
+    return runs
+
+
+def latest_runs(runs: list[Run]) -> list[Run]:
+    """One run per (experiment, task): the one created last (ties: the higher version folder)."""
+    best: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        key = (run.experiment, run.task)
+        rank = (run.created, _version(run.path))
+        if key not in best or rank > (best[key].created, _version(best[key].path)):
+            best[key] = run
+    return sorted(best.values(), key=lambda r: (r.dataset, TASK_ORDER.get(r.task, 99), r.experiment))
+
+
+def _version(path: Path) -> int:
+    name = path.parent.name
+    return int(name.split("_")[-1]) if name.startswith("version_") and name.split("_")[-1].isdigit() else -1
+
+
+TASK_ORDER = {"baseline": 0, "unstructured": 1, "grasp": 2, "snip": 3, "channel": 4}

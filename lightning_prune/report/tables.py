@@ -1,0 +1,127 @@
+"""Markdown tables of the report, tolerant of runs with missing fields."""
+
+from __future__ import annotations
+
+from lightning_prune.report.collect import Run
+
+MISSING = "—"
+COLUMNS = (
+    "task", "variant", "size (MB)", "sparsity", "params non-zero", "MMACs", "latency (ms/batch)",
+    "peak mem (MB)", "avg mem (MB)", "energy (mJ/batch)", "test top-1", "test top-5", "train top-1",
+    "train top-5", "top-1 drop vs baseline",
+)
+
+
+def num(value, fmt: str = "{:.2f}") -> str:
+    return MISSING if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) else fmt.format(value)
+
+
+def energy(profile: dict) -> str:
+    values = profile.get("energy_mj")
+    if not isinstance(values, dict):
+        return MISSING
+    parts = [f"{k} {v:.1f}" for k, v in values.items() if isinstance(v, (int, float))]
+    return ", ".join(parts) if parts else "n/a"
+
+
+def baseline_top1(runs: list[Run]) -> float | None:
+    """The reference accuracy: the dense model of the dataset's baseline run."""
+    for run in runs:
+        if run.task == "baseline":
+            for m in run.data["models"]:
+                top1 = m.get("accuracy", {}).get("test_top1")
+                if isinstance(top1, (int, float)):
+                    return float(top1)
+    return None
+
+
+def row(run: Run, model: dict, reference: float | None) -> list[str]:
+    p, a = model.get("profile") or {}, model.get("accuracy") or {}
+    top1 = a.get("test_top1")
+    has_both = reference is not None and isinstance(top1, (int, float))
+    drop = num(reference - top1) if has_both else MISSING
+    latency = num(p.get("latency_ms"), "{:.1f}")
+    if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING:
+        latency += f" ± {p['latency_ms_std']:.1f}"
+    if isinstance(p.get("batch_size"), int) and latency != MISSING:
+        latency += f" (bs {p['batch_size']})"
+    peak = num(p.get("peak_memory_mb"), "{:.1f}")
+    if peak != MISSING and p.get("memory_device"):
+        peak += f" {p['memory_device']}"
+    return [
+        run.task,
+        str(model.get("variant", MISSING)),
+        num(p.get("model_size_mb")),
+        num(p.get("sparsity"), "{:.1%}"),
+        num(p.get("nonzero_params"), "{:,}"),
+        num(p["macs"] / 1e6 if isinstance(p.get("macs"), (int, float)) else None, "{:.1f}"),
+        latency,
+        peak,
+        num(p.get("avg_memory_mb"), "{:.1f}"),
+        energy(p),
+        num(a.get("test_top1")),
+        num(a.get("test_top5")),
+        num(a.get("train_top1")),
+        num(a.get("train_top5")),
+        drop,
+    ]
+
+
+def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_table(runs: list[Run]) -> str:
+    reference = baseline_top1(runs)
+    rows = [row(run, m, reference) for run in runs for m in run.data["models"]]
+    return markdown(COLUMNS, rows)
+
+
+def layer_table(runs: list[Run]) -> str | None:
+    """Per-layer sparsity (%) or channels kept, one column per pruned variant."""
+    columns: list[tuple[str, dict[str, str]]] = []
+    order: list[str] = []
+    for run in runs:
+        for m in run.data["models"]:
+            layers = m.get("layers")
+            if not layers or m.get("variant") == "dense" or run.task == "baseline":
+                continue
+            cells = {}
+            for layer in layers:
+                name = layer.get("name", "?")
+                if name not in order:
+                    order.append(name)
+                cell = num(layer.get("sparsity"), "{:.0%}")
+                if "channels" in layer:
+                    cell += f" / {layer['channels']} ch"
+                cells[name] = cell
+            columns.append((f"{run.task}: {m.get('variant')}", cells))
+    if not columns:
+        return None
+    # One column per distinct set of per-layer values keeps the table narrow.
+    unique: list[tuple[str, dict[str, str]]] = []
+    for title, cells in columns:
+        if unique and unique[-1][1] == cells:
+            unique[-1] = (unique[-1][0] + " = " + title.split(": ", 1)[1], cells)
+        else:
+            unique.append((title, cells))
+    header = ["layer", *[t for t, _ in unique]]
+    return markdown(header, [[name, *[c.get(name, MISSING) for _, c in unique]] for name in order])
+
+
+def environment_table(runs: list[Run]) -> str:
+    rows = []
+    for run in runs:
+        env = run.data.get("environment") or {}
+        rows.append([
+            run.experiment, run.task, run.created or MISSING, env.get("device", MISSING), env.get("torch", MISSING),
+            env.get("lightning", MISSING), f"`{run.data.get('command', MISSING)}`", str(run.path),
+        ])
+    return markdown(["experiment", "task", "finished", "device", "torch", "lightning", "command", "results"], rows)
+
+
+def energy_notes(runs: list[Run]) -> list[str]:
+    notes = {m.get("profile", {}).get("energy_note") for r in runs for m in r.data["models"]}
+    return sorted(n for n in notes if isinstance(n, str) and n)

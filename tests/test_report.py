@@ -1,0 +1,84 @@
+"""The report on a fixture set of runs: latest wins, nulls show as n/a, broken runs do not break it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning_prune.report.cli import build_report, main
+
+
+def _model(variant: str, top1: float, sparsity: float, energy_cpu: float | None, latency: float = 10.0) -> dict:
+    return {
+        "variant": variant,
+        "accuracy": {"test_top1": top1, "test_top5": 99.0, "train_top1": None, "train_top5": None},
+        "profile": {
+            "model_size_mb": 60.0 * (1 - sparsity) + 1, "params": 1000, "nonzero_params": int(1000 * (1 - sparsity)),
+            "sparsity": sparsity, "macs": 314_000_000, "latency_ms": latency, "latency_ms_std": 1.0,
+            "batch_size": 256, "batches": 10, "peak_memory_mb": 100.0, "avg_memory_mb": 70.0,
+            "memory_device": "cpu", "energy_mj": {"cpu": energy_cpu, "dram": None, "gpu": None},
+            "energy_note": None if energy_cpu is not None else "cpu, dram: no RAPL interface",
+        },
+        "layers": [{"name": "features.0", "params": 1728, "sparsity": sparsity, "shape": [64, 3, 3, 3]}],
+    }
+
+
+def _write(logs: Path, experiment: str, version: int, task: str, created: str, models: list[dict]) -> Path:
+    path = logs / experiment / f"version_{version}" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "task": task, "dataset": "cifar10", "model": "vgg16_bn", "created": created,
+        "command": f"lightning-prune fit --config configs/cifar10/{task}.yaml",
+        "environment": {"device": "cpu (2 threads)", "torch": "2.14.1", "lightning": "2.6.6"},
+        "models": models, "artifacts": {},
+    }))
+    return path
+
+
+def fixture_logs(logs: Path) -> None:
+    _write(logs, "cifar10_baseline", 0, "baseline", "2026-01-01T00:00:00+00:00", [_model("dense", 94.0, 0.0, 500.0)])
+    _write(logs, "cifar10_unstructured", 0, "unstructured", "2026-01-01T00:00:00+00:00",
+           [_model("pruned-masked", 50.0, 0.5, None)])  # an older duplicate: must be hidden
+    _write(logs, "cifar10_unstructured", 1, "unstructured", "2026-01-02T00:00:00+00:00",
+           [_model("dense", 94.0, 0.0, None), _model("pruned-masked", 92.5, 0.9, None, latency=12.0)])
+    broken = _write(logs, "cifar10_channel", 0, "channel", "2026-01-03T00:00:00+00:00", [_model("channel-pruned", 91.0, 0.0, None)])
+    data = json.loads(broken.read_text())
+    del data["models"][0]["profile"]["latency_ms"]
+    broken.write_text(json.dumps(data))
+
+
+def test_report_tables_from_fixture_runs(tmp_path):
+    logs = tmp_path / "logs"
+    fixture_logs(logs)
+    text = build_report(logs, tmp_path / "REPORT.md")
+    rows = [line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| unstructured")
+            or line.startswith("| channel")]
+    assert [r.split(" | ")[1] for r in rows] == ["dense", "dense", "pruned-masked", "channel-pruned"]
+    pruned = next(r for r in rows if "pruned-masked" in r).strip("| ").split(" | ")
+    assert pruned[3] == "90.0%" and pruned[10] == "92.50" and pruned[-1] == "1.50"  # drop vs the 94.0 baseline
+    assert pruned[9] == "n/a"  # null energy
+    baseline = rows[0].strip("| ").split(" | ")
+    assert baseline[9] == "cpu 500.0" and baseline[-1] == "0.00"
+    assert "50.00" not in text  # the older duplicate run is hidden
+    assert "1 older run(s) hidden" in text
+    channel = next(r for r in rows if "channel-pruned" in r).strip("| ").split(" | ")
+    assert channel[6] == "—"  # missing latency shows as missing
+    assert "Runs with missing or invalid fields" in text and "latency_ms" in text
+    assert "cpu, dram: no RAPL interface" in text
+    assert (tmp_path / "report_plots" / "cifar10_accuracy_vs_sparsity.png").stat().st_size > 1000
+    assert (tmp_path / "report_plots" / "cifar10_latency_size.png").is_file()
+    assert "### cifar10: per-layer sparsity" in text
+
+
+def test_all_runs_keeps_duplicates(tmp_path):
+    logs = tmp_path / "logs"
+    fixture_logs(logs)
+    assert "50.00" in build_report(logs, tmp_path / "REPORT.md", all_runs=True)
+
+
+def test_missing_logs_folder_is_one_clear_error(tmp_path, capsys):
+    try:
+        main(["--logs", str(tmp_path / "nope")])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "--logs: no such folder" in capsys.readouterr().err
