@@ -19,7 +19,8 @@ STEPS: list[tuple[str, list[str]]] = [
     ("task 0: profile it", ["test", "--config", str(DEMO / "baseline.yaml"), f"--ckpt_path={BASELINE_CKPT}"]),
 ]
 OPTIONAL_STEPS: list[tuple[str, list[str]]] = [
-    ("task 1a: sensitivity sweep, magnitude pruning, sparse export", ["fit", "--config", str(DEMO / "unstructured.yaml")]),
+    ("task 1a: sensitivity sweep, magnitude pruning, sparse export",
+     ["fit", "--config", str(DEMO / "unstructured.yaml")]),
     ("task 1b: staged GraSP from random init", ["fit", "--config", str(DEMO / "grasp.yaml")]),
     ("task 1b: staged SNIP for comparison", ["fit", "--config", str(DEMO / "snip.yaml")]),
     ("task 2: LASSO channel pruning", ["fit", "--config", str(DEMO / "channel.yaml")]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from lightning_prune.cli import main
@@ -75,5 +74,6 @@ def test_checkpoint_of_another_class_count(capsys, tmp_path, monkeypatch):
     ckpt = tmp_path / "c100.ckpt"
     torch.save({"state_dict": other.state_dict(), "pytorch-lightning_version": "2.6.6"}, ckpt)
     channels = "[" + ",".join(["4"] * 13) + "]"
-    err = _error(capsys, ["test", "--config", DEMO_BASELINE, f"--ckpt_path={ckpt}", *args, f"--model.channels={channels}"])
+    argv = ["test", "--config", DEMO_BASELINE, f"--ckpt_path={ckpt}", *args, f"--model.channels={channels}"]
+    err = _error(capsys, argv)
     assert "ckpt_path" in err and "classifier.6" in err and "Traceback" not in err

@@ -41,7 +41,8 @@ def fixture_logs(logs: Path) -> None:
            [_model("pruned-masked", 50.0, 0.5, None)])  # an older duplicate: must be hidden
     _write(logs, "cifar10_unstructured", 1, "unstructured", "2026-01-02T00:00:00+00:00",
            [_model("dense", 94.0, 0.0, None), _model("pruned-masked", 92.5, 0.9, None, latency=12.0)])
-    broken = _write(logs, "cifar10_channel", 0, "channel", "2026-01-03T00:00:00+00:00", [_model("channel-pruned", 91.0, 0.0, None)])
+    broken = _write(logs, "cifar10_channel", 0, "channel", "2026-01-03T00:00:00+00:00",
+                    [_model("channel-pruned", 91.0, 0.0, None)])
     data = json.loads(broken.read_text())
     del data["models"][0]["profile"]["latency_ms"]
     broken.write_text(json.dumps(data))

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_prune.pruning.layers import count_parameters, weight_sparsity
 from lightning_prune.profiling.energy import measure_energy
 from lightning_prune.profiling.runtime import measure_latency, measure_memory
 from lightning_prune.profiling.static import count_macs, serialized_size_mb
+from lightning_prune.pruning.layers import count_parameters, weight_sparsity
 
 
 @dataclass

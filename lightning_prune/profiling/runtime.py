@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile

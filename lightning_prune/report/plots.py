@@ -50,7 +50,8 @@ def relative_bars(runs: list[Run], path: Path, reference: dict | None) -> Path |
     rows = []
     for run, variant, p, _ in _points(runs):
         lat, size = p.get("latency_ms"), p.get("model_size_mb")
-        if all(isinstance(v, (int, float)) and v > 0 for v in (lat, size, ref_p.get("latency_ms"), ref_p.get("model_size_mb"))):
+        values = (lat, size, ref_p.get("latency_ms"), ref_p.get("model_size_mb"))
+        if all(isinstance(v, (int, float)) and v > 0 for v in values):
             rows.append((f"{run.task}: {variant}", lat / ref_p["latency_ms"], size / ref_p["model_size_mb"]))
     if not rows:
         return None

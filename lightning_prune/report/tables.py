@@ -13,7 +13,9 @@ COLUMNS = (
 
 
 def num(value, fmt: str = "{:.2f}") -> str:
-    return MISSING if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) else fmt.format(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return MISSING
+    return fmt.format(value)
 
 
 def energy(profile: dict) -> str:
