@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune.errors import ConfigError
 from lightning_prune.models import scaled_channels, vgg16_bn
+from lightning_prune.pruning.unstructured import restore_masks
 
 STAGES = ("train", "val", "test")
 
@@ -92,7 +93,8 @@ class ImageClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fail with the option's name when a checkpoint does not fit this model's shapes."""
+        """Re-create pruning masks the checkpoint holds, and name the option when shapes do not fit."""
+        restore_masks(self.model, checkpoint.get("state_dict", {}), prefix="model.")
         own = self.state_dict()
         for key, value in checkpoint.get("state_dict", {}).items():
             if key in own and own[key].shape != value.shape:

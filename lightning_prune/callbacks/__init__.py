@@ -1,5 +1,6 @@
 """Thin Lightning adapters around the profiling and pruning functions."""
 
 from lightning_prune.callbacks.profile import ProfileCallback
+from lightning_prune.callbacks.unstructured import MagnitudePruning, SensitivityScan
 
-__all__ = ["ProfileCallback"]
+__all__ = ["MagnitudePruning", "ProfileCallback", "SensitivityScan"]

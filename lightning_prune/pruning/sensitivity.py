@@ -1,0 +1,249 @@
+"""Layer-by-layer sensitivity sweep: top-1 with one layer magnitude-pruned at a time.
+
+Pruning layer ``l`` changes nothing upstream of it, so each batch runs the network once, keeps the
+activations entering every scanned layer, and for each (layer, level) re-runs only the suffix from
+that layer on. Level 0 is the unpruned network, measured once for all layers. The model itself is
+never modified: the masked weight is passed to the layer's functional form.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_prune.pruning.layers import effective_weight, prunable_modules
+from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, is_masked
+from lightning_prune.results import atomic_write_bytes
+
+DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# progress(done, total, layer, sparsity): called after every (batch, layer, level) step.
+Progress = Callable[[int, int | None, str, float], None]
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The mask ``prune.l1_unstructured`` would give ``weight`` at ``sparsity`` (same ties, same count)."""
+    return prune.L1Unstructured(amount=sparsity).compute_mask(weight, torch.ones_like(weight))
+
+
+def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The network as one flat list: ``features`` children, flatten, ``classifier`` children."""
+    if not (isinstance(getattr(model, "features", None), nn.Sequential)
+            and isinstance(getattr(model, "classifier", None), nn.Sequential)):
+        raise TypeError("sensitivity_scan needs a VGG-style model: features (Sequential) -> flatten -> classifier")
+    return (
+        [(f"features.{n}", m) for n, m in model.features.named_children()]
+        + [("flatten", nn.Flatten(1))]
+        + [(f"classifier.{n}", m) for n, m in model.classifier.named_children()]
+    )
+
+
+def _layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with another weight, leaving the module untouched."""
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight, module.bias)
+    return F.linear(x, weight, module.bias)
+
+
+def _tqdm_progress(total: int | None) -> tuple[Progress, Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="sensitivity", unit="step", dynamic_ncols=True)
+
+    def update(done: int, total: int | None, layer: str, sparsity: float) -> None:
+        bar.set_postfix_str(f"layer {layer} sparsity {sparsity:g}", refresh=False)
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def _resolve(model: nn.Module, sparsities: Sequence[float], layers: Sequence[str] | None) -> list[str]:
+    for s in sparsities:
+        check_sparsity(s, "sparsities")
+    names = list(prunable_modules(model)) if layers is None else list(layers)
+    check_layer_names(names, model, "layers")
+    return names
+
+
+def _count(batches: Batches, max_batches: int | None) -> int | None:
+    try:
+        n = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return n if max_batches is None else min(n, max_batches)
+
+
+@torch.inference_mode()
+def sensitivity_scan(
+    model: nn.Module,
+    dataloader: Batches,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    layers: Sequence[str] | None = None,
+    progress: Progress | bool | None = None,
+    max_batches: int | None = None,
+    max_images: int = 2048,
+) -> dict[str, list[float]]:
+    """Top-1 (%) per layer and sparsity, pruning one layer at a time by absolute magnitude.
+
+    ``layers`` defaults to every conv and linear layer. ``progress``: True for a tqdm bar, or a
+    callable ``(done, total, layer, sparsity)``. Levels of one layer run stacked along the batch,
+    at most ``max_images`` images per pass (memory grows with it). The model is evaluated in eval
+    mode and comes back exactly as it was (weights, masks and train/eval mode).
+    """
+    names = _resolve(model, sparsities, layers)
+    flat = stages(model)
+    modules = prunable_modules(model)
+    index = {id(m): i for i, (_, m) in enumerate(flat)}
+    at = sorted((index[id(modules[n])], n) for n in names)  # stage index of each scanned layer
+    needed = {i for i, _ in at}
+    masked = {  # masked weights, computed once; None where the level prunes nothing
+        n: [effective_weight(modules[n]) * magnitude_mask(effective_weight(modules[n]), s) if s > 0 else None
+            for s in sparsities]
+        for n in names
+    }
+    device = next(model.parameters()).device
+    pairs = sum(w is not None for ws in masked.values() for w in ws)
+    n_batches = _count(dataloader, max_batches)
+    total = None if n_batches is None else n_batches * pairs
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if progress is True:
+        progress, close = _tqdm_progress(total)
+    correct = {n: [0] * len(sparsities) for n in names}
+    base, seen, done = 0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for b, (x, y) in enumerate(dataloader):
+            if max_batches is not None and b >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            inputs, h = {}, x
+            for i, (_, stage) in enumerate(flat):
+                if i in needed:
+                    inputs[i] = h
+                h = stage(h)
+            if b == 0 and not torch.allclose(h, model(x), rtol=1e-4, atol=1e-5):
+                raise TypeError("the model's forward is not features -> flatten -> classifier")
+            hits = int((h.argmax(1) == y).sum())
+            base += hits
+            seen += len(y)
+            group = max(1, max_images // len(y))
+            for i, name in at:
+                todo = []
+                for j, w in enumerate(masked[name]):
+                    if w is None:
+                        correct[name][j] += hits
+                    else:
+                        todo.append(j)
+                for start in range(0, len(todo), group):
+                    js = todo[start : start + group]
+                    # several levels stacked along the batch: one suffix pass, larger (faster) kernels
+                    out = torch.cat([_layer_forward(flat[i][1], inputs[i], masked[name][j]) for j in js])
+                    for _, stage in flat[i + 1 :]:
+                        out = stage(out)
+                    hits_per_level = (out.argmax(1).view(len(js), -1) == y).sum(1).tolist()
+                    for j, h_j in zip(js, hits_per_level):
+                        correct[name][j] += int(h_j)
+                    done += len(js)
+                    if progress:
+                        progress(done, total, name, sparsities[js[-1]])
+            del inputs
+    finally:
+        model.train(was_training)
+        close()
+    if seen == 0:
+        raise ValueError("sensitivity_scan got an empty dataloader")
+    return {n: [100.0 * c / seen for c in correct[n]] for n in names}
+
+
+@torch.no_grad()
+def naive_sensitivity_scan(
+    model: nn.Module,
+    dataloader: Batches,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    layers: Sequence[str] | None = None,
+    max_batches: int | None = None,
+) -> dict[str, list[float]]:
+    """The reference: for every (layer, level) prune the layer with ``l1_unstructured`` and evaluate the whole net.
+
+    The layer is pruned in place and its weight restored afterwards: no copies, only forward passes are timed.
+    """
+    names = _resolve(model, sparsities, layers)
+    modules = prunable_modules(model)
+    if any(is_masked(modules[n]) for n in names):
+        raise ValueError("naive_sensitivity_scan expects layers without pruning masks")
+    device = next(model.parameters()).device
+    batches = []
+    for b, (x, y) in enumerate(dataloader):
+        if max_batches is not None and b >= max_batches:
+            break
+        batches.append((x.to(device), y.to(device)))
+    was_training = model.training
+    model.eval()
+    result: dict[str, list[float]] = {}
+    try:
+        for name in names:
+            module, result[name] = modules[name], []
+            original = module.weight.detach().clone()
+            for s in sparsities:
+                if s > 0:
+                    prune.l1_unstructured(module, "weight", amount=s)
+                hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+                if s > 0:
+                    prune.remove(module, "weight")
+                    module.weight.data = original.clone()
+                result[name].append(100.0 * hits / sum(len(y) for _, y in batches))
+    finally:
+        model.train(was_training)
+    return result
+
+
+def save_curves_csv(curves: dict[str, list[float]], sparsities: Sequence[float], path: str | Path) -> Path:
+    """One row per layer, one column per sparsity level (top-1 %)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["layer", *(f"{s:g}" for s in sparsities)])
+    for name, accs in curves.items():
+        writer.writerow([name, *(f"{a:.4f}" for a in accs)])
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return Path(path)
+
+
+def read_curves_csv(path: str | Path) -> tuple[list[float], dict[str, list[float]]]:
+    """(levels, curves) from :func:`save_curves_csv`'s file."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][0] != "layer":
+        raise ValueError(f"{path} is not a sensitivity CSV (first column must be 'layer')")
+    levels = [float(s) for s in rows[0][1:]]
+    return levels, {row[0]: [float(a) for a in row[1:]] for row in rows[1:] if row}
+
+
+def plot_curves(curves: dict[str, list[float]], sparsities: Sequence[float], title: str = ""):
+    """Accuracy vs sparsity, one line per layer (matplotlib figure; the caller saves or logs it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    colors = plt.get_cmap("tab20")
+    markers = "osD^v<>p"
+    for i, (name, accs) in enumerate(curves.items()):
+        ax.plot(sparsities, accs, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
+                color=colors(i % 20), label=name)
+    ax.set_xlabel("sparsity of the pruned layer (fraction of its weights removed)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "Sensitivity: one layer magnitude-pruned at a time")
+    ax.set_xlim(min(sparsities) - 0.02, max(sparsities) + 0.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="layer")
+    fig.tight_layout()
+    return fig

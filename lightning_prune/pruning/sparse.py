@@ -1,0 +1,254 @@
+"""Export of a masked model to torch.sparse COO, the COO check, and sparse inference modules.
+
+torch.sparse has no sparse convolution: ``SparseConv2d`` stores its weight as COO (what is saved
+and kept resident) and densifies it at every forward call. ``SparseLinear`` multiplies with
+``torch.sparse.mm``. ``densify_once`` turns the COO weights back into ordinary dense layers at
+load, which shows what the per-call conversion costs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.pruning.layers import prunable_modules
+from lightning_prune.pruning.unstructured import copy_model, get_masks, make_permanent
+from lightning_prune.results import atomic_torch_save, atomic_write_bytes
+
+MASKS_FILE = "masks.pt"
+SPARSE_FILE = "sparse_coo.pt"
+CHECK_FILE = "coo_check.json"
+
+
+def coo_from_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """COO whose indices are exactly the mask's non-zero coordinates (kept zeros stay stored)."""
+    mask = mask.to(weight.device).bool()
+    indices = mask.nonzero().t()
+    return torch.sparse_coo_tensor(indices, weight.detach()[mask], weight.shape, check_invariants=False).coalesce()
+
+
+def _module_copy(module: nn.Module, memo: dict) -> nn.Module:
+    """Deep copy that clones sparse parameters (``Parameter.__deepcopy__`` cannot)."""
+    new = module.__class__.__new__(module.__class__)
+    memo[id(module)] = new
+    new.__dict__ = {k: v for k, v in module.__dict__.items() if k != "_parameters"}
+    new.__dict__ = copy.deepcopy(new.__dict__, memo)
+    new._parameters = {
+        k: None if p is None else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for k, p in module._parameters.items()
+    }
+    return new
+
+
+class SparseConv2d(nn.Module):
+    """A conv whose weight is a COO tensor, densified in every forward call."""
+
+    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.weight = nn.Parameter(weight.coalesce(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.to_dense(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def densified(self) -> nn.Conv2d:
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.to_dense())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def __deepcopy__(self, memo: dict) -> SparseConv2d:
+        return _module_copy(self, memo)
+
+
+class SparseLinear(nn.Module):
+    """A linear layer computing ``W x`` with ``torch.sparse.mm`` on its COO weight."""
+
+    def __init__(self, linear: nn.Linear, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(weight.coalesce(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.sparse.mm(self.weight, flat.t()).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def densified(self) -> nn.Linear:
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.to_dense())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def __deepcopy__(self, memo: dict) -> SparseLinear:
+        return _module_copy(self, memo)
+
+
+SPARSE_TYPES = (SparseConv2d, SparseLinear)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _sparse_layer(module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        return SparseConv2d(module, weight)
+    if isinstance(module, nn.Linear):
+        return SparseLinear(module, weight)
+    raise TypeError(f"no sparse version of {type(module).__name__}")
+
+
+def to_sparse_model(
+    model: nn.Module, densify_once: bool = False, masks: Mapping[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """A copy of ``model`` whose pruned layers hold COO weights (or, ``densify_once``, dense ones again).
+
+    Pruned layers are those with a mask (from ``torch.nn.utils.prune`` or ``masks``) that removes
+    at least one weight; the rest stay ordinary dense layers. ``model`` is not modified.
+    """
+    masks = dict(get_masks(model) if masks is None else masks)
+    sparse = make_permanent(copy_model(model))
+    for name, module in prunable_modules(sparse).items():
+        mask = masks.get(name)
+        if mask is None or bool(mask.all()) or isinstance(module, SPARSE_TYPES):
+            continue
+        layer = _sparse_layer(module, coo_from_mask(module.weight, mask))
+        _replace(sparse, name, layer.densified() if densify_once else layer)
+    return sparse
+
+
+def load_sparse_model(
+    template: nn.Module, state_dict: Mapping[str, torch.Tensor], densify_once: bool = False
+) -> nn.Module:
+    """Rebuild a saved sparse model on a copy of a dense ``template`` of the same architecture.
+
+    Layers whose weight is sparse in ``state_dict`` become ``SparseConv2d``/``SparseLinear``
+    (``densify_once``: ordinary layers filled from the COO weight).
+    """
+    model = make_permanent(copy_model(template))
+    for name, module in prunable_modules(model).items():
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None and weight.is_sparse and not isinstance(module, SPARSE_TYPES):
+            _replace(model, name, _sparse_layer(module, weight))
+    model.load_state_dict(state_dict)
+    if densify_once:
+        for name, module in prunable_modules(model).items():
+            if isinstance(module, SPARSE_TYPES):
+                _replace(model, name, module.densified())
+    return model
+
+
+def sparse_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The COO weights of a sparse model (or state dict), by layer name."""
+    items = model.items() if isinstance(model, Mapping) else model.state_dict().items()
+    return {k.removesuffix(".weight"): v for k, v in items if k.endswith(".weight") and v.is_sparse}
+
+
+def _flat_indices(indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Row-major linear index of each (ndim, nnz) COO coordinate."""
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    return (indices.cpu() * torch.tensor(strides, dtype=torch.long).unsqueeze(1)).sum(0)
+
+
+def verify_coo(sparse: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Per layer, how many coordinates differ between the COO indices and the mask's non-zeros (0 = exact).
+
+    Counts coordinates on one side only, plus duplicated COO coordinates; a layer missing on one
+    side or of another shape counts all of its coordinates.
+    """
+    result = {}
+    for name in list(masks) + [n for n in sparse if n not in masks]:
+        coo, mask = sparse.get(name), masks.get(name)
+        if coo is None or mask is None or tuple(coo.shape) != tuple(mask.shape):
+            result[name] = (0 if coo is None else coo._nnz()) + (0 if mask is None else int(mask.bool().sum()))
+            continue
+        stored = _flat_indices(coo._indices(), coo.shape)
+        unique = stored.unique()
+        expected = mask.bool().flatten().nonzero().squeeze(1).cpu()
+        _, counts = torch.cat([unique, expected]).unique(return_counts=True)
+        result[name] = int((counts == 1).sum()) + len(stored) - len(unique)
+    return result
+
+
+@dataclass
+class SparseExport:
+    """What ``export_sparse`` wrote and the model variants built from it."""
+
+    masks_path: Path
+    sparse_path: Path
+    check_path: Path
+    mismatches: dict[str, int]
+    permanent: nn.Module  # masks folded in: dense weights with exact zeros
+    sparse: nn.Module  # COO weights, reloaded from the file
+    densified: nn.Module  # the same file densified once at load
+    layers: list[str] = field(default_factory=list)
+
+    @property
+    def total_mismatches(self) -> int:
+        return sum(self.mismatches.values())
+
+
+def export_sparse(model: nn.Module, out_dir: str | Path) -> SparseExport:
+    """Make pruning permanent, save the masks and the COO model, reload both and check them.
+
+    Files: ``masks.pt`` (``{layer: bool mask}``), ``sparse_coo.pt`` (the sparse model's whole state
+    dict, pruned weights as COO; load with :func:`load_sparse_model`), ``coo_check.json`` (per-layer
+    mismatches between COO indices and mask non-zeros, expected 0). ``model`` is not modified.
+    """
+    out_dir = Path(out_dir)
+    masks = get_masks(model)
+    if not masks:
+        raise ValueError("export_sparse: the model has no pruning masks")
+    permanent = make_permanent(copy_model(model))
+    sparse = to_sparse_model(permanent, masks=masks)
+    masks_path, sparse_path, check_path = out_dir / MASKS_FILE, out_dir / SPARSE_FILE, out_dir / CHECK_FILE
+    atomic_torch_save(masks, masks_path)
+    atomic_torch_save({k: v.cpu() for k, v in sparse.state_dict().items()}, sparse_path)
+    saved_masks = torch.load(masks_path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # "validating sparse tensor invariants": wanted here, no news
+        warnings.simplefilter("ignore", UserWarning)
+        saved = torch.load(sparse_path, map_location="cpu", weights_only=True)
+    pruned = {n: m for n, m in saved_masks.items() if not bool(m.all())}
+    mismatches = verify_coo(sparse_weights(saved), pruned)
+    check = {"mismatches": sum(mismatches.values()), "layers": mismatches}
+    atomic_write_bytes(check_path, (json.dumps(check, indent=2) + "\n").encode())
+    device = next(permanent.parameters()).device
+    return SparseExport(
+        masks_path=masks_path,
+        sparse_path=sparse_path,
+        check_path=check_path,
+        mismatches=mismatches,
+        permanent=permanent,
+        sparse=load_sparse_model(permanent, saved).to(device),
+        densified=load_sparse_model(permanent, saved, densify_once=True).to(device),
+        layers=list(pruned),
+    )
