@@ -1,0 +1,236 @@
+"""GraSP and SNIP saliency scores, and global masks from them.
+
+GraSP (Wang et al., ICLR 2020) scores a weight by ``-theta * Hg``: removing the highest scores
+keeps the gradient flow largest. SNIP (Lee et al., ICLR 2019) scores it by ``|g * theta|``: removing
+the lowest scores changes the loss least. Both are computed on a copy of the model, so its weights,
+gradients, BatchNorm running statistics and train/eval mode are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_prune.pruning.layers import prunable_modules
+from lightning_prune.pruning.unstructured import _keep_fresh_on_load, copy_model, is_masked, make_permanent
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Masks = Mapping[str, torch.Tensor]
+
+
+def _scoring_copy(model: nn.Module, masks: Masks | None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A plain copy whose weights already carry every mask (pruned weights are exact zeros).
+
+    BatchNorm stays in training mode (batch statistics, as the authors' code runs it); dropout is
+    off, or the gradient pass and the Hessian pass would see two different networks.
+    """
+    net = make_permanent(copy_model(model))
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    modules = prunable_modules(net)
+    unknown = sorted(set(masks or {}) - set(modules))
+    if unknown:
+        raise ValueError(f"masks name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(modules)}")
+    weights = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            if masks is not None and name in masks:
+                module.weight.mul_(masks[name].to(module.weight.device, module.weight.dtype))
+            weights[name] = module.weight
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for w in weights.values():
+        w.requires_grad_(True)
+    return net, weights
+
+
+def _loss(net: nn.Module, batch: Batch, temperature: float, device: torch.device) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(net(x.to(device)) / temperature, y.to(device))
+
+
+def _batches(batches: Iterable[Batch]) -> list[Batch]:
+    batches = list(batches)
+    if not batches:
+        raise ValueError("saliency scores need at least one calibration batch")
+    return batches
+
+
+def gradient(
+    model: nn.Module, batches: Iterable[Batch], temperature: float = 1.0, masks: Masks | None = None
+) -> dict[str, torch.Tensor]:
+    """g: gradient of the cross-entropy of logits / T w.r.t. each conv/linear weight, summed over batches."""
+    net, weights = _scoring_copy(model, masks)
+    device = next(iter(weights.values())).device
+    names, params = list(weights), list(weights.values())
+    total = [torch.zeros_like(p) for p in params]
+    for batch in _batches(batches):
+        for acc, grad in zip(total, torch.autograd.grad(_loss(net, batch, temperature, device), params)):
+            acc += grad
+    return dict(zip(names, total))
+
+
+def gradient_and_hg(
+    model: nn.Module, batches: Iterable[Batch], temperature: float = 200.0, masks: Masks | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(g, Hg) as GraSP's Algorithm 1: g summed over all batches first, then Hg batch by batch.
+
+    Hg is the gradient of ``z = <stop_grad(g), grad L_b>`` summed over the batches, a
+    Hessian-vector product that never forms the Hessian. Both live on the masked network.
+    """
+    batches = _batches(batches)
+    net, weights = _scoring_copy(model, masks)
+    device = next(iter(weights.values())).device
+    names, params = list(weights), list(weights.values())
+    g = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        for acc, grad in zip(g, torch.autograd.grad(_loss(net, batch, temperature, device), params)):
+            acc += grad
+    hg = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=True)
+        z = sum((gi.detach() * grad).sum() for gi, grad in zip(g, grads))
+        for acc, h in zip(hg, torch.autograd.grad(z, params, allow_unused=True)):
+            if h is not None:
+                acc += h
+    return dict(zip(names, g)), dict(zip(names, hg))
+
+
+def grasp_scores(
+    model: nn.Module, batches: Iterable[Batch], temperature: float = 200.0, masks: Masks | None = None
+) -> dict[str, torch.Tensor]:
+    """GraSP saliency ``S = -theta * Hg`` per conv/linear weight (remove the HIGHEST).
+
+    Pruned weights (theta = 0) score 0; :func:`masks_from_scores` removes them first anyway.
+    """
+    _, hg = gradient_and_hg(model, batches, temperature, masks)
+    theta = _masked_weights(model, masks)
+    return {name: -(theta[name] * h).detach() for name, h in hg.items()}
+
+
+def snip_scores(model: nn.Module, batches: Iterable[Batch], masks: Masks | None = None) -> dict[str, torch.Tensor]:
+    """SNIP connection sensitivity ``|g * theta|`` per conv/linear weight (remove the LOWEST)."""
+    g = gradient(model, batches, 1.0, masks)
+    theta = _masked_weights(model, masks)
+    return {name: (theta[name] * gi).abs().detach() for name, gi in g.items()}
+
+
+def _masked_weights(model: nn.Module, masks: Masks | None) -> dict[str, torch.Tensor]:
+    """The weights the forward pass uses, times ``masks`` where given."""
+    out = {}
+    for name, module in prunable_modules(model).items():
+        w = (module.weight_orig * module.weight_mask if is_masked(module) else module.weight).detach()
+        if masks is not None and name in masks:
+            w = w * masks[name].to(w.device, w.dtype)
+        out[name] = w
+    return out
+
+
+def masks_from_scores(
+    scores: Mapping[str, torch.Tensor],
+    sparsity: float,
+    remove: Literal["highest", "lowest"] = "highest",
+    masks: Masks | None = None,
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks removing exactly ``round(sparsity * N)`` of the N scored weights.
+
+    One global threshold over all layers. Weights already pruned in ``masks`` are removed first
+    whatever their score, so they never come back and count towards the budget; asking for fewer
+    removals than are already pruned is an error.
+    """
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if remove not in ("highest", "lowest"):
+        raise ValueError(f"remove must be 'highest' or 'lowest', got {remove!r}")
+    names = list(scores)
+    unknown = sorted(set(masks or {}) - set(names))
+    if unknown:
+        raise ValueError(f"masks name layer(s) without scores: {', '.join(unknown)}")
+    flat = torch.cat([scores[n].detach().flatten().double().cpu() for n in names])
+    if not torch.isfinite(flat).all():
+        raise ValueError("saliency scores contain NaN or infinity (diverged training?)")
+    key = flat if remove == "highest" else -flat
+    pruned = torch.cat([
+        (~masks[n].bool()).flatten().cpu() if masks is not None and n in masks
+        else torch.zeros(scores[n].numel(), dtype=torch.bool)
+        for n in names
+    ])
+    k = round(sparsity * flat.numel())
+    already = int(pruned.sum())
+    if k < already:
+        raise ValueError(f"sparsity {sparsity} removes {k} weights but {already} are already pruned")
+    key[pruned] = float("inf")
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[torch.argsort(key, descending=True, stable=True)[:k]] = False
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = keep[start : start + size].view(scores[n].shape).to(scores[n].device)
+        start += size
+    return out
+
+
+def ensure_masks(model: nn.Module) -> list[str]:
+    """Give every unmasked conv/linear layer an all-ones ``torch.nn.utils.prune`` mask.
+
+    With masks everywhere from the start, the parameter list (``weight_orig``) is the same before
+    and after any pruning stage, so optimizer state saved in a checkpoint resumes in order, and
+    later stages only overwrite the mask buffers.
+    """
+    added = []
+    for name, module in prunable_modules(model).items():
+        if not is_masked(module):
+            prune.custom_from_mask(module, "weight", torch.ones_like(module.weight, dtype=torch.bool))
+            _keep_fresh_on_load(module)
+            added.append(name)
+    return added
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Apply keep-masks with ``torch.nn.utils.prune.custom_from_mask`` (or overwrite an existing mask).
+
+    Overwriting keeps ``weight_orig`` the same parameter object, so the optimizer needs no rebuild.
+    The caller keeps masks monotone (:func:`masks_from_scores` does).
+    """
+    modules = prunable_modules(model)
+    unknown = sorted(set(masks) - set(modules))
+    if unknown:
+        raise ValueError(f"masks name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(modules)}")
+    for name, mask in masks.items():
+        module = modules[name]
+        if is_masked(module):
+            with torch.no_grad():
+                module.weight_mask.copy_(mask.to(module.weight_mask.device, module.weight_mask.dtype))
+            module.weight = module.weight_orig * module.weight_mask
+        else:
+            prune.custom_from_mask(module, "weight", mask.to(module.weight.device))
+            _keep_fresh_on_load(module)
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks of every conv/linear layer (all ones where unmasked), on the model's device."""
+    return {
+        name: (module.weight_mask.bool() if is_masked(module) else torch.ones_like(module.weight, dtype=torch.bool))
+        for name, module in prunable_modules(model).items()
+    }
+
+
+def split_batch(batch: Batch, chunks: int) -> list[Batch]:
+    """One calibration batch as ``chunks`` roughly equal pieces (the authors' code uses two halves)."""
+    x, y = batch
+    chunks = max(1, min(int(chunks), len(y)))
+    return list(zip(x.chunk(chunks), y.chunk(chunks)))
+
+
+def mask_sparsity(masks: Masks, names: Sequence[str] | None = None) -> float:
+    """Fraction of zeros over the given masks (all of them by default)."""
+    names = list(masks) if names is None else names
+    total = sum(masks[n].numel() for n in names)
+    return sum(int((~masks[n].bool()).sum()) for n in names) / total if total else 0.0
