@@ -12,6 +12,12 @@ from lightning_prune.report.collect import Run, latest_runs, load_runs
 from lightning_prune.results import atomic_write_bytes
 
 
+DROP_NOTE = (
+    "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
+    "from random initialisation (GraSP, SNIP), against the dataset's baseline run."
+)
+
+
 def reference_model(runs: list[Run]) -> dict | None:
     for run in runs:
         if run.task == "baseline" and run.data["models"]:
@@ -50,7 +56,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
         lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
     for dataset in sorted({r.dataset for r in chosen}):
         group = [r for r in chosen if r.dataset == dataset]
-        lines += [f"## {dataset}", "", tables.results_table(group), ""]
+        lines += [f"## {dataset}", "", tables.results_table(group), "", DROP_NOTE, ""]
         ref = reference_model(group)
         if ref is None:
             lines += ["No baseline run for this dataset: accuracy drops and relative bars are missing.", ""]

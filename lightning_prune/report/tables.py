@@ -8,7 +8,7 @@ MISSING = "—"
 COLUMNS = (
     "task", "variant", "size (MB)", "sparsity", "params non-zero", "MMACs", "latency (ms/batch)",
     "peak mem (MB)", "avg mem (MB)", "energy (mJ/batch)", "test top-1", "test top-5", "train top-1",
-    "train top-5", "top-1 drop vs baseline",
+    "train top-5", "top-1 drop (points)",
 )
 
 
@@ -75,9 +75,23 @@ def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def dense_top1(run: Run) -> float | None:
+    """The run's own unpruned model, the fairest reference for what pruning cost."""
+    for m in run.data["models"]:
+        top1 = (m.get("accuracy") or {}).get("test_top1")
+        if m.get("variant") == "dense" and isinstance(top1, (int, float)):
+            return float(top1)
+    return None
+
+
 def results_table(runs: list[Run]) -> str:
-    reference = baseline_top1(runs)
-    rows = [row(run, m, reference) for run in runs for m in run.data["models"]]
+    """One row per variant; the drop is against the run's own dense model, else the baseline run."""
+    baseline = baseline_top1(runs)
+    rows = []
+    for run in runs:
+        reference = dense_top1(run)
+        for m in run.data["models"]:
+            rows.append(row(run, m, reference if reference is not None else baseline))
     return markdown(COLUMNS, rows)
 
 
@@ -96,8 +110,9 @@ def layer_table(runs: list[Run]) -> str | None:
                 if name not in order:
                     order.append(name)
                 cell = num(layer.get("sparsity"), "{:.0%}")
-                if "channels" in layer:
-                    cell += f" / {layer['channels']} ch"
+                kept = layer.get("out_channels", layer.get("channels"))
+                if isinstance(kept, int) and kept != layer.get("dense_out_channels", kept):
+                    cell += f", {kept}/{layer['dense_out_channels']} ch"
                 cells[name] = cell
             columns.append((f"{run.task}: {m.get('variant')}", cells))
     if not columns:
