@@ -20,5 +20,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lightning_prune tests benchmarks
 
+# Full-size runs (internet for CIFAR and the pretrained weights; a GPU is advisable), then the report.
+DATASET ?= cifar10
+CLI := $(VENV)/bin/lightning-prune
+reproduce: $(STAMP)
+	$(CLI) test --config configs/$(DATASET)/baseline.yaml
+	$(CLI) fit --config configs/$(DATASET)/unstructured.yaml
+	$(CLI) fit --config configs/$(DATASET)/grasp.yaml
+	$(CLI) fit --config configs/$(DATASET)/snip.yaml
+	$(CLI) fit --config configs/$(DATASET)/channel.yaml
+	$(CLI) report --logs logs --out REPORT.md
+
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots
