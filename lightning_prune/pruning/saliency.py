@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.unstructured import _keep_fresh_on_load, copy_model, is_masked, make_permanent
+from lightning_prune.pruning.unstructured import copy_model, is_masked, keep_fresh_on_load, make_permanent
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Masks = Mapping[str, torch.Tensor]
@@ -188,7 +188,7 @@ def ensure_masks(model: nn.Module) -> list[str]:
     for name, module in prunable_modules(model).items():
         if not is_masked(module):
             prune.custom_from_mask(module, "weight", torch.ones_like(module.weight, dtype=torch.bool))
-            _keep_fresh_on_load(module)
+            keep_fresh_on_load(module)
             added.append(name)
     return added
 
@@ -211,7 +211,7 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
             module.weight = module.weight_orig * module.weight_mask
         else:
             prune.custom_from_mask(module, "weight", mask.to(module.weight.device))
-            _keep_fresh_on_load(module)
+            keep_fresh_on_load(module)
 
 
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -50,7 +50,7 @@ def _refresh_masked_weight(module: nn.Module, incompatible_keys: object = None) 
         module.weight = module.weight_orig * module.weight_mask
 
 
-def _keep_fresh_on_load(module: nn.Module) -> None:
+def keep_fresh_on_load(module: nn.Module) -> None:
     if _refresh_masked_weight not in module._load_state_dict_post_hooks.values():
         module.register_load_state_dict_post_hook(_refresh_masked_weight)
 
@@ -69,7 +69,7 @@ def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float]) -
         module = modules[name]
         if s > 0:
             prune.l1_unstructured(module, "weight", amount=s)
-            _keep_fresh_on_load(module)
+            keep_fresh_on_load(module)
         w = module.weight.detach()
         achieved[name] = 1 - int(torch.count_nonzero(w)) / w.numel()
     return achieved
@@ -91,7 +91,7 @@ def restore_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor], pref
     for name, module in prunable_modules(model).items():
         if f"{prefix}{name}.weight_mask" in state_dict and not is_masked(module):
             prune.identity(module, "weight")
-            _keep_fresh_on_load(module)
+            keep_fresh_on_load(module)
             restored.append(name)
     return restored
 

@@ -11,7 +11,6 @@ from lightning_prune.report import plots, tables
 from lightning_prune.report.collect import Run, latest_runs, load_runs
 from lightning_prune.results import atomic_write_bytes
 
-
 DROP_NOTE = (
     "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
     "from random initialisation (GraSP, SNIP), against the dataset's baseline run."
