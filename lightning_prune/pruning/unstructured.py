@@ -51,6 +51,7 @@ def _refresh_masked_weight(module: nn.Module, incompatible_keys: object = None) 
 
 
 def keep_fresh_on_load(module: nn.Module) -> None:
+    """Have a masked layer recompute ``weight`` after every ``load_state_dict`` (registered once)."""
     if _refresh_masked_weight not in module._load_state_dict_post_hooks.values():
         module.register_load_state_dict_post_hook(_refresh_masked_weight)
 
