@@ -46,6 +46,19 @@ def cifar10_subset() -> Path:
     return Path(path)
 
 
+def run_cli_expecting_error(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a usage error (exit 2, from jsonargparse or ConfigError); return stderr."""
+    from lightning_prune.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    return err
+
+
 def tiny_cli_args(tmp_path: Path, experiment: str = "tiny") -> list[str]:
     """CLI overrides that turn any config into a seconds-long run on digits."""
     return [

@@ -29,7 +29,7 @@ from lightning_prune.pruning.channel import (
     sample_rows,
 )
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "channel.yaml")
 
@@ -231,10 +231,5 @@ def test_cli_bad_ratio(tmp_path, monkeypatch, capsys):
     bad.write_text(json.dumps({"trainer": {"callbacks": [
         {"class_path": "lightning_prune.callbacks.channel.ChannelPruning", "init_args": {"ratios": 1.0}}]}}))
     argv = ["fit", "--config", DEMO, "--config", str(bad), *tiny_cli_args(tmp_path), "--model.pretrained=false"]
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    assert code == 2, err[-2000:]
+    err = run_cli_expecting_error(argv, capsys)
     assert "ChannelPruning.ratios" in err and "(0, 1)" in err and "Traceback" not in err, err[-2000:]

@@ -10,7 +10,7 @@ import torch
 from lightning_prune.cli import main
 from lightning_prune.module import ImageClassifier
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_BASELINE = str(CONFIGS / "demo" / "baseline.yaml")
@@ -40,13 +40,7 @@ def test_fit_then_test_writes_a_valid_profile(tmp_path, monkeypatch, capsys):
 
 
 def _error(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting a usage error; return what it printed."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == 2
-    return capsys.readouterr().err
+    return run_cli_expecting_error(argv, capsys)
 
 
 def test_unknown_dataset(capsys, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from lightning_prune.pruning.unstructured import (
     restore_masks,
 )
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = str(CONFIGS / "demo" / "unstructured.yaml")
@@ -194,12 +194,7 @@ def test_cli_bad_input(tmp_path, monkeypatch, capsys, pruning, levels, words):
     monkeypatch.chdir(tmp_path)
     argv = ["fit", "--config", DEMO, "--config", _bad_config(tmp_path, pruning, levels),
             *tiny_cli_args(tmp_path), "--model.pretrained=false"]
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    assert code == 2, err[-2000:]
+    err = run_cli_expecting_error(argv, capsys)
     assert all(w in err for w in words) and "Traceback" not in err, err[-2000:]
 
 
