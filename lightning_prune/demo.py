@@ -1,60 +1,68 @@
 """``make demo``: every task on scikit-learn's digits, offline, then the report.
 
 Each step is one ``lightning-prune`` command; the demo prints them so they can be re-run alone.
+``python -m lightning_prune.demo [--configs DIR] [-- extra CLI overrides for every step]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_prune.cli import main as cli_main
+from lightning_prune.report.cli import main as report_main
 
-DEMO = Path("configs/demo")
+DEMO_CONFIGS = Path("configs/demo")
 BASELINE_CKPT = "checkpoints/digits_baseline/last.ckpt"
 
-STEPS: list[tuple[str, list[str]]] = [
-    ("task 0: train the digits baseline", ["fit", "--config", str(DEMO / "baseline.yaml")]),
-    ("task 0: profile it", ["test", "--config", str(DEMO / "baseline.yaml"), f"--ckpt_path={BASELINE_CKPT}"]),
-]
-OPTIONAL_STEPS: list[tuple[str, list[str]]] = [
-    ("task 1a: sensitivity sweep, magnitude pruning, sparse export",
-     ["fit", "--config", str(DEMO / "unstructured.yaml")]),
-    ("task 1b: staged GraSP from random init", ["fit", "--config", str(DEMO / "grasp.yaml")]),
-    ("task 1b: staged SNIP for comparison", ["fit", "--config", str(DEMO / "snip.yaml")]),
-    ("task 2: LASSO channel pruning", ["fit", "--config", str(DEMO / "channel.yaml")]),
-]
+
+def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
+    """Task 0, 1a, 1b (GraSP, SNIP) and 2, in the order their checkpoints depend on each other."""
+    return [
+        ("task 0: train the digits baseline", ["fit", "--config", str(configs / "baseline.yaml")]),
+        ("task 0: profile it", ["test", "--config", str(configs / "baseline.yaml"), f"--ckpt_path={BASELINE_CKPT}"]),
+        ("task 1a: sensitivity sweep, magnitude pruning, sparse export",
+         ["fit", "--config", str(configs / "unstructured.yaml")]),
+        ("task 1b: staged GraSP from random init", ["fit", "--config", str(configs / "grasp.yaml")]),
+        ("task 1b: staged SNIP for comparison", ["fit", "--config", str(configs / "snip.yaml")]),
+        ("task 2: LASSO channel pruning", ["fit", "--config", str(configs / "channel.yaml")]),
+    ]
 
 
-def steps() -> list[tuple[str, list[str]]]:
-    """The baseline steps, then each task whose demo config exists."""
-    return STEPS + [(title, argv) for title, argv in OPTIONAL_STEPS if Path(argv[2]).is_file()]
-
-
-def main() -> int:
+def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report: Path = Path("REPORT.md")) -> int:
+    """Run every step (stopping at the first failure), then write the report from ``logs/``."""
     started = time.perf_counter()
-    for title, argv in steps():
+    for title, argv in steps(configs):
+        argv = [*argv, *overrides]
         print(f"\n=== {title}\n$ lightning-prune {' '.join(argv)}", flush=True)
         code = cli_main(argv)
         if code:
             print(f"demo stopped: '{title}' failed (exit {code})", file=sys.stderr)
             return code
-    report = Path("REPORT.md")
-    try:
-        from lightning_prune.report.cli import main as report_main
-    except ImportError:
-        report_main = None
-    if report_main is not None:
-        print("\n=== report\n$ lightning-prune report --logs logs --out REPORT.md", flush=True)
-        report_main(["--logs", "logs", "--out", str(report)])
+    print(f"\n=== report\n$ lightning-prune report --logs logs --out {report}", flush=True)
+    report_main(["--logs", "logs", "--out", str(report)])
     minutes = (time.perf_counter() - started) / 60
     print(f"\nDemo finished in {minutes:.1f} min.")
     print("Results: logs/<experiment>/version_N/results.json (and results.md beside each).")
-    if report.is_file():
-        print(f"Report: {report.resolve()}")
+    print(f"Report: {report.resolve()} (plots in {report.resolve().parent / 'report_plots'})")
     print("TensorBoard: tensorboard --logdir logs  (then open http://localhost:6006)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_prune.demo", description=__doc__)
+    parser.add_argument("--configs", type=Path, default=DEMO_CONFIGS, help="folder of the five demo configs")
+    parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
+    parser.add_argument("overrides", nargs="*", help="CLI overrides added to every step, after --")
+    args = parser.parse_args(argv)
+    missing = [name for name in ("baseline", "unstructured", "grasp", "snip", "channel")
+               if not (args.configs / f"{name}.yaml").is_file()]
+    if missing:
+        parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
+    return run_demo(args.configs, args.overrides, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ from torchprofile import profile_macs
 from lightning_prune import results as R
 from lightning_prune.profiling import ProfileSettings, evaluate, profile_model
 from lightning_prune.profiling.energy import measure_energy
-from lightning_prune.profiling.runtime import measure_memory
+from lightning_prune.profiling.runtime import measure_memory, top_operators
+from lightning_prune.pruning.layers import prunable_modules
+from lightning_prune.pruning.sparse import to_sparse_model
+from lightning_prune.pruning.unstructured import apply_magnitude_pruning
 
 SHARED_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "results.schema.json"
 
@@ -32,6 +35,21 @@ def test_profile_fields_are_sane(tiny_model):
     assert p["batch_size"] == 8 and p["batches"] == 3 and p["memory_device"] == "cpu"
     assert p["peak_memory_mb"] >= p["avg_memory_mb"] > 0
     assert 0 <= p["sparsity"] < 0.01
+    assert any("convolution" in op["name"] for op in p["operators"])
+
+
+def test_operator_list_shows_which_kernels_ran(tiny_model):
+    x = torch.randn(4, 3, 32, 32)
+    dense = top_operators(tiny_model, x, count=3)
+    assert len(dense) == 3 and any("convolution" in op["name"] for op in dense)
+    assert [op["self_cpu_ms"] for op in dense] == sorted((op["self_cpu_ms"] for op in dense), reverse=True)
+    assert all(0 < op["share"] <= 1 and op["calls"] >= 1 for op in dense)
+    assert not any("sparse" in op["name"] or "to_dense" in op["name"] for op in dense)
+    apply_magnitude_pruning(tiny_model, {name: 0.8 for name in prunable_modules(tiny_model)})
+    ops = {op["name"]: op for op in top_operators(to_sparse_model(tiny_model), x, count=3)}
+    # Convolutions densify their COO weight (13 convs), only the 3 linears use a sparse kernel.
+    assert ops["aten::to_dense"]["calls"] == 13
+    assert sum(op["calls"] for name, op in ops.items() if name == "aten::_sparse_addmm") == 3
 
 
 def test_memory_grows_with_the_batch(tiny_model):

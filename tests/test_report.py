@@ -41,6 +41,13 @@ def fixture_logs(logs: Path) -> None:
            [_model("pruned-masked", 50.0, 0.5, None)])  # an older duplicate: must be hidden
     _write(logs, "cifar10_unstructured", 1, "unstructured", "2026-01-02T00:00:00+00:00",
            [_model("dense", 94.0, 0.0, None), _model("pruned-masked", 92.5, 0.9, None, latency=12.0)])
+    data = json.loads((logs / "cifar10_unstructured" / "version_1" / "results.json").read_text())
+    data["models"][1]["profile"]["operators"] = [
+        {"name": "aten::mkldnn_convolution", "calls": 13, "self_cpu_ms": 8.0, "share": 0.8},
+        {"name": "aten::addmm", "calls": 3, "self_cpu_ms": 1.0, "share": 0.1},
+        {"name": "aten::to_dense", "calls": 13, "self_cpu_ms": 0.1, "share": 0.01},
+    ]
+    (logs / "cifar10_unstructured" / "version_1" / "results.json").write_text(json.dumps(data))
     broken = _write(logs, "cifar10_channel", 0, "channel", "2026-01-03T00:00:00+00:00",
                     [_model("channel-pruned", 91.0, 0.0, None)])
     data = json.loads(broken.read_text())
@@ -52,8 +59,9 @@ def test_report_tables_from_fixture_runs(tmp_path):
     logs = tmp_path / "logs"
     fixture_logs(logs)
     text = build_report(logs, tmp_path / "REPORT.md")
-    rows = [line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| unstructured")
-            or line.startswith("| channel")]
+    results_table = text.split("###")[0]
+    tasks = ("| baseline", "| unstructured", "| channel")
+    rows = [line for line in results_table.splitlines() if line.startswith(tasks)]
     assert [r.split(" | ")[1] for r in rows] == ["dense", "dense", "pruned-masked", "channel-pruned"]
     pruned = next(r for r in rows if "pruned-masked" in r).strip("| ").split(" | ")
     assert pruned[3] == "90.0%" and pruned[10] == "92.50" and pruned[-1] == "1.50"  # drop vs the 94.0 baseline
@@ -69,6 +77,11 @@ def test_report_tables_from_fixture_runs(tmp_path):
     assert (tmp_path / "report_plots" / "cifar10_accuracy_vs_sparsity.png").stat().st_size > 1000
     assert (tmp_path / "report_plots" / "cifar10_latency_size.png").is_file()
     assert "### cifar10: per-layer sparsity" in text
+    ops = [line for line in text.splitlines() if "`aten::" in line]
+    assert ops == [
+        "| unstructured | pruned-masked | `aten::mkldnn_convolution` 80%, `aten::addmm` 10%, `aten::to_dense` 1% "
+        "| `aten::to_dense` x13 |"
+    ]  # only runs whose profile lists operators get a row
 
 
 def test_all_runs_keeps_duplicates(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_prune.profiling.energy import measure_energy
-from lightning_prune.profiling.runtime import measure_latency, measure_memory
+from lightning_prune.profiling.runtime import measure_latency, measure_memory, top_operators
 from lightning_prune.profiling.static import count_macs, serialized_size_mb
 from lightning_prune.pruning.layers import count_parameters, weight_sparsity
 
@@ -51,7 +51,7 @@ def profile_model(
     settings: ProfileSettings | None = None,
     macs_model: nn.Module | None = None,
 ) -> dict:
-    """Size, parameters, sparsity, MACs, latency, memory and energy of ``model`` on ``batches``.
+    """Size, parameters, sparsity, MACs, latency, memory, energy and top operators of ``model`` on ``batches``.
 
     ``macs_model`` counts MACs for models torchprofile cannot trace (sparse COO weights): pass
     the dense equivalent, whose operators are the ones that actually run.
@@ -82,6 +82,7 @@ def profile_model(
         "memory_device": "cuda" if device.type == "cuda" else "cpu",
         "energy_mj": energy,
         "energy_note": note,
+        "operators": top_operators(model, batches[0]),
     }
 
 

@@ -83,3 +83,41 @@ def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
             samples.append(level)
     avg = statistics.fmean(samples) if samples else 0.0
     return (base + peak) / 1e6, (base + max(avg, 0.0)) / 1e6
+
+
+SPARSE_MARKERS = ("sparse", "to_dense")
+
+
+@torch.inference_mode()
+def top_operators(model: nn.Module, x: torch.Tensor, count: int = 8) -> list[dict]:
+    """The ``count`` operators one forward pass spent most self time in (device time on CUDA),
+    plus every sparse or densifying operator however small.
+
+    This is the evidence for "which kernels ran": a sparse-weight model whose convolutions still
+    run ``aten::mkldnn_convolution`` / ``cudnn_convolution`` after ``aten::to_dense`` did not use
+    sparse kernels, whatever its weights are stored as.
+    """
+    device = x.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    model.eval()
+    model(x)
+    _sync(device)
+    with profile(activities=activities) as prof:
+        model(x)
+        _sync(device)
+    rows = []
+    for event in prof.key_averages():
+        cpu_us = float(event.self_cpu_time_total)
+        device_us = float(getattr(event, "self_device_time_total", 0.0) or 0.0)
+        if cpu_us <= 0 and device_us <= 0:
+            continue
+        row = {"name": event.key, "calls": int(event.count), "self_cpu_ms": cpu_us / 1e3}
+        if device.type == "cuda":
+            row["self_device_ms"] = device_us / 1e3
+        rows.append(row)
+    key = "self_device_ms" if device.type == "cuda" else "self_cpu_ms"
+    total = sum(r[key] for r in rows) or 1.0
+    rows.sort(key=lambda r: r[key], reverse=True)
+    for r in rows:
+        r["share"] = r[key] / total
+    return rows[:count] + [r for r in rows[count:] if any(m in r["name"] for m in SPARSE_MARKERS)]

@@ -17,6 +17,13 @@ DROP_NOTE = (
 )
 
 
+OPS_NOTE = (
+    "How to read it: the third column names the kernels that did the work; the last lists every operator "
+    "with `sparse` or `to_dense` in its name, however small. Convolutions that still run "
+    "`mkldnn_convolution` (CPU) or `cudnn_convolution` (CUDA) after a `to_dense` used no sparse kernel."
+)
+
+
 def reference_model(runs: list[Run]) -> dict | None:
     for run in runs:
         if run.task == "baseline" and run.data["models"]:
@@ -67,6 +74,10 @@ def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
         for fig in figures:
             if fig is not None:
                 lines += [f"![{fig.stem}]({fig.relative_to(out.parent).as_posix()})", ""]
+        operators = tables.operator_table(group)
+        if operators:
+            title = f"### {dataset}: operators that ran (torch.profiler, one forward pass)"
+            lines += [title, "", OPS_NOTE, "", operators, ""]
         layers = tables.layer_table(group)
         if layers:
             lines += [f"### {dataset}: per-layer sparsity / channels kept", "", layers, ""]

@@ -142,3 +142,36 @@ def environment_table(runs: list[Run]) -> str:
 def energy_notes(runs: list[Run]) -> list[str]:
     notes = {m.get("profile", {}).get("energy_note") for r in runs for m in r.data["models"]}
     return sorted(n for n in notes if isinstance(n, str) and n)
+
+
+def _operator_cell(op: dict) -> str:
+    share = op.get("share")
+    return f"`{op.get('name', '?')}`" + (f" {share:.0%}" if isinstance(share, (int, float)) else "")
+
+
+def operator_table(runs: list[Run], top: int = 4) -> str | None:
+    """Per variant: where one forward pass spent its time, and which sparse/densifying operators ran.
+
+    Built from each profile's ``operators`` list (torch.profiler); runs without it are skipped.
+    """
+    rows = []
+    for run in runs:
+        for m in run.data["models"]:
+            ops = (m.get("profile") or {}).get("operators")
+            if not isinstance(ops, list) or not ops:
+                continue
+            ops = [op for op in ops if isinstance(op, dict)]
+            sparse = [
+                f"`{op.get('name')}` x{op.get('calls', '?')}"
+                for op in ops
+                if any(marker in str(op.get("name", "")) for marker in ("sparse", "to_dense"))
+            ]
+            rows.append([
+                run.task,
+                str(m.get("variant", MISSING)),
+                ", ".join(_operator_cell(op) for op in ops[:top]),
+                ", ".join(sparse) if sparse else "none",
+            ])
+    if not rows:
+        return None
+    return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
