@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 
 from lightning_prune.cli import main
 from lightning_prune.module import ImageClassifier
@@ -71,3 +73,14 @@ def test_checkpoint_of_another_class_count(capsys, tmp_path, monkeypatch):
     argv = ["test", "--config", DEMO_BASELINE, f"--ckpt_path={ckpt}", *args, f"--model.channels={channels}"]
     err = _error(capsys, argv)
     assert "ckpt_path" in err and "classifier.6" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_parses(config, capsys):
+    """Each shipped YAML names existing classes and options of the right types (nothing is instantiated)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["dataset"] in ("cifar10", "cifar100", "digits")
+    assert printed["trainer"]["logger"]["init_args"]["name"]
