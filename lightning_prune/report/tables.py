@@ -37,7 +37,7 @@ def baseline_top1(runs: list[Run]) -> float | None:
     return None
 
 
-def row(run: Run, model: dict, reference: float | None) -> list[str]:
+def row(run: Run, model: dict, reference: float | None, label: str | None = None) -> list[str]:
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
     top1 = a.get("test_top1")
     has_both = reference is not None and isinstance(top1, (int, float))
@@ -51,7 +51,7 @@ def row(run: Run, model: dict, reference: float | None) -> list[str]:
     if peak != MISSING and p.get("memory_device"):
         peak += f" {p['memory_device']}"
     return [
-        run.task,
+        label or run.task,
         str(model.get("variant", MISSING)),
         num(p.get("model_size_mb")),
         num(p.get("sparsity"), "{:.1%}"),
@@ -75,6 +75,12 @@ def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def task_label(run: Run, runs: list[Run]) -> str:
+    """The task, with the experiment name when several shown runs share the task."""
+    shared = sum(r.task == run.task for r in runs) > 1
+    return f"{run.task} ({run.experiment})" if shared else run.task
+
+
 def dense_top1(run: Run) -> float | None:
     """The run's own unpruned model, the fairest reference for what pruning cost."""
     for m in run.data["models"]:
@@ -91,7 +97,7 @@ def results_table(runs: list[Run]) -> str:
     for run in runs:
         reference = dense_top1(run)
         for m in run.data["models"]:
-            rows.append(row(run, m, reference if reference is not None else baseline))
+            rows.append(row(run, m, reference if reference is not None else baseline, task_label(run, runs)))
     return markdown(COLUMNS, rows)
 
 
@@ -114,7 +120,7 @@ def layer_table(runs: list[Run]) -> str | None:
                 if isinstance(kept, int) and kept != layer.get("dense_out_channels", kept):
                     cell += f", {kept}/{layer['dense_out_channels']} ch"
                 cells[name] = cell
-            columns.append((f"{run.task}: {m.get('variant')}", cells))
+            columns.append((f"{task_label(run, runs)}: {m.get('variant')}", cells))
     if not columns:
         return None
     # One column per distinct set of per-layer values keeps the table narrow.
@@ -167,7 +173,7 @@ def operator_table(runs: list[Run], top: int = 4) -> str | None:
                 if any(marker in str(op.get("name", "")) for marker in ("sparse", "to_dense"))
             ]
             rows.append([
-                run.task,
+                task_label(run, runs),
                 str(m.get("variant", MISSING)),
                 ", ".join(_operator_cell(op) for op in ops[:top]),
                 ", ".join(sparse) if sparse else "none",
