@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_prune.cli import main
 from lightning_prune.module import ImageClassifier
@@ -35,6 +36,12 @@ def test_fit_then_test_writes_a_valid_profile(tmp_path, monkeypatch, capsys):
     assert 0 <= entry["accuracy"]["train_top1"] <= 100 and entry["profile"]["macs"] > 0
     assert len(entry["layers"]) == 16
     assert "| dense |" in capsys.readouterr().err + found[0].with_suffix(".md").read_text()
+    # The same profile is in TensorBoard, beside the training curves.
+    events = EventAccumulator(str(found[0].parent))
+    events.Reload()
+    logged = events.Scalars("profile/dense/latency_ms")[-1].value
+    assert logged == pytest.approx(entry["profile"]["latency_ms"], rel=1e-5)
+    assert "profile/table/text_summary" in events.Tags()["tensors"]
     # The checkpoint rebuilds the same tiny widths on its own.
     model = ImageClassifier.load_from_checkpoint(ckpt)
     assert model.hparams.channels == [c.out_channels for _, c, _ in model.model.conv_layers()]

@@ -71,8 +71,30 @@ def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[s
         R.upsert_model(results, entry)
     results["artifacts"].update(artifacts or {})
     path = R.save_results(results, log_dir)
-    rank_zero_info("\n" + R.markdown_table(results) + f"\n\nresults: {path}")
+    table = R.markdown_table(results)
+    rank_zero_info("\n" + table + f"\n\nresults: {path}")
+    log_profiles(trainer, entries, table)
     return path
+
+
+PROFILE_SCALARS = (
+    "model_size_mb", "sparsity", "nonzero_params", "macs", "latency_ms", "peak_memory_mb", "avg_memory_mb",
+)
+
+
+def log_profiles(trainer: L.Trainer, entries: list[dict], table: str) -> None:
+    """The profile in TensorBoard too: ``profile/<variant>/<figure>`` scalars and the table as text."""
+    for logger in trainer.loggers:
+        scalars = {}
+        for entry in entries:
+            figures = {**entry["profile"], **entry["accuracy"]}
+            for key in (*PROFILE_SCALARS, "test_top1", "test_top5", "train_top1"):
+                if isinstance(figures.get(key), (int, float)) and not isinstance(figures.get(key), bool):
+                    scalars[f"profile/{entry['variant']}/{key}"] = float(figures[key])
+        logger.log_metrics(scalars, step=trainer.global_step)
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("profile/table", table, global_step=trainer.global_step)
 
 
 class ProfileCallback(L.Callback):
