@@ -99,3 +99,15 @@ def test_missing_logs_folder_is_one_clear_error(tmp_path, capsys):
     except SystemExit as exit_:
         assert exit_.code == 2
     assert "--logs: no such folder" in capsys.readouterr().err
+
+
+def test_random_init_runs_are_compared_with_the_latest_baseline(tmp_path):
+    logs = tmp_path / "logs"
+    _write(logs, "short_baseline", 0, "baseline", "2026-01-01T00:00:00+00:00", [_model("dense", 47.0, 0.0, None)])
+    _write(logs, "same_budget_dense", 0, "baseline", "2026-01-02T00:00:00+00:00", [_model("dense", 70.0, 0.0, None)])
+    _write(logs, "snip", 0, "snip", "2026-01-03T00:00:00+00:00", [_model("pruned-masked", 64.0, 0.9, None)])
+    text = build_report(logs, tmp_path / "REPORT.md")
+    snip = next(line for line in text.splitlines() if line.startswith("| snip |")).strip("| ").split(" | ")
+    assert snip[-1] == "6.00"  # 70.0 - 64.0, not 47.0 - 64.0
+    assert "against the baseline run `same_budget_dense`" in text
+    assert "| baseline (short_baseline) | dense |" in text and "| baseline (same_budget_dense) | dense |" in text

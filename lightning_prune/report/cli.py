@@ -11,10 +11,13 @@ from lightning_prune.report import plots, tables
 from lightning_prune.report.collect import Run, latest_runs, load_runs
 from lightning_prune.results import atomic_write_bytes
 
-DROP_NOTE = (
-    "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
-    "from random initialisation (GraSP, SNIP), against the dataset's baseline run."
-)
+
+def drop_note(reference: Run | None) -> str:
+    against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
+    return (
+        "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
+        f"from random initialisation (GraSP, SNIP), against {against}, the most recent baseline of this dataset."
+    )
 
 
 OPS_NOTE = (
@@ -25,10 +28,8 @@ OPS_NOTE = (
 
 
 def reference_model(runs: list[Run]) -> dict | None:
-    for run in runs:
-        if run.task == "baseline" and run.data["models"]:
-            return run.data["models"][0]
-    return None
+    run = tables.baseline_run(runs)
+    return run.data["models"][0] if run else None
 
 
 def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Path]:
@@ -62,7 +63,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
         lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
     for dataset in sorted({r.dataset for r in chosen}):
         group = [r for r in chosen if r.dataset == dataset]
-        lines += [f"## {dataset}", "", tables.results_table(group), "", DROP_NOTE, ""]
+        lines += [f"## {dataset}", "", tables.results_table(group), "", drop_note(tables.baseline_run(group)), ""]
         ref = reference_model(group)
         if ref is None:
             lines += ["No baseline run for this dataset: accuracy drops and relative bars are missing.", ""]

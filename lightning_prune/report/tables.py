@@ -26,15 +26,19 @@ def energy(profile: dict) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
+def baseline_run(runs: list[Run]) -> Run | None:
+    """The reference run of a dataset: its most recent baseline run (several may be shown)."""
+    baselines = [r for r in runs if r.task == "baseline" and r.data["models"]]
+    return max(baselines, key=lambda r: r.created or "", default=None)
+
+
 def baseline_top1(runs: list[Run]) -> float | None:
     """The reference accuracy: the dense model of the dataset's baseline run."""
-    for run in runs:
-        if run.task == "baseline":
-            for m in run.data["models"]:
-                top1 = m.get("accuracy", {}).get("test_top1")
-                if isinstance(top1, (int, float)):
-                    return float(top1)
-    return None
+    run = baseline_run(runs)
+    if run is None:
+        return None
+    top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
+    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
 
 
 def row(run: Run, model: dict, reference: float | None, label: str | None = None) -> list[str]:
