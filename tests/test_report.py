@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from lightning_prune.report.cli import build_report, main
 
 
@@ -111,3 +113,18 @@ def test_random_init_runs_are_compared_with_the_latest_baseline(tmp_path):
     assert snip[-1] == "6.00"  # 70.0 - 64.0, not 47.0 - 64.0
     assert "against the baseline run `same_budget_dense`" in text
     assert "| baseline (short_baseline) | dense |" in text and "| baseline (same_budget_dense) | dense |" in text
+    # A named reference wins over recency.
+    text = build_report(logs, tmp_path / "REPORT.md", references=["short_baseline"])
+    snip = next(line for line in text.splitlines() if line.startswith("| snip |")).strip("| ").split(" | ")
+    assert snip[-1] == "-17.00" and "against the baseline run `short_baseline`" in text
+
+
+def test_unknown_reference_is_one_clear_error(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    fixture_logs(logs)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--logs", str(logs), "--out", str(tmp_path / "R.md"), "--reference", "nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--reference: no baseline run named nope" in err and "cifar10_baseline" in err
+    assert not (tmp_path / "R.md").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def drop_note(reference: Run | None) -> str:
     against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
     return (
         "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
-        f"from random initialisation (GraSP, SNIP), against {against}, the most recent baseline of this dataset."
+        f"from random initialisation (GraSP, SNIP), against {against} (`lightning-prune report --reference` "
+        "names another)."
     )
 
 
@@ -27,8 +29,8 @@ OPS_NOTE = (
 )
 
 
-def reference_model(runs: list[Run]) -> dict | None:
-    run = tables.baseline_run(runs)
+def reference_model(runs: list[Run], references: Sequence[str] = ()) -> dict | None:
+    run = tables.baseline_run(runs, references)
     return run.data["models"][0] if run else None
 
 
@@ -45,7 +47,8 @@ def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Pat
     return copied
 
 
-def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
+def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequence[str] = ()) -> str:
+    """Write the report; ``references`` names baseline experiments that random-init runs are compared with."""
     runs = load_runs(logs)
     chosen = runs if all_runs else latest_runs(runs)
     plot_dir = out.parent / "report_plots"
@@ -63,8 +66,9 @@ def build_report(logs: Path, out: Path, all_runs: bool = False) -> str:
         lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
     for dataset in sorted({r.dataset for r in chosen}):
         group = [r for r in chosen if r.dataset == dataset]
-        lines += [f"## {dataset}", "", tables.results_table(group), "", drop_note(tables.baseline_run(group)), ""]
-        ref = reference_model(group)
+        table = tables.results_table(group, references)
+        lines += [f"## {dataset}", "", table, "", drop_note(tables.baseline_run(group, references)), ""]
+        ref = reference_model(group, references)
         if ref is None:
             lines += ["No baseline run for this dataset: accuracy drops and relative bars are missing.", ""]
         figures = [
@@ -102,10 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="logs", help="folder searched for results.json (default: logs)")
     parser.add_argument("--out", default="REPORT.md", help="markdown file to write (default: REPORT.md)")
     parser.add_argument("--all-runs", action="store_true", help="keep older runs of the same experiment too")
+    parser.add_argument(
+        "--reference", action="append", default=[], metavar="EXPERIMENT",
+        help="baseline experiment that GraSP/SNIP runs of its dataset are compared with (repeatable; "
+        "default: the most recent baseline run of each dataset)",
+    )
     args = parser.parse_args(argv)
     logs = Path(args.logs)
     if not logs.is_dir():
         parser.error(f"--logs: no such folder {logs}")
-    build_report(logs, Path(args.out), args.all_runs)
+    runs = load_runs(logs)
+    baselines = sorted({r.experiment for r in runs if r.task == "baseline"})
+    unknown = [name for name in args.reference if name not in baselines]
+    if unknown:
+        parser.error(
+            f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
+            f"baseline experiments there: {', '.join(baselines) or 'none'}"
+        )
+    build_report(logs, Path(args.out), args.all_runs, args.reference)
     print(f"report written to {Path(args.out).resolve()} (plots in {Path(args.out).parent.resolve() / 'report_plots'})")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lightning_prune.report.collect import Run
 
 MISSING = "—"
@@ -26,15 +28,16 @@ def energy(profile: dict) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
-def baseline_run(runs: list[Run]) -> Run | None:
-    """The reference run of a dataset: its most recent baseline run (several may be shown)."""
+def baseline_run(runs: list[Run], references: Sequence[str] = ()) -> Run | None:
+    """The reference run of a dataset: the baseline run named in ``references``, else the most recent one."""
     baselines = [r for r in runs if r.task == "baseline" and r.data["models"]]
-    return max(baselines, key=lambda r: r.created or "", default=None)
+    named = [r for r in baselines if r.experiment in references]
+    return max(named or baselines, key=lambda r: r.created or "", default=None)
 
 
-def baseline_top1(runs: list[Run]) -> float | None:
+def baseline_top1(runs: list[Run], references: Sequence[str] = ()) -> float | None:
     """The reference accuracy: the dense model of the dataset's baseline run."""
-    run = baseline_run(runs)
+    run = baseline_run(runs, references)
     if run is None:
         return None
     top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
@@ -94,9 +97,9 @@ def dense_top1(run: Run) -> float | None:
     return None
 
 
-def results_table(runs: list[Run]) -> str:
+def results_table(runs: list[Run], references: Sequence[str] = ()) -> str:
     """One row per variant; the drop is against the run's own dense model, else the baseline run."""
-    baseline = baseline_top1(runs)
+    baseline = baseline_top1(runs, references)
     rows = []
     for run in runs:
         reference = dense_top1(run)
