@@ -128,3 +128,11 @@ def test_unknown_reference_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--reference: no baseline run named nope" in err and "cifar10_baseline" in err
     assert not (tmp_path / "R.md").exists()
+
+
+def test_accuracy_plot_counts_parameters_removed_against_the_dense_baseline():
+    from lightning_prune.report.plots import _removed
+
+    # Channel pruning: fewer parameters though its own weights are mostly dense.
+    assert _removed({"nonzero_params": 302_435, "sparsity": 0.467}, 1_256_724) == pytest.approx(0.7593, abs=1e-4)
+    assert _removed({"sparsity": 0.9}, None) == 0.9  # no baseline: the run's own sparsity

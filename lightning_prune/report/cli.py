@@ -72,7 +72,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         if ref is None:
             lines += ["No baseline run for this dataset: accuracy drops and relative bars are missing.", ""]
         figures = [
-            plots.accuracy_vs_sparsity(group, plot_dir / f"{dataset}_accuracy_vs_sparsity.png"),
+            plots.accuracy_vs_sparsity(group, plot_dir / f"{dataset}_accuracy_vs_sparsity.png", ref),
             plots.relative_bars(group, plot_dir / f"{dataset}_latency_size.png", ref),
             *sensitivity_plots(group, plot_dir, dataset),
         ]

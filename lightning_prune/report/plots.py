@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_prune.report.collect import Run  # noqa: E402
+from lightning_prune.report.tables import task_label  # noqa: E402
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _points(runs: list[Run]):
@@ -19,23 +22,38 @@ def _points(runs: list[Run]):
             yield run, m.get("variant", "?"), p, a
 
 
-def accuracy_vs_sparsity(runs: list[Run], path: Path) -> Path | None:
-    """Test top-1 against weight sparsity (or parameter reduction) for every variant."""
-    pts = [
-        (f"{run.task}: {variant}", p["sparsity"], a["test_top1"])
-        for run, variant, p, a in _points(runs)
-        if isinstance(p.get("sparsity"), (int, float)) and isinstance(a.get("test_top1"), (int, float))
-    ]
-    if not pts:
+def _removed(p: dict, dense_params: float | None) -> float | None:
+    """Share of parameters removed against the dense baseline (so channel pruning counts too)."""
+    nonzero = p.get("nonzero_params")
+    if isinstance(nonzero, (int, float)) and dense_params:
+        return max(0.0, 1 - nonzero / dense_params)
+    sparsity = p.get("sparsity")
+    return float(sparsity) if isinstance(sparsity, (int, float)) else None
+
+
+def accuracy_vs_sparsity(runs: list[Run], path: Path, reference: dict | None = None) -> Path | None:
+    """Test top-1 against the parameters removed, one colour and marker per run (task).
+
+    Variants of one run with the same point (masked, COO, densified: same weights) are drawn once.
+    """
+    dense = (reference or {}).get("profile", {}).get("nonzero_params")
+    series: dict[str, set[tuple[float, float]]] = {}
+    for run, _, p, a in _points(runs):
+        x, y = _removed(p, dense), a.get("test_top1")
+        if x is not None and isinstance(y, (int, float)):
+            series.setdefault(task_label(run, runs), set()).add((round(100 * x, 2), round(y, 2)))
+    if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, x, y in pts:
-        ax.scatter(100 * x, y, s=40, label=label)
-    ax.set_xlabel("weights pruned (%)")
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for i, (label, points) in enumerate(series.items()):
+        xs, ys = zip(*sorted(points))
+        ax.scatter(xs, ys, s=50, color=colours(i), marker=MARKERS[i % len(MARKERS)], label=label, alpha=0.85)
+    ax.set_xlabel("parameters removed vs the dense baseline (%)" if dense else "weights pruned (%)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Accuracy vs sparsity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -52,7 +70,8 @@ def relative_bars(runs: list[Run], path: Path, reference: dict | None) -> Path |
         lat, size = p.get("latency_ms"), p.get("model_size_mb")
         values = (lat, size, ref_p.get("latency_ms"), ref_p.get("model_size_mb"))
         if all(isinstance(v, (int, float)) and v > 0 for v in values):
-            rows.append((f"{run.task}: {variant}", lat / ref_p["latency_ms"], size / ref_p["model_size_mb"]))
+            label = f"{task_label(run, runs)}: {variant}"
+            rows.append((label, lat / ref_p["latency_ms"], size / ref_p["model_size_mb"]))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
