@@ -54,6 +54,19 @@ def _resident_bytes(model: nn.Module, device: torch.device) -> int:
     return total
 
 
+def _profiled_pass(model: nn.Module, x: torch.Tensor, profile_memory: bool = False) -> profile:
+    """One forward pass under torch.profiler, after an unprofiled one (first-call allocations and
+    oneDNN caches should not count)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    model.eval()
+    model(x)
+    _sync(x.device)
+    with profile(activities=activities, profile_memory=profile_memory) as prof:
+        model(x)
+        _sync(x.device)
+    return prof
+
+
 @torch.inference_mode()
 def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     """Peak and average memory in MB of one forward pass, from torch.profiler's memory events.
@@ -63,13 +76,7 @@ def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     is its mean over the operators' start times.
     """
     device = x.device
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    model.eval()
-    model(x)  # first-call allocations (e.g. oneDNN caches) should not count
-    _sync(device)
-    with profile(activities=activities, profile_memory=True) as prof:
-        model(x)
-        _sync(device)
+    prof = _profiled_pass(model, x, profile_memory=True)
     want = "CUDA" if device.type == "cuda" else "CPU"
     events = sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns())
     base = _resident_bytes(model, device)
@@ -98,13 +105,7 @@ def top_operators(model: nn.Module, x: torch.Tensor, count: int = 8) -> list[dic
     sparse kernels, whatever its weights are stored as.
     """
     device = x.device
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    model.eval()
-    model(x)
-    _sync(device)
-    with profile(activities=activities) as prof:
-        model(x)
-        _sync(device)
+    prof = _profiled_pass(model, x)
     rows = []
     for event in prof.key_averages():
         cpu_us = float(event.self_cpu_time_total)

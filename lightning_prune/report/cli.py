@@ -47,9 +47,21 @@ def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Pat
     return copied
 
 
+def check_references(runs: list[Run], references: Sequence[str], logs: Path) -> None:
+    """Every named reference must be a baseline experiment under the logs (checked before anything is written)."""
+    baselines = sorted({r.experiment for r in runs if r.task == "baseline"})
+    unknown = [name for name in references if name not in baselines]
+    if unknown:
+        raise ValueError(
+            f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
+            f"baseline experiments there: {', '.join(baselines) or 'none'}"
+        )
+
+
 def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequence[str] = ()) -> str:
     """Write the report; ``references`` names baseline experiments that random-init runs are compared with."""
     runs = load_runs(logs)
+    check_references(runs, references, logs)
     chosen = runs if all_runs else latest_runs(runs)
     plot_dir = out.parent / "report_plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -115,14 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(args.logs)
     if not logs.is_dir():
         parser.error(f"--logs: no such folder {logs}")
-    runs = load_runs(logs)
-    baselines = sorted({r.experiment for r in runs if r.task == "baseline"})
-    unknown = [name for name in args.reference if name not in baselines]
-    if unknown:
-        parser.error(
-            f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
-            f"baseline experiments there: {', '.join(baselines) or 'none'}"
-        )
-    build_report(logs, Path(args.out), args.all_runs, args.reference)
+    try:
+        build_report(logs, Path(args.out), args.all_runs, args.reference)
+    except ValueError as err:
+        parser.error(str(err))
     print(f"report written to {Path(args.out).resolve()} (plots in {Path(args.out).parent.resolve() / 'report_plots'})")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lightning_prune.profiling.runtime import SPARSE_MARKERS
 from lightning_prune.report.collect import Run
 
 MISSING = "—"
@@ -177,7 +178,7 @@ def operator_table(runs: list[Run], top: int = 4) -> str | None:
             sparse = [
                 f"`{op.get('name')}` x{op.get('calls', '?')}"
                 for op in ops
-                if any(marker in str(op.get("name", "")) for marker in ("sparse", "to_dense"))
+                if any(marker in str(op.get("name", "")) for marker in SPARSE_MARKERS)
             ]
             rows.append([
                 task_label(run, runs),
