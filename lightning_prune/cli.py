@@ -1,47 +1,247 @@
-"""``lightning-prune``: LightningCLI's fit / validate / test, plus ``report``."""
+"""``lightning-prune``: LightningCLI's fit / validate / test, plus ``report`` and ``export``.
+
+Besides ``model``, ``data`` and ``trainer`` the parser has one group per callback a task uses, so
+every option can be set on the command line (``--prune.target_sparsity=0.8``) and is described by
+``--help`` (``--prune.help MagnitudePruning`` for one class):
+
+- ``run``: the run's identity (experiment name, version) and the roots of its folders;
+- ``checkpoint``: ``ModelCheckpoint`` (its folder is the run's own);
+- ``profile``: ``ProfileCallback``, whose settings every profile of the run uses;
+- ``sweep``: the sensitivity scan of task 1a (optional);
+- ``prune``: the task's pruning callback (optional).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_prune.callbacks.profile import ProfileCallback
+from lightning_prune.callbacks.run import RunInfo
+from lightning_prune.callbacks.unstructured import SensitivityScan
 from lightning_prune.data import ImageDataModule
 from lightning_prune.errors import ConfigError
-from lightning_prune.module import ImageClassifier, checkpoint_path_exists
+from lightning_prune.module import ImageClassifier
+from lightning_prune.runs import VERSION_ENV, is_reference, new_run, read_checkpoint, resolve_reference
+
+LOGGERS = {"TensorBoardLogger", "CSVLogger"}
+DEFAULT_LOGGER_NAMES = {None, "", "lightning_logs"}
+
+
+@dataclass
+class RunSpec:
+    """Which run this is: ``logs/<experiment>/version_N`` and ``checkpoints/<experiment>/version_N``.
+
+    Args:
+        experiment: Name of the experiment; every version of it lives under this name, and later tasks
+            refer to its newest finished run as ``run:<experiment>``.
+        version: Version number to use (null: the next free one, so no earlier run is overwritten).
+        logs: Root folder of the runs' logs, results and exports.
+        checkpoints: Root folder of the runs' checkpoints.
+    """
+
+    experiment: str | None = None
+    version: int | None = None
+    logs: str = "logs"
+    checkpoints: str = "checkpoints"
+
+
+def composed(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
+    """``path`` preceded by the files its ``defaults`` list names (relative to it), depth first.
+
+    ``--config`` files given one after another merge key by key; this turns one experiment file
+    into that stack, so shared settings live once (base, dataset, task) and the experiment file
+    states only what differs.
+    """
+    if not path.is_file():
+        return [path]  # jsonargparse names the missing file
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from err
+    bases = data.get("defaults") if isinstance(data, dict) else None
+    stack: list[Path] = []
+    for base in [bases] if isinstance(bases, str) else bases or []:
+        base_path = Path(os.path.normpath(path.parent / str(base)))
+        if not base_path.is_file():
+            raise ConfigError(f"--config {path}: defaults names {base}, which is not a file")
+        if base_path.resolve() in seen:
+            raise ConfigError(f"--config {path}: defaults loop through {base}")
+        stack += composed(base_path, (*seen, path.resolve()))
+    return [*stack, path]
+
+
+def expand_configs(argv: list[str]) -> list[str]:
+    """Each ``--config FILE`` becomes the stack of files it builds on; a file already applied is not applied again."""
+    out: list[str] = []
+    applied: set[Path] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        for path in composed(Path(value)):
+            key = path.resolve()
+            if key not in applied:
+                applied.add(key)
+                out += ["--config", str(path)]
+    return out
+
+
+def _external_launch() -> bool:
+    """Started by torchrun, SLURM or a Lightning launcher: another process may already have reserved the run."""
+    return any(os.environ.get(k) not in (None, "", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 class PruneCLI(LightningCLI):
     """The data module's class count feeds the model, so YAML never states it twice."""
 
+    reserved: Path | None = None  # the log folder this process reserved, removed again if the run wrote nothing
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_argument("--defaults", type=list[str] | None, default=None,
+                            help="config files this one builds on, relative to it (applied before it)")
+        parser.add_class_arguments(RunSpec, "run")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ProfileCallback, "profile")
+        parser.add_lightning_class_args(SensitivityScan, "sweep", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(Callback, "prune", subclass_mode=True, required=False)
 
-    def before_fit(self) -> None:
-        checkpoint_path_exists(self.config_init[self.subcommand].get("ckpt_path"))
+    # ------------------------------------------------------------ run identity
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path run:...`` and check the file before Lightning reads its hyperparameters."""
+        self.sources: dict[str, str] = {}
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else None
+        ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            if is_reference(ckpt_path):
+                ckpt_path = cfg.ckpt_path = self._resolve("ckpt_path", ckpt_path, cfg.run.checkpoints)
+            read_checkpoint(ckpt_path, "ckpt_path")  # one line for a missing, truncated or foreign file
+            self.sources["ckpt_path"] = str(ckpt_path)
+        super()._parse_ckpt_path()
 
-    before_validate = before_test = before_fit
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        spec = cfg.run
+        if not spec.experiment:
+            raise ConfigError("run.experiment: name the experiment (e.g. --run.experiment=digits_baseline)")
+        env = os.environ.get(VERSION_ENV, "")
+        version = spec.version
+        if version is None and env.startswith(f"{spec.experiment}:"):
+            version = int(env.split(":", 1)[1])
+        run = new_run(spec.experiment, Path(spec.logs), Path(spec.checkpoints), version,
+                      reserve=not _external_launch())
+        os.environ[VERSION_ENV] = f"{run.experiment}:{run.version}"  # processes Lightning launches inherit it
+        PruneCLI.reserved = run.log_dir
+        self.run = run
+        cfg.trainer.default_root_dir = str(run.log_dir)
+        self._place_logger(cfg, run)
+        if cfg.checkpoint.dirpath not in (None, str(run.checkpoint_dir)):
+            raise ConfigError(
+                f"checkpoint.dirpath: a run keeps its checkpoints in its own folder ({run.checkpoint_dir}); "
+                "set run.checkpoints to move the root instead"
+            )
+        cfg.checkpoint.dirpath = str(run.checkpoint_dir)
+        if is_reference(cfg.model.pretrained):
+            cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
+        print(f"run: {run.name} (logs {run.log_dir}, checkpoints {run.checkpoint_dir})", file=sys.stderr)
+
+    def _resolve(self, option: str, ref: str, checkpoints: str) -> str:
+        path = str(resolve_reference(ref, checkpoints))
+        self.sources[option] = path
+        self.sources[f"{option}_reference"] = ref
+        print(f"{option}: {ref} -> {path}", file=sys.stderr)
+        return path
+
+    @staticmethod
+    def _place_logger(cfg: Any, run: Any) -> None:
+        """The logger writes into the run's folder, whatever the YAML said about folders."""
+        logger = cfg.trainer.logger
+        if logger is True:
+            logger = cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                           "init_args": {}}
+        if not logger:
+            return
+        entries = logger if isinstance(logger, list) else [logger]
+        for entry in entries:
+            class_path = entry.get("class_path", "") if hasattr(entry, "get") else ""
+            if class_path.rsplit(".", 1)[-1] not in LOGGERS:
+                continue
+            init_args = entry.get("init_args")
+            if init_args is None:
+                entry["init_args"] = init_args = {}
+            name = init_args.get("name")
+            if name not in DEFAULT_LOGGER_NAMES and name != run.experiment:
+                raise ConfigError(
+                    f"trainer.logger.init_args.name={name!r}: the run's name is set in one place, run.experiment "
+                    f"({run.experiment!r}); use --run.experiment={name} instead"
+                )
+            init_args["save_dir"] = str(run.logs_root)
+            init_args["name"] = run.experiment
+            init_args["version"] = run.version
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """Empty optional groups (``sweep``, ``prune``) add no callback; the run's identity is one."""
+        parser = self._parser(self.subcommand)
+        callbacks = [c for c in (self._get(self.config_init, key) for key in parser.callback_keys) if c is not None]
+        callbacks.append(RunInfo(self.run, self.sources))
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, callbacks)
 
 
 def run_cli(args: list[str] | None) -> None:
-    PruneCLI(
-        ImageClassifier,
-        ImageDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    PruneCLI.reserved = None
+    try:
+        PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True})
+    finally:
+        os.environ.pop(VERSION_ENV, None)
+        reserved = PruneCLI.reserved
+        if reserved is not None and reserved.is_dir() and not any(reserved.iterdir()):
+            reserved.rmdir()  # a run that stopped before writing anything leaves no empty version behind
+
+
+def _subcommand(name: str):
+    if name == "report":
+        from lightning_prune.report.cli import main as report_main
+
+        return report_main
+    if name == "export":
+        from lightning_prune.export.cli import main as export_main
+
+        return export_main
+    return None
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] == "report":
-            from lightning_prune.report.cli import main as report_main
-
-            return report_main(argv[1:])
-        run_cli(None if args is None else argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        command = _subcommand(argv[0]) if argv else None
+        if command is not None:
+            return command(argv[1:])
+        expanded = expand_configs(argv)
+        if args is None:  # LightningCLI reads sys.argv; so do the processes Lightning's DDP launcher starts
+            sys.argv = [sys.argv[0], *expanded]
+        run_cli(None if args is None else expanded)
+    except (ConfigError, MisconfigurationException) as err:
+        message = f"trainer: {' '.join(str(err).split())}" if isinstance(err, MisconfigurationException) else str(err)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ demo and the tests run offline on real (if small) images.
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
 from pathlib import Path
 from typing import Literal
@@ -39,8 +40,6 @@ class _UncheckedMixin:
         return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
 
     def _load_meta(self) -> None:
-        import pickle
-
         with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
             data = pickle.load(f, encoding="latin1")
         self.classes = data[self.meta["key"]]
@@ -81,7 +80,23 @@ class ArrayDataset(Dataset):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Train / validation / test loaders; ``val_size`` images of the train set become validation."""
+    """Train / validation / test loaders; ``val_size`` images of the train set become validation.
+
+    Transforms are chenyaofo/image-classification-codebase's (train: random crop with 4-pixel
+    padding and horizontal flip; eval: none), then normalisation with the dataset's mean and std.
+
+    Args:
+        dataset: ``cifar10``, ``cifar100`` or ``digits`` (scikit-learn's bundled 8x8 digits resized to
+            3x32x32: real images, no download).
+        data_dir: Folder holding (or receiving) the torchvision copy of CIFAR.
+        batch_size: Images per batch for every loader.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        download: Download CIFAR into ``data_dir`` when it is missing.
+        verify_checksums: Check torchvision's MD5s; false accepts a re-packed copy of the same files.
+        val_size: Training images (eval transforms) held out as the validation set that pruning
+            decisions use; 0 validates on the test set.
+        split_seed: Seed of the train/validation split.
+    """
 
     def __init__(
         self,
@@ -148,6 +163,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.data_dir={self.data_dir}: {name} is not there and downloading {cls.url} failed ({err}); "
                 "copy the extracted dataset into data_dir or run where the download works"
+            ) from err
+        except (EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as err:
+            raise ConfigError(
+                f"data.data_dir={self.data_dir}: a {name} batch file is truncated or corrupt "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); download or copy it again"
             ) from err
         except RuntimeError as err:
             hint = "" if self.download else " and data.download is false"

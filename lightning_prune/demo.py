@@ -16,14 +16,14 @@ from lightning_prune.cli import main as cli_main
 from lightning_prune.report.cli import main as report_main
 
 DEMO_CONFIGS = Path("configs/demo")
-BASELINE_CKPT = "checkpoints/digits_baseline/last.ckpt"
+BASELINE_RUN = "run:digits_baseline"  # the newest digits_baseline run: the one this demo just trained
 
 
 def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
     """Task 0, 1a, 1b (GraSP, SNIP) and 2, in the order their checkpoints depend on each other."""
     return [
         ("task 0: train the digits baseline", ["fit", "--config", str(configs / "baseline.yaml")]),
-        ("task 0: profile it", ["test", "--config", str(configs / "baseline.yaml"), f"--ckpt_path={BASELINE_CKPT}"]),
+        ("task 0: profile it", ["test", "--config", str(configs / "baseline.yaml"), f"--ckpt_path={BASELINE_RUN}"]),
         ("task 1a: sensitivity sweep, magnitude pruning, sparse export",
          ["fit", "--config", str(configs / "unstructured.yaml")]),
         ("task 1b: staged GraSP from random init", ["fit", "--config", str(configs / "grasp.yaml")]),

@@ -23,6 +23,19 @@ class ImageClassifier(L.LightningModule):
     ``channels`` is saved with the hyperparameters and updated by channel surgery, so
     ``load_from_checkpoint`` rebuilds a network of the same widths. ``pretrained`` is not saved:
     a checkpoint already holds the weights.
+
+    Args:
+        num_classes: Output classes (linked from ``data.num_classes``).
+        channels: The 13 conv widths; null: VGG16's widths times ``width_multiplier``.
+        width_multiplier: Scales VGG16's conv widths (0.25: a quarter-width model for quick runs).
+        classifier_width: Width of the two hidden linear layers.
+        pretrained: ``true``: chenyaofo's CIFAR weights (downloaded); a path: a state dict or Lightning
+            checkpoint; ``run:<experiment>``: the newest finished run of that experiment.
+        lr: Peak learning rate of SGD.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty of SGD.
+        nesterov: Use Nesterov momentum.
+        cosine_schedule: Anneal the learning rate to 0 over the run (per step).
     """
 
     def __init__(
@@ -48,6 +61,9 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=["pretrained"])
         self.hparams["channels"] = list(channels)
         self.model = vgg16_bn(num_classes, channels, pretrained, classifier_width)
+        # What pruned this model (task, method, target): saved in checkpoints, so a resumed fit or a
+        # test of the checkpoint knows what it holds, whatever the config says.
+        self.pruning: dict[str, Any] | None = None
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
@@ -92,8 +108,25 @@ class ImageClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def claim_pruning(self, description: dict[str, Any]) -> None:
+        """Record what prunes this model; a resumed checkpoint pruned otherwise is an error naming both values."""
+        old = self.pruning or {}
+        differ = [key for key, value in description.items() if key in old and old[key] != value]
+        if differ:
+            was = ", ".join(f"{key}={old[key]!r}" for key in differ)
+            now = ", ".join(f"{key}={description[key]!r}" for key in differ)
+            raise ConfigError(
+                f"ckpt_path: the checkpoint was pruned with {was} but the config says {now}; "
+                "resume with the checkpoint's settings, or start a new run from model.pretrained"
+            )
+        self.pruning = {**old, **description}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pruning"] = self.pruning
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Re-create pruning masks the checkpoint holds, and name the option when shapes do not fit."""
+        self.pruning = checkpoint.get("pruning")
         restore_masks(self.model, checkpoint.get("state_dict", {}), prefix="model.")
         own = self.state_dict()
         for key, value in checkpoint.get("state_dict", {}).items():

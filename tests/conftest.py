@@ -73,7 +73,12 @@ def tiny_cli_args(tmp_path: Path, experiment: str = "tiny") -> list[str]:
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        f"--trainer.logger.init_args.name={experiment}",
+        f"--run.experiment={experiment}",
+        f"--run.logs={tmp_path / 'logs'}",
+        f"--run.checkpoints={tmp_path / 'checkpoints'}",
     ]
+
+
+def last_checkpoint(tmp_path: Path, experiment: str = "tiny", version: int = 0) -> Path:
+    """Where a run of ``tiny_cli_args`` keeps its last checkpoint."""
+    return tmp_path / "checkpoints" / experiment / f"version_{version}" / "last.ckpt"

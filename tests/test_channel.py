@@ -29,7 +29,7 @@ from lightning_prune.pruning.channel import (
     sample_rows,
 )
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "channel.yaml")
 
@@ -187,7 +187,8 @@ def test_cli_prunes_finetunes_reloads_and_resumes(tmp_path, monkeypatch, tiny_ch
     monkeypatch.chdir(tmp_path)
     args = tiny_cli_args(tmp_path, "tiny_channel")
     assert main(["fit", "--config", DEMO, "--trainer.max_epochs=1", "--model.pretrained=false", *args]) == 0
-    steps = torch.load(tmp_path / "checkpoints" / "digits_channel" / "last.ckpt", weights_only=True)["global_step"]
+    ckpt = last_checkpoint(tmp_path, "tiny_channel")
+    steps = torch.load(ckpt, weights_only=True)["global_step"]
     run = tmp_path / "logs" / "tiny_channel" / "version_0"
     results = json.loads((run / "results.json").read_text())
     validate(results)
@@ -204,7 +205,6 @@ def test_cli_prunes_finetunes_reloads_and_resumes(tmp_path, monkeypatch, tiny_ch
     for key in ("channels_csv", "channels_json", "checkpoint"):
         assert Path(results["artifacts"][key]).is_file(), key
 
-    ckpt = tmp_path / "checkpoints" / "digits_channel" / "last.ckpt"
     module = ImageClassifier.load_from_checkpoint(ckpt)
     assert module.model.channels == narrow
     assert module.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -215,8 +215,9 @@ def test_cli_prunes_finetunes_reloads_and_resumes(tmp_path, monkeypatch, tiny_ch
     # do not load the dense pretrained file the config names (it does not even exist here)
     assert main(["test", "--config", DEMO, f"--ckpt_path={ckpt}", *args]) == 0
     assert main(["fit", "--config", DEMO, f"--ckpt_path={ckpt}", "--trainer.max_epochs=2", *args]) == 0
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 2 * steps  # one more epoch, not a fresh fit
-    resumed = ImageClassifier.load_from_checkpoint(ckpt).model
+    resumed_ckpt = last_checkpoint(tmp_path, "tiny_channel", 2)  # a new run: version 1 was the test
+    assert torch.load(resumed_ckpt, weights_only=True)["global_step"] == 2 * steps  # one more epoch, not a fresh fit
+    resumed = ImageClassifier.load_from_checkpoint(resumed_ckpt).model
     assert resumed.channels == narrow
     assert float((resumed.classifier[0].weight == 0).float().mean()) == pytest.approx(sparsity)
     latest = max(run.parent.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))  # `test` made one too
@@ -228,8 +229,7 @@ def test_cli_prunes_finetunes_reloads_and_resumes(tmp_path, monkeypatch, tiny_ch
 def test_cli_bad_ratio(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(json.dumps({"trainer": {"callbacks": [
-        {"class_path": "lightning_prune.callbacks.channel.ChannelPruning", "init_args": {"ratios": 1.0}}]}}))
+    bad.write_text(json.dumps({"prune": {"init_args": {"ratios": 1.0}}}))
     argv = ["fit", "--config", DEMO, "--config", str(bad), *tiny_cli_args(tmp_path), "--model.pretrained=false"]
     err = run_cli_expecting_error(argv, capsys)
     assert "ChannelPruning.ratios" in err and "(0, 1)" in err and "Traceback" not in err, err[-2000:]

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_prune.cli import main
 from lightning_prune.module import ImageClassifier
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_BASELINE = str(CONFIGS / "demo" / "baseline.yaml")
@@ -23,16 +23,17 @@ def test_fit_then_test_writes_a_valid_profile(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = tiny_cli_args(tmp_path, "tiny_baseline")
     assert main(["fit", "--config", DEMO_BASELINE, "--trainer.max_epochs=1", *args]) == 0
-    ckpt = tmp_path / "checkpoints" / "digits_baseline" / "last.ckpt"
+    ckpt = last_checkpoint(tmp_path, "tiny_baseline")
     assert ckpt.is_file()
     assert main(["test", "--config", DEMO_BASELINE, f"--ckpt_path={ckpt}", *args]) == 0
     found = sorted((tmp_path / "logs" / "tiny_baseline").glob("version_*/results.json"))
-    assert len(found) == 1
+    assert [p.parent.name for p in found] == ["version_1"]  # the test is a run of its own, after the fit
     results = json.loads(found[0].read_text())
     validate(results)
     entry = results["models"][0]
     assert results["task"] == "baseline" and results["dataset"] == "digits" and entry["variant"] == "dense"
-    assert entry["checkpoint"] == str(ckpt)
+    assert entry["checkpoint"] == str(ckpt) and results["sources"]["ckpt_path"] == str(ckpt)
+    assert results["run"]["experiment"] == "tiny_baseline" and results["run"]["version"] == 1
     assert 0 <= entry["accuracy"]["train_top1"] <= 100 and entry["profile"]["macs"] > 0
     assert len(entry["layers"]) == 16
     assert "| dense |" in capsys.readouterr().err + found[0].with_suffix(".md").read_text()
@@ -82,12 +83,29 @@ def test_checkpoint_of_another_class_count(capsys, tmp_path, monkeypatch):
     assert "ckpt_path" in err and "classifier.6" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+EXPERIMENTS = sorted(p for d in ("demo", "cifar10", "cifar100", "cifar10-subset") for p in (CONFIGS / d).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_config_parses(config, capsys):
-    """Each shipped YAML names existing classes and options of the right types (nothing is instantiated)."""
+    """Each experiment file, composed with what it builds on, names existing classes and valid options."""
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["dataset"] in ("cifar10", "cifar100", "digits")
-    assert printed["trainer"]["logger"]["init_args"]["name"]
+    dataset = {"demo": "digits", "cifar10-subset": "cifar10"}.get(config.parent.name, config.parent.name)
+    assert printed["data"]["dataset"] == dataset
+    prefix = {"demo": "digits", "cifar10-subset": "cifar10subset"}.get(config.parent.name, config.parent.name)
+    assert printed["run"]["experiment"] == f"{prefix}_{config.stem}"
+    assert printed["checkpoint"]["save_last"] is True
+    task = config.stem if config.stem != "dense" else "baseline"
+    method = (printed.get("prune") or {}).get("init_args", {}).get("method")
+    assert (printed["prune"] is None) == (task == "baseline") and method in (None, task)
+
+
+def test_configs_state_nothing_twice():
+    """Shared settings live in base, dataset and task files; the experiments stay short."""
+    lines = sum(len(p.read_text().splitlines()) for p in CONFIGS.rglob("*.yaml"))
+    assert lines < 440, lines
+    for config in EXPERIMENTS:
+        assert "defaults" in yaml.safe_load(config.read_text()), config

@@ -24,23 +24,18 @@ TINY = [
 
 
 def shrink(src: Path, dst: Path) -> None:
-    """The demo config with one or three epochs, stages due at once and small calibration sets."""
-    config = yaml.safe_load(src.read_text())
-    staged = False
-    for callback in config["trainer"].get("callbacks", []):
-        args = callback.get("init_args", {})
-        if callback["class_path"].endswith("StagedPruning"):
-            args.update(fallback_epochs=[0, 1, 2], calibration_per_class=2)
-            staged = True
-        if callback["class_path"].endswith("ChannelPruning"):
-            args.update(images_per_class=4, samples=200)
-        if callback["class_path"].endswith("SensitivityScan"):
-            args.update(sparsities=[0.0, 0.5, 0.95], progress=False)
-        for key in ("latency_batches", "energy_batches", "train_batches"):
-            if key in args:
-                args[key] = 1
-    config["trainer"]["max_epochs"] = 3 if staged else 1
-    dst.write_text(yaml.safe_dump(config))
+    """The demo config, composed with overrides: one or three epochs, stages due at once, small calibration."""
+    overrides: dict = {"defaults": [str(src)], "trainer": {"max_epochs": 1},
+                       "profile": {"latency_batches": 1, "energy_batches": 1, "train_batches": 1}}
+    prune = (yaml.safe_load(src.read_text()).get("prune") or {}).get("init_args", {})
+    if src.stem in ("grasp", "snip"):
+        overrides["prune"] = {"init_args": {"fallback_epochs": [0, 1, 2], "calibration_per_class": 2}}
+        overrides["trainer"]["max_epochs"] = 3
+    elif src.stem == "channel" or "images_per_class" in prune:
+        overrides["prune"] = {"init_args": {"images_per_class": 4, "samples": 200}}
+    if src.stem == "unstructured":
+        overrides["sweep"] = {"init_args": {"sparsities": [0.0, 0.5, 0.95], "progress": False}}
+    dst.write_text(yaml.safe_dump(overrides))
 
 
 def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
@@ -53,6 +48,11 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
 
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
     assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "grasp", "snip", "unstructured")]
+    baseline = "checkpoints/digits_baseline/version_0/last.ckpt"  # the fit; the profiling test is version_1
+    assert results["digits_baseline"]["sources"]["ckpt_path"] == baseline
+    for task in ("unstructured", "channel"):
+        assert results[f"digits_{task}"]["sources"] == {"model.pretrained": baseline,
+                                                        "model.pretrained_reference": "run:digits_baseline"}
     for method in ("grasp", "snip"):
         stages = results[f"digits_{method}"]["schedule"]["stages"]
         assert [s["stage"] for s in stages] == [1, 2, 3]

@@ -135,16 +135,14 @@ def test_bad_options_name_the_option(tiny_channels):
 
 def test_cli_fit_writes_results(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": "checkpoints/tiny", "save_last": True}},
-        {"class_path": "lightning_prune.callbacks.staged.StagedPruning",
-         "init_args": {"method": "grasp", "target_sparsity": 0.8, "accuracy_triggers": [20, 40, 100],
-                       "fallback_epochs": [0, 1, None], "calibration_per_class": 2, "latency_batches": 1,
-                       "warmup_batches": 1, "energy_batches": 1, "train_batches": 1}},
-    ]
+    groups = {
+        "prune": {"class_path": "lightning_prune.callbacks.staged.StagedPruning",
+                  "init_args": {"method": "grasp", "target_sparsity": 0.8, "accuracy_triggers": [20, 40, 100],
+                                "fallback_epochs": [0, 1, None], "calibration_per_class": 2}},
+        "profile": {"latency_batches": 1, "warmup_batches": 1, "energy_batches": 1, "train_batches": 1},
+    }
     config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+    config.write_text(json.dumps(groups))
     args = [*tiny_cli_args(tmp_path, "tiny_grasp"), "--trainer.max_epochs=3", "--data.val_size=32"]
     with pytest.warns(UserWarning, match="stage 3"):
         assert main(["fit", "--config", DEMO, "--config", str(config), *args]) == 0

@@ -24,7 +24,7 @@ from lightning_prune.pruning.unstructured import (
     restore_masks,
 )
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
+from tests.conftest import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = str(CONFIGS / "demo" / "unstructured.yaml")
@@ -147,7 +147,7 @@ def test_cli_prunes_exports_and_resumes(tmp_path, monkeypatch):
     assert json.loads((run / "coo_check.json").read_text())["mismatches"] == 0
 
     # masks are in the checkpoint, equal to the exported ones, and survive load_from_checkpoint
-    ckpt = tmp_path / "checkpoints" / "digits_unstructured" / "last.ckpt"
+    ckpt = last_checkpoint(tmp_path, "tiny_unstructured")
     exported = torch.load(run / "masks.pt", weights_only=True)
     saved = _ckpt_masks(ckpt)
     assert set(saved) == set(exported) and all(torch.equal(saved[n], exported[n]) for n in saved)
@@ -157,6 +157,7 @@ def test_cli_prunes_exports_and_resumes(tmp_path, monkeypatch):
 
     # resume: one more epoch, same masks, pruned weights still exactly zero
     assert main(["fit", "--config", DEMO, f"--ckpt_path={ckpt}", "--trainer.max_epochs=2", *args]) == 0
+    ckpt = last_checkpoint(tmp_path, "tiny_unstructured", 1)  # the resumed fit is a run of its own
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = _ckpt_masks(ckpt)
     assert all(torch.equal(resumed[n], exported[n]) for n in exported)
@@ -170,12 +171,13 @@ def test_cli_prunes_exports_and_resumes(tmp_path, monkeypatch):
 
 
 def _bad_config(tmp_path: Path, pruning: dict, scan_levels: list[float] | None = None) -> str:
-    callbacks = [{"class_path": "lightning_prune.callbacks.unstructured.MagnitudePruning", "init_args": pruning}]
+    groups = {"prune": {"class_path": "lightning_prune.callbacks.unstructured.MagnitudePruning",
+                        "init_args": {"target_sparsity": None, **pruning}}, "sweep": None}
     if scan_levels is not None:
-        callbacks.insert(0, {"class_path": "lightning_prune.callbacks.unstructured.SensitivityScan",
-                             "init_args": {"sparsities": scan_levels, "progress": False}})
+        groups["sweep"] = {"class_path": "lightning_prune.callbacks.unstructured.SensitivityScan",
+                           "init_args": {"sparsities": scan_levels, "progress": False}}
     path = tmp_path / "bad.yaml"
-    path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+    path.write_text(json.dumps(groups))
     return str(path)
 
 
@@ -203,18 +205,18 @@ def test_cli_reuses_an_earlier_sweep(tmp_path, monkeypatch):
     names = list(prunable_modules(VGG(10, [4] * 13)))
     csv = tmp_path / "earlier.csv"
     csv.write_text("layer,0,0.5,0.9\n" + "".join(f"{n},80,79,70\n" for n in names))
-    callbacks = [
-        {"class_path": "lightning_prune.callbacks.unstructured.SensitivityScan", "init_args": {"curves_csv": str(csv)}},
-        {"class_path": "lightning_prune.callbacks.unstructured.MagnitudePruning",
-         "init_args": {"target_sparsity": 0.5, "export": False, "profile_dense": False}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpt"}},
-    ]
+    groups = {
+        "sweep": {"class_path": "lightning_prune.callbacks.unstructured.SensitivityScan",
+                  "init_args": {"curves_csv": str(csv)}},
+        "prune": {"class_path": "lightning_prune.callbacks.unstructured.MagnitudePruning",
+                  "init_args": {"target_sparsity": 0.5, "export": False, "profile_dense": False}},
+    }
     config = tmp_path / "reuse.yaml"
-    config.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+    config.write_text(json.dumps(groups))
     argv = ["fit", "--config", DEMO, "--config", str(config), *tiny_cli_args(tmp_path, "reuse"),
             "--model.pretrained=false", "--trainer.max_epochs=1", "--trainer.limit_val_batches=1"]
     assert main(argv) == 0
-    sd = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True)["state_dict"]
+    sd = torch.load(last_checkpoint(tmp_path, "reuse"), weights_only=True)["state_dict"]
     masks = [v for k, v in sd.items() if k.endswith("weight_mask")]
     total = sum(v.numel() for k, v in sd.items() if k.endswith(("weight_orig", ".weight")) and v.dim() > 1)
     assert sum(int((m == 0).sum()) for m in masks) / total == pytest.approx(0.5, abs=1e-4)

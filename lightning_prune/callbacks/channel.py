@@ -1,8 +1,9 @@
 """Task 2: LASSO channel pruning at fit start, fine-tuning of the narrow VGG, dense vs pruned profiles.
 
 Thin adapter: the algorithm is in ``lightning_prune.pruning.channel``. The surgery replaces
-``pl_module.model`` and updates ``hparams["channels"]`` before the first training step, so every
-checkpoint holds the narrow network under the widths that rebuild it.
+``pl_module.model`` and updates ``hparams["channels"]`` in ``setup``, before the strategy wraps the
+model and builds the optimizer, so every checkpoint holds the narrow network under the widths that
+rebuild it and DDP all-reduces the narrow network's parameters.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_prune.callbacks.profile import profile_entry, record, run_dir
+from lightning_prune.callbacks.profile import profile_entry, record
+from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, resume_path, run_dir
 from lightning_prune.errors import ConfigError
+from lightning_prune.models import vgg16_bn
 from lightning_prune.models.vgg import VGG
-from lightning_prune.profiling import ProfileSettings
 from lightning_prune.pruning.channel import (
     apply_masks,
     check_linear_sparsity,
@@ -31,6 +33,7 @@ from lightning_prune.pruning.channel import (
 )
 from lightning_prune.pruning.layers import count_parameters
 from lightning_prune.results import atomic_write_bytes
+from lightning_prune.runs import read_checkpoint
 
 TASK = "channel"
 CSV_FILE = "channels.csv"
@@ -40,17 +43,27 @@ CSV_COLUMNS = ("layer", "in_dense", "in_kept", "out_dense", "out_kept", "samples
 
 
 class ChannelPruning(L.Callback):
-    """Prune conv input channels by LASSO + least squares (He et al. 2017) when ``fit`` starts.
+    """Prune conv input channels by LASSO + least squares (He et al. 2017) before training starts.
 
-    ``ratios``: the fraction of input channels each conv keeps, one number for convs 2-13 or
-    ``{"features.N": ratio}`` for the listed ones (the producer conv loses the same filters; the
-    first conv's RGB input and the last conv's outputs are never pruned). Calibration uses
-    ``images_per_class`` training images per class (eval transforms), at most ``positions``
-    random positions per image and ``samples`` rows per layer. ``linear_sparsity`` additionally
-    zeroes that fraction of the hidden linear layers' weights (kept zero through fine-tuning).
-    The dense model is profiled before the surgery and the narrow one at fit end, both into
-    results.json (task ``channel``) with the channels kept per layer. A fit resumed from a
-    checkpoint of the narrow network does not prune again.
+    The surgery happens in ``setup``, before the strategy wraps the model (DDP) and builds the
+    optimizer, so the narrow network is the one trained and all-reduced. The producer conv loses the
+    same filters; the first conv's RGB input and the last conv's outputs are never pruned.
+    Calibration uses a class-balanced batch of training images (eval transforms). The dense model is
+    profiled before the surgery and the narrow one at fit end, both into results.json (task
+    ``channel``) with the channels kept per layer, using the ``profile`` settings. A fit resumed from
+    a checkpoint of the narrow network rebuilds that network and does not prune again.
+
+    Args:
+        ratios: Fraction of input channels each conv keeps: one number for convs 2-13, or
+            ``{"features.N": ratio}`` for the listed convs only.
+        images_per_class: Training images per class in the calibration batch.
+        samples: Rows (image positions) sampled per layer for the regression; null: all.
+        positions: Random positions sampled per image.
+        linear_sparsity: Fraction of the hidden linear layers' weights zeroed too (kept zero while
+            fine-tuning); null: none.
+        seed: Seed of the calibration images and sampled positions.
+        progress: Show a progress bar over the layers.
+        profile_dense: Profile the dense model before the surgery (the ``dense`` row of the results).
     """
 
     def __init__(
@@ -63,28 +76,17 @@ class ChannelPruning(L.Callback):
         seed: int = 0,
         progress: bool = True,
         profile_dense: bool = True,
-        latency_batches: int = 10,
-        warmup_batches: int = 2,
-        energy_batches: int = 10,
-        train_batches: int | None = None,
     ) -> None:
         # Checked in ``setup``: jsonargparse would turn an error raised here into a generic one.
         self.ratios, self.images_per_class, self.samples, self.positions = ratios, images_per_class, samples, positions
         self.linear_sparsity, self.seed, self.progress = linear_sparsity, seed, progress
-        self.profile_dense, self.train_batches = profile_dense, train_batches
-        self.settings = ProfileSettings(latency_batches, warmup_batches, energy_batches)
+        self.profile_dense = profile_dense
         self.channels: list[int] | None = None  # the narrow widths once pruned (saved in checkpoints)
         self.dense_channels: list[int] | None = None
         self.layers: list[dict] = []
         self.dense_entry: dict | None = None
         self.seconds: float | None = None
         self.masks: dict = {}
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        try:
-            self.check(pl_module.model)
-        except ConfigError as err:
-            raise ConfigError(f"ChannelPruning.{err}") from err
 
     def check(self, model: Any) -> None:
         """Every option, each error naming it and what it allows."""
@@ -98,63 +100,103 @@ class ChannelPruning(L.Callback):
         if self.samples is not None and (isinstance(self.samples, bool) or self.samples < 1):
             raise ConfigError(f"samples must be a positive integer or null (all sampled positions), got {self.samples}")
         check_linear_sparsity(self.linear_sparsity)
-        if self.train_batches is not None and self.train_batches < 0:
-            raise ConfigError(f"train_batches must be >= 0 or null, got {self.train_batches}")
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        model = pl_module.model
-        if self.channels is not None:  # state restored from a checkpoint of the narrow network
-            if list(model.channels) != self.channels:
-                raise ConfigError(
-                    f"ckpt_path: the checkpoint's ChannelPruning widths {self.channels} differ from the model's "
-                    f"{list(model.channels)}; resume with the checkpoint's own hyperparameters"
-                )
-            pl_module.hparams["pretrained"] = False
-            self.masks = zero_masks(model) if self.linear_sparsity else {}
-            rank_zero_info(f"ChannelPruning: narrow network {self.channels} restored; fine-tuning goes on")
+    def describe(self) -> dict[str, Any]:
+        """What this callback prunes to (kept in the checkpoint; a resumed fit must agree)."""
+        return {"task": TASK, "method": "lasso", "ratios": self.ratios, "linear_sparsity": self.linear_sparsity}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.channels is not None:
             return
-        dm = trainer.datamodule
-        if not hasattr(dm, "calibration_batch"):
+        try:
+            self.check(pl_module.model)
+        except ConfigError as err:
+            raise ConfigError(f"ChannelPruning.{err}") from err
+        if resume_path(trainer):
+            self._rebuild_resumed(trainer, pl_module)
+        else:
+            self._prune(trainer, pl_module)
+
+    def _rebuild_resumed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed fit: the narrow network of the checkpoint, built before its weights are restored."""
+        checkpoint = read_checkpoint(resume_path(trainer))
+        recorded = checkpoint.get("pruning") or {}
+        if recorded.get("task") not in (None, TASK):
+            raise ConfigError(f"ckpt_path: the checkpoint was pruned by task {recorded['task']!r}, not {TASK!r}")
+        pl_module.pruning = checkpoint.get("pruning")
+        pl_module.claim_pruning(self.describe())
+        channels = (checkpoint.get("hyper_parameters") or {}).get("channels")
+        if channels and list(channels) != list(pl_module.model.channels):
+            pl_module.model = vgg16_bn(pl_module.hparams.num_classes, channels,
+                                       classifier_width=pl_module.hparams.classifier_width)
+            pl_module.hparams["channels"] = list(channels)
+            pl_module.hparams["pretrained"] = False
+        rank_zero_info(f"ChannelPruning: narrow network {list(pl_module.model.channels)} restored; fine-tuning goes on")
+
+    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Rank 0 profiles the dense model and prunes it; every rank gets its narrow weights by broadcast."""
+        if not hasattr(trainer.datamodule, "calibration_batch"):
             raise ConfigError("ChannelPruning: needs lightning_prune.data.ImageDataModule (calibration_batch)")
-        if self.profile_dense and trainer.is_global_zero:
-            was_training = model.training
-            self.dense_entry = profile_entry(model, "dense", trainer, self.settings, pl_module.device,
-                                             train_batches=self.train_batches)
-            _annotate(self.dense_entry, model.channels, model.channels)
-            model.train(was_training)
-        images, _ = dm.calibration_batch(self.images_per_class, seed=self.seed)
-        rank_zero_info(f"Channel pruning: {len(images)} calibration images, up to {self.positions} positions each, "
-                       f"{self.samples or 'all'} rows per layer")
-        start = time.perf_counter()
-        narrow, reports = prune_channels(model, images.to(pl_module.device), self.ratios, self.samples,
-                                         self.positions, self.seed, progress=self.progress and trainer.is_global_zero)
-        if self.linear_sparsity:
-            self.masks = prune_linear(narrow, self.linear_sparsity)
-        self.seconds = time.perf_counter() - start
-        self.dense_channels, self.channels = list(model.channels), list(narrow.channels)
-        self.layers = [r.row() for r in reports]
+        pl_module.claim_pruning(self.describe())
+        model = pl_module.model
         dense_params, _ = count_parameters(model)
-        pl_module.model = narrow.to(pl_module.device).train(model.training)
+        result = from_rank_zero(trainer, lambda: self._select(trainer, model))
+        self.dense_channels, self.channels = list(model.channels), list(result["channels"])
+        self.layers, self.seconds, self.dense_entry = result["layers"], result["seconds"], result["dense_entry"]
+        narrow = vgg16_bn(pl_module.hparams.num_classes, self.channels,
+                          classifier_width=pl_module.hparams.classifier_width)
+        narrow.load_state_dict(result["state_dict"])
+        self.masks = zero_masks(narrow) if self.linear_sparsity else {}
+        pl_module.model = narrow.to(trainer.strategy.root_device).train(model.training)
         # load_from_checkpoint, test/fit --ckpt_path rebuild from hparams: the narrow widths, and no
         # pretrained file (its dense shapes would not fit; the checkpoint holds the weights)
         pl_module.hparams["channels"] = list(narrow.channels)
         pl_module.hparams["pretrained"] = False
-        trainer.strategy.setup_optimizers(trainer)
         total, nonzero = count_parameters(narrow)
+        self.param_reduction = 1 - nonzero / dense_params
         rank_zero_info(_summary(self.layers, self.seconds, dense_params, total, nonzero))
-        for logger in trainer.loggers:
-            logger.log_metrics({"prune/param_reduction": 1 - nonzero / dense_params}, step=trainer.global_step)
+
+    def _select(self, trainer: L.Trainer, model: VGG) -> dict[str, Any]:
+        """Profile the dense model, select channels, reconstruct: the work of rank 0 alone."""
+        device = trainer.strategy.root_device
+        model = model.to(device)
+        dense_entry = None
+        if self.profile_dense:
+            was_training = model.training
+            dense_entry = profile_entry(model, "dense", trainer, device)
+            _annotate(dense_entry, model.channels, model.channels)
+            model.train(was_training)
+        images, _ = trainer.datamodule.calibration_batch(self.images_per_class, seed=self.seed)
+        rank_zero_info(f"Channel pruning: {len(images)} calibration images, up to {self.positions} positions each, "
+                       f"{self.samples or 'all'} rows per layer")
+        start = time.perf_counter()
+        narrow, reports = prune_channels(model, images.to(device), self.ratios, self.samples, self.positions,
+                                         self.seed, progress=self.progress)
+        if self.linear_sparsity:
+            prune_linear(narrow, self.linear_sparsity)
+        return {"channels": list(narrow.channels), "layers": [r.row() for r in reports],
+                "seconds": time.perf_counter() - start, "dense_entry": dense_entry,
+                "state_dict": {k: v.cpu() for k, v in narrow.state_dict().items()}}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.linear_sparsity and not self.masks:  # resumed: the zeros of the checkpoint are the masks
+            self.masks = zero_masks(pl_module.model)
+        reduction = getattr(self, "param_reduction", None)
+        if reduction is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"prune/param_reduction": reduction}, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.masks:
             apply_masks(pl_module.model, self.masks)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or self.channels is None:
-            return
+        if self.channels is not None:
+            on_rank_zero(trainer, lambda: self._export(trainer, pl_module))
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
-        entry = profile_entry(pl_module.model, "channel-pruned", trainer, self.settings, pl_module.device,
-                              train_batches=self.train_batches, checkpoint=ckpt)
+        entry = profile_entry(pl_module.model, "channel-pruned", trainer, pl_module.device, checkpoint=ckpt)
         dense = self.dense_channels or self.channels
         _annotate(entry, pl_module.model.channels, dense, self.layers)
         entry["channels"] = list(pl_module.model.channels)

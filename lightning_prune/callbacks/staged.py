@@ -16,10 +16,10 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import results as R
-from lightning_prune.callbacks.profile import record, run_dir
+from lightning_prune.callbacks.profile import record
+from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, run_dir
 from lightning_prune.callbacks.unstructured import export_and_profile_sparse
 from lightning_prune.errors import ConfigError
-from lightning_prune.profiling import ProfileSettings
 from lightning_prune.pruning.saliency import (
     apply_masks,
     current_masks,
@@ -81,6 +81,18 @@ class StagedPruning(L.Callback):
     ``i`` at the start of that epoch (0-based) even if its accuracy was not reached (null: never).
     At fit end stages that never fired are reported, and the masked, COO and densified-once models
     are exported and profiled into results.json (task ``grasp`` or ``snip``).
+
+    Args:
+        method: ``grasp`` (remove the highest -theta*Hg) or ``snip`` (remove the lowest |g*theta|).
+        target_sparsity: Overall fraction of conv and linear weights pruned after the last stage.
+        accuracy_triggers: Validation top-1 (%) at which each stage fires, ascending.
+        fractions: Fraction of ``target_sparsity`` reached by each stage, strictly increasing, the last 1.0.
+        fallback_epochs: Per stage, the 0-based epoch at which it fires even below its trigger (null: never).
+        calibration_per_class: Training images per class in the scoring batch.
+        calibration_chunks: Chunks the scoring batch is split into (memory).
+        calibration_seed: Seed of the calibration images (stage i uses seed + i).
+        temperature: GraSP's softmax temperature T.
+        export: Export masks and COO weights at fit end and profile the sparse variants.
     """
 
     def __init__(
@@ -95,18 +107,13 @@ class StagedPruning(L.Callback):
         calibration_seed: int = 0,
         temperature: float = 200.0,
         export: bool = True,
-        latency_batches: int = 10,
-        warmup_batches: int = 2,
-        energy_batches: int = 10,
-        train_batches: int | None = None,
     ) -> None:
         # Checked in ``setup``: jsonargparse would turn an error raised here into a generic one.
         self.method, self.target_sparsity = method, target_sparsity
         self.triggers, self.fractions = list(accuracy_triggers), list(fractions)
         self.fallbacks = None if fallback_epochs is None else list(fallback_epochs)
         self.per_class, self.chunks, self.seed = calibration_per_class, calibration_chunks, calibration_seed
-        self.temperature, self.export, self.train_batches = temperature, export, train_batches
-        self.settings = ProfileSettings(latency_batches, warmup_batches, energy_batches)
+        self.temperature, self.export = temperature, export
         self.events: list[dict[str, Any]] = []
         self.last_val_top1: float | None = None
         self.best_val_top1: float | None = None
@@ -123,8 +130,6 @@ class StagedPruning(L.Callback):
                 raise ConfigError(f"StagedPruning.{option} must be an integer >= 1, got {value!r}")
         if not _number(self.temperature) or self.temperature <= 0:
             raise ConfigError(f"StagedPruning.temperature must be a number > 0, got {self.temperature!r}")
-        if self.train_batches is not None and self.train_batches < 0:
-            raise ConfigError(f"StagedPruning.train_batches must be >= 0 or null, got {self.train_batches}")
 
     def stage_sparsity(self, stage: int) -> float:
         """Overall sparsity after stage ``stage`` (0-based): a fraction of the target, over all weights."""
@@ -137,6 +142,14 @@ class StagedPruning(L.Callback):
                 raise ConfigError("StagedPruning needs a data module with calibration_batch (ImageDataModule)")
             # Before the checkpoint is restored and the optimizer built: same parameters fresh or resumed.
             ensure_masks(pl_module.model)
+
+    def describe(self) -> dict[str, Any]:
+        """What this callback prunes to (kept in the checkpoint; a resumed fit must agree)."""
+        return {"task": self.method, "method": self.method, "target_sparsity": self.target_sparsity,
+                "accuracy_triggers": self.triggers, "fractions": self.fractions}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.claim_pruning(self.describe())
 
     # ----------------------------------------------------------------- schedule
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -159,7 +172,8 @@ class StagedPruning(L.Callback):
         return None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        reason = self.due(trainer.current_epoch)
+        # The same decision on every rank: val/top1 is synced, and rank 0's reading is broadcast anyway.
+        reason = from_rank_zero(trainer, lambda: self.due(trainer.current_epoch))
         if reason is not None:
             self.prune_stage(trainer, pl_module, reason)
         masks = current_masks(pl_module.model)
@@ -174,14 +188,7 @@ class StagedPruning(L.Callback):
         stage = len(self.events)
         model = pl_module.model
         start = time.perf_counter()
-        masks = current_masks(model)
-        batch = trainer.datamodule.calibration_batch(self.per_class, seed=self.seed + stage)
-        batches = split_batch(batch, self.chunks)
-        if self.method == "grasp":
-            scores = grasp_scores(model, batches, self.temperature, masks)
-        else:
-            scores = snip_scores(model, batches, masks)
-        new = masks_from_scores(scores, self.stage_sparsity(stage), REMOVE[self.method], masks)
+        new = from_rank_zero(trainer, lambda: self.next_masks(trainer, model, stage))  # scored once, on rank 0
         apply_masks(model, new)
         achieved = mask_sparsity(new)
         event = {
@@ -209,6 +216,17 @@ class StagedPruning(L.Callback):
                 experiment.add_text("prune/stages", text, global_step=trainer.global_step)
         return event
 
+    def next_masks(self, trainer: L.Trainer, model: Any, stage: int) -> dict[str, Any]:
+        """Score the masked network on the stage's calibration batch and mask it further."""
+        masks = current_masks(model)
+        batch = trainer.datamodule.calibration_batch(self.per_class, seed=self.seed + stage)
+        batches = split_batch(batch, self.chunks)
+        if self.method == "grasp":
+            scores = grasp_scores(model, batches, self.temperature, masks)
+        else:
+            scores = snip_scores(model, batches, masks)
+        return masks_from_scores(scores, self.stage_sparsity(stage), REMOVE[self.method], masks)
+
     def never_triggered(self) -> list[str]:
         """One sentence per stage that did not fire."""
         best = "never measured" if self.best_val_top1 is None else f"{self.best_val_top1:.1f} %"
@@ -229,12 +247,12 @@ class StagedPruning(L.Callback):
         if notes:
             notes.append(f"final sparsity {achieved:.4f} instead of the target {self.target_sparsity:g}")
             rank_zero_warn("StagedPruning: " + "; ".join(notes))
-        if not (self.export and trainer.is_global_zero):
-            return
+        if self.export:
+            on_rank_zero(trainer, lambda: self._export(trainer, pl_module, notes, achieved))
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, notes: list[str], achieved: float) -> None:
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
-        entries, artifacts = export_and_profile_sparse(
-            trainer, pl_module.model, self.settings, pl_module.device, self.train_batches, masked_checkpoint=ckpt
-        )
+        entries, artifacts = export_and_profile_sparse(trainer, pl_module.model, pl_module.device, ckpt)
         if ckpt:
             artifacts["checkpoint"] = ckpt
         path = record(trainer, self.method, entries, artifacts)

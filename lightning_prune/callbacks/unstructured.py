@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks.profile import profile_entry, record, run_dir
+from lightning_prune.callbacks.profile import profile_entry, record
+from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, run_dir
 from lightning_prune.errors import ConfigError
-from lightning_prune.profiling import ProfileSettings
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.sensitivity import (
     DEFAULT_SPARSITIES,
@@ -60,8 +60,16 @@ class SensitivityScan(L.Callback):
     Writes ``sensitivity.csv`` and ``sensitivity.png`` into the run's log folder and logs the plot
     to TensorBoard. Level 0 (the unpruned accuracy) is always included. ``curves_csv`` reuses an
     earlier sweep's CSV instead of sweeping. The curves are kept in the checkpoint, so a resumed fit
-    does not sweep the pruned model again. ``max_images`` bounds how many images (levels stacked
-    along the batch) one suffix pass holds: lower it if the sweep runs out of memory.
+    does not sweep the pruned model again.
+
+    Args:
+        sparsities: Sparsity levels each layer is pruned to alone (0 is always added).
+        layers: Layer names to sweep (e.g. ``features.0``, ``classifier.6``); null: every conv and linear.
+        max_batches: Validation batches per measurement; null: all.
+        progress: Show a progress bar with the layer and level being swept.
+        curves_csv: Reuse an earlier sweep's ``sensitivity.csv`` instead of sweeping.
+        max_images: Images (levels stacked along the batch) one pass holds; lower it if the sweep runs
+            out of memory.
     """
 
     def __init__(
@@ -120,9 +128,12 @@ class SensitivityScan(L.Callback):
         else:
             rank_zero_info(f"Sensitivity sweep: {len(self.layers or prunable_modules(pl_module.model))} layers x "
                            f"{len(self.sparsities) - 1} sparsities on the validation data")
+            # Each rank sweeps its share of the validation batches; the counts are summed over the ranks.
+            reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
             self.curves = sensitivity_scan(
                 pl_module.model, trainer.datamodule.val_dataloader(), self.sparsities, self.layers,
-                progress=self.progress, max_batches=self.max_batches, max_images=self.max_images,
+                progress=self.progress and trainer.is_global_zero, max_batches=self.max_batches,
+                max_images=self.max_images, shard=(trainer.global_rank, trainer.world_size), reduce=reduce,
             )
         if trainer.is_global_zero:
             out = run_dir(trainer)
@@ -148,9 +159,7 @@ class SensitivityScan(L.Callback):
 def export_and_profile_sparse(
     trainer: L.Trainer,
     model: nn.Module,
-    settings: ProfileSettings,
     device: torch.device,
-    train_batches: int | None = None,
     masked_checkpoint: str | None = None,
 ) -> tuple[list[dict], dict[str, str]]:
     """Export masks + COO weights into the run folder, check them, and profile three variants.
@@ -163,7 +172,7 @@ def export_and_profile_sparse(
     export = export_sparse(model, run_dir(trainer))
     if export.total_mismatches:
         rank_zero_warn(f"COO indices differ from the masks in {export.total_mismatches} places: {export.check_path}")
-    common = dict(trainer=trainer, settings=settings, device=device, train_batches=train_batches)
+    common = dict(trainer=trainer, device=device)
     entries = [
         profile_entry(model, "pruned-masked", macs_model=export.permanent, checkpoint=masked_checkpoint, **common),
         profile_entry(export.sparse, "pruned-sparse-coo", macs_model=export.permanent,
@@ -184,7 +193,15 @@ class MagnitudePruning(L.Callback):
     ``max_drop`` (per layer, the highest sparsity losing at most that many top-1 points). The
     curves come from the ``SensitivityScan`` callback (which can also read an earlier sweep's CSV).
     Before pruning the dense model is profiled; at fit end the masked, COO and densified-once
-    variants are, all into results.json (task ``unstructured``).
+    variants are, all into results.json (task ``unstructured``), with the ``profile`` settings.
+
+    Args:
+        sparsities: Per-layer sparsities, e.g. ``{"features.0": 0.3, "classifier.6": 0.5}``.
+        target_sparsity: Overall fraction of conv and linear weights to prune (0 <= t < 1), split over
+            the layers by the sensitivity curves.
+        max_drop: Per layer, the highest sparsity whose single-layer top-1 drop is at most this many points.
+        export: Write masks and torch.sparse COO weights at fit end and profile the sparse variants.
+        profile_dense: Profile the dense model before pruning (the ``dense`` row of the results).
     """
 
     def __init__(
@@ -194,15 +211,9 @@ class MagnitudePruning(L.Callback):
         max_drop: float | None = None,
         export: bool = True,
         profile_dense: bool = True,
-        latency_batches: int = 10,
-        warmup_batches: int = 2,
-        energy_batches: int = 10,
-        train_batches: int | None = None,
     ) -> None:
         self.sparsities, self.target_sparsity, self.max_drop = sparsities, target_sparsity, max_drop
         self.export, self.profile_dense = export, profile_dense
-        self.settings = ProfileSettings(latency_batches, warmup_batches, energy_batches)
-        self.train_batches = train_batches
         self.chosen: dict[str, float] | None = None
         self.dense_entry: dict | None = None
         self.predicted: float | None = None
@@ -228,8 +239,6 @@ class MagnitudePruning(L.Callback):
                 "sparsities: set exactly one of sparsities ({layer: sparsity}), target_sparsity (0 <= t < 1) "
                 f"or max_drop (top-1 points >= 0); got {', '.join(given) or 'none'}"
             )
-        if self.train_batches is not None and self.train_batches < 0:
-            raise ConfigError(f"train_batches must be >= 0 or null, got {self.train_batches}")
         if self.sparsities is not None:
             for name, s in self.sparsities.items():
                 check_sparsity(s, f"sparsities.{name}")
@@ -263,23 +272,28 @@ class MagnitudePruning(L.Callback):
         scan = self._scan(trainer)
         return scan.run(trainer, pl_module), scan.sparsities
 
+    def describe(self) -> dict[str, Any]:
+        """What this callback prunes to (kept in the checkpoint; a resumed fit must agree)."""
+        return {"task": TASK, "method": "magnitude", "sparsities": self.sparsities,
+                "target_sparsity": self.target_sparsity, "max_drop": self.max_drop}
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.model
+        pl_module.claim_pruning(self.describe())
         if any(is_masked(m) for m in prunable_modules(model).values()):
             if self.chosen is None:
                 raise ConfigError("MagnitudePruning: the model is already pruned (masked); start from a dense model")
             rank_zero_info("MagnitudePruning: masks restored from the checkpoint, fine-tuning goes on")
             return
-        if self.profile_dense and trainer.is_global_zero and self.dense_entry is None:
+        if self.profile_dense and self.dense_entry is None:
             was_training = model.training
-            self.dense_entry = profile_entry(model, "dense", trainer, self.settings, pl_module.device,
-                                             train_batches=self.train_batches)
+            self.dense_entry = on_rank_zero(trainer, lambda: profile_entry(model, "dense", trainer, pl_module.device))
             model.train(was_training)
         if self.chosen is None:
-            curves, levels = self._curves(trainer, pl_module)
+            curves, levels = self._curves(trainer, pl_module)  # every rank sweeps its share
             try:
-                self.chosen = choose_sparsities(model, self.sparsities, self.target_sparsity, self.max_drop,
-                                                curves, levels)
+                self.chosen = from_rank_zero(trainer, lambda: choose_sparsities(
+                    model, self.sparsities, self.target_sparsity, self.max_drop, curves, levels))
             except ConfigError as err:
                 raise _prefixed("MagnitudePruning", err) from err
             if curves is not None:
@@ -301,12 +315,12 @@ class MagnitudePruning(L.Callback):
             logger.log_metrics({"prune/overall_sparsity": overall}, step=trainer.global_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (self.export and trainer.is_global_zero):
-            return
+        if self.export:
+            on_rank_zero(trainer, lambda: self._export(trainer, pl_module))
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
-        entries, artifacts = export_and_profile_sparse(
-            trainer, pl_module.model, self.settings, pl_module.device, self.train_batches, masked_checkpoint=ckpt
-        )
+        entries, artifacts = export_and_profile_sparse(trainer, pl_module.model, pl_module.device, ckpt)
         if self.dense_entry is not None:
             entries.insert(0, self.dense_entry)
         scan = self._scan(trainer)

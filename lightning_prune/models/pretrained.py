@@ -38,14 +38,13 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A local state dict, or a Lightning checkpoint whose ``model.`` keys hold one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pretrained: no such file {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj:
+    from lightning_prune.runs import read_checkpoint
+
+    obj = read_checkpoint(path, "model.pretrained", weights_only=True)
+    if "state_dict" in obj:
         obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-    if not isinstance(obj, dict):
-        raise ConfigError(f"pretrained: {path} holds no state dict")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"model.pretrained: {path} holds no state dict (name -> tensor)")
     return obj
 
 

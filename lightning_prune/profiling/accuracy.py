@@ -18,8 +18,10 @@ def evaluate(
     max_batches: int | None = None,
 ) -> tuple[float, float]:
     """Top-1 and top-5 in percent; the model is put in eval mode and restored afterwards."""
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
-    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
+    # Local only: under DDP this runs on one rank, and a synced compute() would wait for the others forever.
+    local = {"average": "micro", "sync_on_compute": False}
+    top1 = MulticlassAccuracy(num_classes, top_k=1, **local).to(device)
+    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), **local).to(device)
     was_training = model.training
     model.eval()
     try:

@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,33 @@ Progress = Callable[[int, int | None, str, float], None]
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """The mask ``prune.l1_unstructured`` would give ``weight`` at ``sparsity`` (same ties, same count)."""
     return prune.L1Unstructured(amount=sparsity).compute_mask(weight, torch.ones_like(weight))
+
+
+def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[torch.Tensor]:
+    """:func:`magnitude_mask` at every level, from one partial sort of ``|weight|`` instead of a top-k per level.
+
+    ``l1_unstructured`` removes the k = round(s n) smallest magnitudes. Where the k-th and (k+1)-th
+    smallest differ, those are exactly the weights <= the k-th, so a comparison gives the same mask;
+    where they tie, which of the tied weights top-k drops is its own choice, and that level falls
+    back to :func:`magnitude_mask`.
+    """
+    magnitude = weight.detach().abs()
+    flat = magnitude.flatten().cpu().numpy()
+    n = flat.size
+    counts = [round(s * n) for s in sparsities]  # torch.nn.utils.prune's count for a float amount
+    cuts = sorted({i for k in counts if 0 < k < n for i in (k - 1, k)})
+    ordered = np.partition(flat, cuts) if cuts else flat
+    masks = []
+    for s, k in zip(sparsities, counts):
+        if k == 0:
+            masks.append(torch.ones_like(weight))
+        elif k == n:
+            masks.append(torch.zeros_like(weight))
+        elif ordered[k - 1] < ordered[k]:
+            masks.append((magnitude > float(ordered[k - 1])).to(weight.dtype))
+        else:
+            masks.append(magnitude_mask(weight, s))
+    return masks
 
 
 def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -89,8 +117,14 @@ def sensitivity_scan(
     progress: Progress | bool | None = None,
     max_batches: int | None = None,
     max_images: int = 2048,
+    shard: tuple[int, int] = (0, 1),
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Top-1 (%) per layer and sparsity, pruning one layer at a time by absolute magnitude.
+
+    ``shard=(rank, world)`` evaluates every ``world``-th batch only, starting at ``rank``, and
+    ``reduce`` sums the correct-prediction counts over the shards (an all-reduce under DDP): the
+    curves equal the unsharded ones, and N processes sweep about N times faster.
 
     ``layers`` defaults to every conv and linear layer. ``progress``: True for a tqdm bar, or a
     callable ``(done, total, layer, sparsity)``. Levels of one layer run stacked along the batch,
@@ -103,11 +137,10 @@ def sensitivity_scan(
     index = {id(m): i for i, (_, m) in enumerate(flat)}
     at = sorted((index[id(modules[n])], n) for n in names)  # stage index of each scanned layer
     needed = {i for i, _ in at}
-    masked = {  # masked weights, computed once; None where the level prunes nothing
-        n: [effective_weight(modules[n]) * magnitude_mask(effective_weight(modules[n]), s) if s > 0 else None
-            for s in sparsities]
-        for n in names
-    }
+    masked = {}  # masked weights, computed once; None where the level prunes nothing
+    for n in names:
+        w = effective_weight(modules[n])
+        masked[n] = [w * m if s > 0 else None for s, m in zip(sparsities, magnitude_masks(w, sparsities))]
     device = next(model.parameters()).device
     pairs = sum(w is not None for ws in masked.values() for w in ws)
     n_batches = _count(dataloader, max_batches)
@@ -117,20 +150,25 @@ def sensitivity_scan(
         progress, close = _tqdm_progress(total)
     correct = {n: [0] * len(sparsities) for n in names}
     base, seen, done = 0, 0, 0
+    rank, world = shard
+    checked = False
     was_training = model.training
     model.eval()
     try:
         for b, (x, y) in enumerate(dataloader):
             if max_batches is not None and b >= max_batches:
                 break
+            if b % world != rank:
+                continue
             x, y = x.to(device), y.to(device)
             inputs, h = {}, x
             for i, (_, stage) in enumerate(flat):
                 if i in needed:
                     inputs[i] = h
                 h = stage(h)
-            if b == 0 and not torch.allclose(h, model(x), rtol=1e-4, atol=1e-5):
+            if not checked and not torch.allclose(h, model(x), rtol=1e-4, atol=1e-5):
                 raise TypeError("the model's forward is not features -> flatten -> classifier")
+            checked = True
             hits = int((h.argmax(1) == y).sum())
             base += hits
             seen += len(y)
@@ -158,9 +196,13 @@ def sensitivity_scan(
     finally:
         model.train(was_training)
         close()
+    counts = torch.tensor([[seen, *correct[n]] for n in names], dtype=torch.float64)
+    if reduce is not None:
+        counts = reduce(counts)
+    seen = int(counts[0, 0]) if len(names) else seen
     if seen == 0:
         raise ValueError("sensitivity_scan got an empty dataloader")
-    return {n: [100.0 * c / seen for c in correct[n]] for n in names}
+    return {n: [100.0 * float(c) / seen for c in counts[i, 1:]] for i, n in enumerate(names)}
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -58,9 +59,21 @@ def check_references(runs: list[Run], references: Sequence[str], logs: Path) -> 
         )
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be a writable file path: checked before any plot is drawn."""
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory; name the markdown file to write (e.g. {out / 'REPORT.md'})")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out: {out} is not writable")
+
+
 def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequence[str] = ()) -> str:
     """Write the report; ``references`` names baseline experiments that random-init runs are compared with."""
-    runs = load_runs(logs)
+    check_out(out)
+    unreadable: list[tuple[Path, str]] = []
+    runs = load_runs(logs, unreadable)
     check_references(runs, references, logs)
     chosen = runs if all_runs else latest_runs(runs)
     plot_dir = out.parent / "report_plots"
@@ -104,10 +117,11 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
             lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", ""]
             lines += [f"- {n}" for n in notes] + [""]
         lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]
-        broken = [r for r in chosen if r.problems]
-        if broken:
-            lines += ["## Runs with missing or invalid fields", ""]
-            lines += [f"- `{r.path}`: {'; '.join(r.problems[:3])}" for r in broken] + [""]
+    broken = [r for r in chosen if r.problems]
+    if broken or unreadable:
+        lines += ["## Runs with missing or invalid fields", ""]
+        lines += [f"- `{r.path}`: {'; '.join(r.problems[:3])}" for r in broken]
+        lines += [f"- `{path}`: left out, {reason}" for path, reason in unreadable] + [""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text

@@ -39,18 +39,27 @@ class Run:
         return self.data.get("created", "")
 
 
-def load_runs(logs: str | Path) -> list[Run]:
-    """Every parseable results.json under ``logs``; schema problems are kept, not fatal."""
+def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Run]:
+    """Every parseable results.json under ``logs``; schema problems are kept, not fatal.
+
+    Files that cannot be read at all are left out of the runs and appended to ``unreadable`` as
+    (path, reason), so the report can list them instead of dropping them silently.
+    """
     runs = []
     validator = jsonschema.Draft202012Validator(schema())
     for path in sorted(Path(logs).rglob(RESULTS_FILE)):
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping %s: %s", path, err)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            reason = " ".join(str(err).split())
+            log.warning("skipping %s: %s", path, reason)
+            if unreadable is not None:
+                unreadable.append((path, f"not readable JSON ({reason})"))
             continue
         if not isinstance(data, dict):
             log.warning("skipping %s: not a JSON object", path)
+            if unreadable is not None:
+                unreadable.append((path, "not a JSON object"))
             continue
         problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
         data.setdefault("models", [])

@@ -1,0 +1,110 @@
+"""The run's identity inside the trainer: where its files go and what it was built from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lightning as L
+import torch
+
+from lightning_prune.results import atomic_write_bytes
+from lightning_prune.runs import Run
+
+DISTRIBUTED_FILE = "distributed.json"  # the processes of a fit and their end-of-training checksums
+
+T = TypeVar("T")
+
+
+class RunInfo(L.Callback):
+    """Carries the :class:`~lightning_prune.runs.Run` the CLI resolved, so callbacks never ask the trainer.
+
+    ``trainer.log_dir`` is a collective under DDP (it broadcasts): code that runs on rank 0 only reads
+    the run folder from here instead. ``sources`` records the checkpoints the run was built from
+    (``model.pretrained``, ``ckpt_path``) and the references that named them.
+
+    Args:
+        run: The run's identity and folders.
+        sources: Option name to the checkpoint path it resolved to (and ``<option>_reference``).
+    """
+
+    def __init__(self, run: Run, sources: dict[str, str] | None = None) -> None:
+        self.run = run
+        self.sources = dict(sources or {})
+        self.checksums: list[str] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Every rank must end training with the same parameters, masks and widths: checked, not assumed."""
+        self.checksums = gather(trainer, state_checksum(pl_module))
+        if len(set(self.checksums)) > 1:
+            raise RuntimeError(f"the ranks' models differ at the end of training (checksums {self.checksums})")
+        if trainer.is_global_zero:
+            record = json.dumps(self.distributed(trainer), indent=2) + "\n"
+            atomic_write_bytes(self.run.log_dir / DISTRIBUTED_FILE, record.encode())
+
+    def distributed(self, trainer: L.Trainer) -> dict[str, Any]:
+        """What results.json says about the processes that ran."""
+        return {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
+                "strategy": type(trainer.strategy).__name__, "state_checksums": list(self.checksums)}
+
+
+def run_info(trainer: L.Trainer) -> RunInfo | None:
+    return next((c for c in trainer.callbacks if isinstance(c, RunInfo)), None)
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's own folder, known on every rank without a collective.
+
+    From the CLI it is ``logs/<experiment>/version_N``; a Trainer built by hand uses its
+    ``default_root_dir``.
+    """
+    info = run_info(trainer)
+    return info.run.log_dir if info is not None else Path(trainer.default_root_dir)
+
+
+def resume_path(trainer: L.Trainer) -> str | None:
+    """The checkpoint a fit resumes from, already in ``setup`` (Lightning sets ``trainer.ckpt_path`` only later)."""
+    if trainer.ckpt_path:
+        return str(trainer.ckpt_path)
+    info = run_info(trainer)
+    return info.sources.get("ckpt_path") if info is not None else None
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of the parameters, pruning masks and shapes (BatchNorm running statistics are per rank)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather(trainer: L.Trainer, obj: T) -> list[T]:
+    """``obj`` from every rank, in rank order (a collective: every rank must call it)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def on_rank_zero(trainer: L.Trainer, work: Callable[[], T]) -> T | None:
+    """Run ``work`` on global rank 0 while the other ranks wait at one barrier, then go on together.
+
+    ``work`` must not call a collective (``trainer.log_dir``, a broadcast, a barrier, synced
+    logging): the other ranks are already waiting at the barrier, so it would hang.
+    """
+    result = work() if trainer.is_global_zero else None
+    trainer.strategy.barrier("lightning_prune.rank_zero")
+    return result
+
+
+def from_rank_zero(trainer: L.Trainer, work: Callable[[], T]) -> T:
+    """A decision computed on global rank 0 and broadcast: identical on every rank by construction."""
+    result = work() if trainer.is_global_zero else None
+    return trainer.strategy.broadcast(result, src=0)

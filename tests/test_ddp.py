@@ -1,0 +1,119 @@
+"""Every task under Lightning DDP: 2 CPU processes over gloo, tiny models, the real launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_prune.models import VGG
+from lightning_prune.pruning.sensitivity import sensitivity_scan
+from tests.conftest import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+SMALL = ["--trainer.max_epochs=1", "--profile.latency_batches=1", "--profile.energy_batches=1",
+         "--profile.train_batches=1", "--data.val_size=64"]
+TASK_ARGS = {
+    "unstructured": ["--model.pretrained=false", "--sweep.init_args.sparsities=[0.0,0.5,0.95]",
+                     "--sweep.init_args.progress=false"],
+    "grasp": ["--trainer.max_epochs=3", "--prune.fallback_epochs=[0,1,2]", "--prune.calibration_per_class=2"],
+    "snip": ["--trainer.max_epochs=3", "--prune.fallback_epochs=[0,1,2]", "--prune.calibration_per_class=2"],
+    "channel": ["--model.pretrained=false", "--prune.images_per_class=4", "--prune.samples=200"],
+}
+VARIANTS = {
+    "baseline": ["dense"],
+    "unstructured": ["dense", "pruned-masked", "pruned-sparse-coo", "pruned-densified-once"],
+    "grasp": ["pruned-masked", "pruned-sparse-coo", "pruned-densified-once"],
+    "snip": ["pruned-masked", "pruned-sparse-coo", "pruned-densified-once"],
+    "channel": ["dense", "channel-pruned"],
+}
+
+
+def cli(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``python -m lightning_prune`` in a fresh process, so Lightning's launcher can start rank 1 the same way."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("LIGHTNING_PRUNE_RUN_VERSION", None)
+    done = subprocess.run([sys.executable, "-m", "lightning_prune", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _checksums(run: Path) -> list[str]:
+    record = json.loads((run / "distributed.json").read_text())
+    assert record["world_size"] == 2 and record["strategy"] == "DDPStrategy"
+    return record["state_checksums"]
+
+
+@pytest.mark.parametrize("task", ["baseline", "unstructured", "grasp", "snip", "channel"])
+def test_every_task_fits_under_ddp(tmp_path, task):
+    experiment = f"ddp_{task}"
+    args = [*tiny_cli_args(tmp_path, experiment), *SMALL, *TASK_ARGS.get(task, []), *DDP]
+    cli(tmp_path, ["fit", "--config", str(CONFIGS / f"{task}.yaml"), *args])
+    run = tmp_path / "logs" / experiment / "version_0"
+    checksums = _checksums(run)
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # parameters, masks and widths agree
+    if task == "baseline":  # its profile comes from `test`, under DDP too
+        cli(tmp_path, ["test", "--config", str(CONFIGS / "baseline.yaml"),
+                       f"--ckpt_path=run:{experiment}", *args])
+        run = run.parent / "version_1"
+    found = sorted((tmp_path / "logs" / experiment).glob("version_*/results.json"))
+    assert found == [run / "results.json"]  # written exactly once
+    results = json.loads(found[0].read_text())
+    assert results["task"] == task and [m["variant"] for m in results["models"]] == VARIANTS[task]
+    assert results["distributed"]["world_size"] == 2
+    if task in ("grasp", "snip"):
+        assert [s["stage"] for s in results["schedule"]["stages"]] == [1, 2, 3]
+        assert results["models"][0]["profile"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    if task == "channel":
+        assert results["models"][1]["channels"] != results["models"][0]["layers"][0].get("out_channels")
+
+
+def test_a_ddp_staged_fit_resumes_at_the_right_stage(tmp_path):
+    args = [*tiny_cli_args(tmp_path, "ddp_resume"), *SMALL, *TASK_ARGS["snip"], *DDP]
+    cli(tmp_path, ["fit", "--config", str(CONFIGS / "snip.yaml"), *args, "--trainer.max_epochs=2",
+                   "--prune.export=false"])
+    ckpt = last_checkpoint(tmp_path, "ddp_resume")
+    done = [s["epoch"] for s in torch.load(ckpt, weights_only=False)["callbacks"]["StagedPruning"]["events"]]
+    assert done == [0, 1]
+    cli(tmp_path, ["fit", "--config", str(CONFIGS / "snip.yaml"), *args, f"--ckpt_path={ckpt}"])
+    results = json.loads((tmp_path / "logs" / "ddp_resume" / "version_1" / "results.json").read_text())
+    assert [(s["stage"], s["epoch"]) for s in results["schedule"]["stages"]] == [(1, 0), (2, 1), (3, 2)]
+    checksums = _checksums(tmp_path / "logs" / "ddp_resume" / "version_1")
+    assert checksums[0] == checksums[1]
+
+
+def _sweep_rank(rank: int, port: int, model_state: dict, batches: list, out: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model = VGG(10, [4] * 13, TINY_CLASSIFIER)
+    model.load_state_dict(model_state)
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(t)
+        return t
+
+    out[rank] = sensitivity_scan(model, batches, [0.0, 0.5, 0.9], shard=(rank, 2), reduce=reduce)
+    dist.destroy_process_group()
+
+
+def test_the_sharded_sweep_equals_the_single_process_one():
+    model = VGG(10, [4] * 13, TINY_CLASSIFIER)
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(5)]
+    single = sensitivity_scan(model, batches, [0.0, 0.5, 0.9])
+    with mp.Manager() as manager:
+        out = manager.dict()
+        port = 29500 + os.getpid() % 1000
+        mp.spawn(_sweep_rank, args=(port, model.state_dict(), batches, out), nprocs=2, join=True)
+        assert out[0] == out[1]
+        for name, curve in single.items():
+            assert out[0][name] == pytest.approx(curve, abs=1e-9)
