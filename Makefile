@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint reproduce report clean
+.PHONY: demo test lint reproduce report clean bench bench-growth
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,deploy]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,3 +33,15 @@ reproduce: $(STAMP)
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots
+
+# Costs of every algorithm on the full-width VGG16-BN (time, peak memory, work done), on the real
+# CIFAR-10 subset when present (else digits): benchmarks/results/bench-$(ACCELERATOR).json and .md.
+# bench-growth adds widths 0.25 and 0.5 to that file's width 1.0: power-law fits of time against
+# MACs and benchmarks/results/growth-$(ACCELERATOR).png. ACCELERATOR=cuda runs both on a GPU.
+ACCELERATOR ?= cpu
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench --device $(ACCELERATOR)
+
+bench-growth: $(STAMP)
+	$(PY) -m benchmarks.bench --device $(ACCELERATOR) --widths 0.25 0.5 --growth \
+		--merge benchmarks/results/bench-$(ACCELERATOR).json

@@ -103,9 +103,16 @@ def expand_configs(argv: list[str]) -> list[str]:
     return out
 
 
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID")
+
+
 def _external_launch() -> bool:
-    """Started by torchrun, SLURM or a Lightning launcher: another process may already have reserved the run."""
-    return any(os.environ.get(k) not in (None, "", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    """One process of a job started by torchrun, SLURM, by hand per node, or by Lightning's launcher.
+
+    No process of such a job reserves a version folder: each computes the next free version, and
+    none creates a folder before all of them have passed Lightning's setup barrier, so they agree.
+    """
+    return any(os.environ.get(k) not in (None, "") for k in DISTRIBUTED_ENV)
 
 
 class PruneCLI(LightningCLI):

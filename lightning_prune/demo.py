@@ -7,6 +7,7 @@ Each step is one ``lightning-prune`` command; the demo prints them so they can b
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from lightning_prune.cli import main as cli_main
 from lightning_prune.report.cli import main as report_main
 
 DEMO_CONFIGS = Path("configs/demo")
+DEMO_EXPERIMENTS = ("digits_baseline", "digits_unstructured", "digits_grasp", "digits_snip", "digits_channel")
 BASELINE_RUN = "run:digits_baseline"  # the newest digits_baseline run: the one this demo just trained
 
 
@@ -32,13 +34,38 @@ def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report: Path = Path("REPORT.md")) -> int:
+def handoff_steps(experiments: Sequence[str] = DEMO_EXPERIMENTS) -> list[tuple[str, list[str]]]:
+    """Every pruned model handed on: state dict, ONNX (checked in ONNX Runtime) and int8, into its run's folder."""
+    return [(f"hand-off: export {name} to ONNX and int8", ["export", "--run", f"run:{name}", "--quantize"])
+            for name in experiments]
+
+
+DISTRIBUTED_OPTIONS = ("--trainer.strategy", "--trainer.devices", "--trainer.num_nodes")
+
+
+def run_step(argv: list[str]) -> int:
+    """One ``lightning-prune`` command: in this process, or in its own when it runs distributed.
+
+    Lightning's DDP launcher starts the other ranks by re-running the command line of the process
+    it is in, which must therefore be ``python -m lightning_prune ...`` rather than the demo.
+    """
+    if any(arg.startswith(DISTRIBUTED_OPTIONS) for arg in argv):
+        return subprocess.run([sys.executable, "-m", "lightning_prune", *argv]).returncode
+    return cli_main(argv)
+
+
+def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report: Path = Path("REPORT.md"),
+             handoff: bool = True) -> int:
     """Run every step (stopping at the first failure), then write the report from ``logs/``."""
     started = time.perf_counter()
-    for title, argv in steps(configs):
-        argv = [*argv, *overrides]
+    todo = [(title, [*argv, *overrides]) for title, argv in steps(configs)]
+    if handoff:
+        todo += handoff_steps()
+    for title, argv in todo:
         print(f"\n=== {title}\n$ lightning-prune {' '.join(argv)}", flush=True)
-        code = cli_main(argv)
+        step_started = time.perf_counter()
+        code = run_step(argv)
+        print(f"--- {title}: {time.perf_counter() - step_started:.1f} s", flush=True)
         if code:
             print(f"demo stopped: '{title}' failed (exit {code})", file=sys.stderr)
             return code
@@ -56,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_prune.demo", description=__doc__)
     parser.add_argument("--configs", type=Path, default=DEMO_CONFIGS, help="folder of the five demo configs")
     parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
-    parser.add_argument("overrides", nargs="*", help="CLI overrides added to every step, after --")
+    parser.add_argument("--no-handoff", action="store_true", help="skip the ONNX / int8 export of every run")
+    parser.add_argument("overrides", nargs="*", help="CLI overrides added to every training step, after --")
     args = parser.parse_args(argv)
     missing = [name for name in ("baseline", "unstructured", "grasp", "snip", "channel")
                if not (args.configs / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
-    return run_demo(args.configs, args.overrides, args.out)
+    return run_demo(args.configs, args.overrides, args.out, handoff=not args.no_handoff)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ class ImageClassifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # Epoch means over all ranks under DDP (the loops run on every rank, so syncing is safe here).
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
         for k in (1, 5):
             metric = self.metrics[f"{stage}_{k}"]
             metric(logits, y)

@@ -70,6 +70,10 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     # The COO model's convolutions densify their weight; only its linear layers run a sparse kernel.
     coo_ops = next(line for line in text.splitlines() if line.startswith("| unstructured | pruned-sparse-coo | `"))
     assert "to_dense" in coo_ops and "sparse" in coo_ops.split(" | ")[-1]
+    # Every run handed on: ONNX matching PyTorch in ONNX Runtime, int8 with its accuracy, in the report.
+    handoff = text.split("## Hand-off: int8 and ONNX")[1].split("\n## ")[0]
+    rows = [line for line in handoff.splitlines() if line.startswith("| digits_")]
+    assert len(rows) == 5 and all("yes" in row for row in rows), handoff
     plots = {p.name for p in (tmp_path / "report_plots").glob("*.png")}
     assert {"digits_accuracy_vs_sparsity.png", "digits_latency_size.png",
             "digits_digits_unstructured_sensitivity.png"} <= plots

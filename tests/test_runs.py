@@ -75,9 +75,10 @@ def test_a_rerun_baseline_is_the_one_the_next_task_prunes(tmp_path, monkeypatch)
     masked = next(m for m in results["models"] if m["variant"] == "pruned-masked")
     assert masked["profile"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
     # The run's own artifacts sit in its folders and nowhere else.
-    assert Path(results["artifacts"]["checkpoint"]).parent == tmp_path / "checkpoints" / "tiny_unstructured" / "version_0"
-    assert Path(results["artifacts"]["sparse_coo"]).parent == tmp_path / "logs" / "tiny_unstructured" / "version_0"
-    assert list((tmp_path / "logs" / "tiny_unstructured" / "version_0").glob("events.out.tfevents.*"))
+    logs, ckpts = (tmp_path / root / "tiny_unstructured" / "version_0" for root in ("logs", "checkpoints"))
+    assert Path(results["artifacts"]["checkpoint"]).parent == ckpts
+    assert Path(results["artifacts"]["sparse_coo"]).parent == logs
+    assert list(logs.glob("events.out.tfevents.*"))
 
 
 def test_a_renamed_experiment_moves_every_folder(tmp_path, monkeypatch, capsys):

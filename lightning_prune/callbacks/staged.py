@@ -20,6 +20,7 @@ from lightning_prune.callbacks.profile import record
 from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, run_dir
 from lightning_prune.callbacks.unstructured import export_and_profile_sparse
 from lightning_prune.errors import ConfigError
+from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.saliency import (
     apply_masks,
     current_masks,
@@ -29,11 +30,13 @@ from lightning_prune.pruning.saliency import (
     masks_from_scores,
     snip_scores,
     split_batch,
+    stage_diagnostics,
 )
 from lightning_prune.pruning.unstructured import check_sparsity
 
-METHODS = ("grasp", "snip")
-REMOVE = {"grasp": "highest", "snip": "lowest"}
+METHODS = ("grasp", "snip", "grasp_abs")
+REMOVE = {"grasp": "highest", "snip": "lowest", "grasp_abs": "lowest"}
+TASKS = {"grasp": "grasp", "snip": "snip", "grasp_abs": "grasp"}  # results.json's task of each method
 VAL_METRIC = "val/top1"
 
 
@@ -83,7 +86,8 @@ class StagedPruning(L.Callback):
     are exported and profiled into results.json (task ``grasp`` or ``snip``).
 
     Args:
-        method: ``grasp`` (remove the highest -theta*Hg) or ``snip`` (remove the lowest |g*theta|).
+        method: ``grasp`` (remove the highest -theta*Hg), ``snip`` (remove the lowest |g*theta|) or
+            ``grasp_abs`` (remove the lowest |theta*Hg|, recorded under task ``grasp``).
         target_sparsity: Overall fraction of conv and linear weights pruned after the last stage.
         accuracy_triggers: Validation top-1 (%) at which each stage fires, ascending.
         fractions: Fraction of ``target_sparsity`` reached by each stage, strictly increasing, the last 1.0.
@@ -122,7 +126,9 @@ class StagedPruning(L.Callback):
     def check(self) -> None:
         """Option errors, each naming the option and what it allows."""
         if self.method not in METHODS:
-            raise ConfigError(f"StagedPruning.method: unknown method {self.method!r}; choose one of grasp, snip")
+            raise ConfigError(
+                f"StagedPruning.method: unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
         check_sparsity(self.target_sparsity, "StagedPruning.target_sparsity")
         check_schedule(self.triggers, self.fractions, self.fallbacks)
         for option, value in (("calibration_per_class", self.per_class), ("calibration_chunks", self.chunks)):
@@ -145,7 +151,7 @@ class StagedPruning(L.Callback):
 
     def describe(self) -> dict[str, Any]:
         """What this callback prunes to (kept in the checkpoint; a resumed fit must agree)."""
-        return {"task": self.method, "method": self.method, "target_sparsity": self.target_sparsity,
+        return {"task": TASKS[self.method], "method": self.method, "target_sparsity": self.target_sparsity,
                 "accuracy_triggers": self.triggers, "fractions": self.fractions}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -188,7 +194,7 @@ class StagedPruning(L.Callback):
         stage = len(self.events)
         model = pl_module.model
         start = time.perf_counter()
-        new = from_rank_zero(trainer, lambda: self.next_masks(trainer, model, stage))  # scored once, on rank 0
+        new, diagnostics = from_rank_zero(trainer, lambda: self.next_masks(trainer, model, stage))  # on rank 0
         apply_masks(model, new)
         achieved = mask_sparsity(new)
         event = {
@@ -201,6 +207,7 @@ class StagedPruning(L.Callback):
             "fallback_epoch": None if self.fallbacks is None else self.fallbacks[stage],
             "sparsity": achieved,
             "seconds": time.perf_counter() - start,
+            "diagnostics": diagnostics,
         }
         self.events.append(event)
         seen = "n/a" if self.last_val_top1 is None else f"{self.last_val_top1:.1f} %"
@@ -216,16 +223,20 @@ class StagedPruning(L.Callback):
                 experiment.add_text("prune/stages", text, global_step=trainer.global_step)
         return event
 
-    def next_masks(self, trainer: L.Trainer, model: Any, stage: int) -> dict[str, Any]:
-        """Score the masked network on the stage's calibration batch and mask it further."""
+    def next_masks(self, trainer: L.Trainer, model: Any, stage: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Score the masked network on the stage's calibration batch, mask it further, and measure the stage."""
         masks = current_masks(model)
         batch = trainer.datamodule.calibration_batch(self.per_class, seed=self.seed + stage)
         batches = split_batch(batch, self.chunks)
-        if self.method == "grasp":
-            scores = grasp_scores(model, batches, self.temperature, masks)
-        else:
+        if self.method == "snip":
             scores = snip_scores(model, batches, masks)
-        return masks_from_scores(scores, self.stage_sparsity(stage), REMOVE[self.method], masks)
+        else:
+            scores = grasp_scores(model, batches, self.temperature, masks)
+            if self.method == "grasp_abs":
+                scores = {name: s.abs() for name, s in scores.items()}
+        new = masks_from_scores(scores, self.stage_sparsity(stage), REMOVE[self.method], masks)
+        weights = {name: m.weight_orig for name, m in prunable_modules(model).items()}
+        return new, stage_diagnostics(weights, masks, new, scores)
 
     def never_triggered(self) -> list[str]:
         """One sentence per stage that did not fire."""
@@ -255,7 +266,7 @@ class StagedPruning(L.Callback):
         entries, artifacts = export_and_profile_sparse(trainer, pl_module.model, pl_module.device, ckpt)
         if ckpt:
             artifacts["checkpoint"] = ckpt
-        path = record(trainer, self.method, entries, artifacts)
+        path = record(trainer, TASKS[self.method], entries, artifacts)
         results = R.load_results(path)
         results["schedule"] = {
             "method": self.method,
@@ -264,7 +275,7 @@ class StagedPruning(L.Callback):
             "accuracy_triggers": self.triggers,
             "fractions": self.fractions,
             "fallback_epochs": self.fallbacks,
-            "temperature": self.temperature if self.method == "grasp" else None,
+            "temperature": self.temperature if self.method != "snip" else None,
             "calibration_images": self.per_class * trainer.datamodule.num_classes,
             "stages": self.events,
             "best_val_top1": self.best_val_top1,

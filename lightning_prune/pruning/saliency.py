@@ -78,25 +78,44 @@ def gradient(
 
 
 def gradient_and_hg(
-    model: nn.Module, batches: Iterable[Batch], temperature: float = 200.0, masks: Masks | None = None
+    model: nn.Module,
+    batches: Iterable[Batch],
+    temperature: float = 200.0,
+    masks: Masks | None = None,
+    keep_images: int = 256,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(g, Hg) as GraSP's Algorithm 1: g summed over all batches first, then Hg batch by batch.
 
     Hg is the gradient of ``z = <stop_grad(g), grad L_b>`` summed over the batches, a
     Hessian-vector product that never forms the Hessian. Both live on the masked network.
+
+    The first pass keeps the autograd graph of each batch's gradient (``create_graph``), for
+    batches holding at most ``keep_images`` images in all, and the Hg pass differentiates those
+    graphs directly instead of running the forward and backward pass again: the same numbers,
+    about a quarter less work, and memory that grows with the kept images (about 4 MB per image
+    for the full-width VGG16-BN). Other batches are recomputed as in the paper; 0 recomputes all.
     """
     batches = _batches(batches)
     net, weights = _scoring_copy(model, masks)
     device = next(iter(weights.values())).device
     names, params = list(weights), list(weights.values())
     g = [torch.zeros_like(p) for p in params]
+    kept: list[tuple[torch.Tensor, ...] | None] = []
+    room = keep_images
     for batch in batches:
-        for acc, grad in zip(g, torch.autograd.grad(_loss(net, batch, temperature, device), params)):
-            acc += grad
+        keep = len(batch[1]) <= room
+        room -= len(batch[1]) if keep else 0
+        grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=keep)
+        for acc, grad in zip(g, grads):
+            acc += grad.detach()
+        kept.append(grads if keep else None)
     hg = [torch.zeros_like(p) for p in params]
-    for batch in batches:
-        grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=True)
-        z = sum((gi.detach() * grad).sum() for gi, grad in zip(g, grads))
+    for i, batch in enumerate(batches):
+        grads, kept[i] = kept[i], None  # free each graph once used
+        if grads is None:
+            grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=True)
+        z = sum((gi * grad).sum() for gi, grad in zip(g, grads))
+        del grads
         for acc, h in zip(hg, torch.autograd.grad(z, params, allow_unused=True)):
             if h is not None:
                 acc += h
@@ -234,3 +253,45 @@ def mask_sparsity(masks: Masks, names: Sequence[str] | None = None) -> float:
     names = list(masks) if names is None else names
     total = sum(masks[n].numel() for n in names)
     return sum(int((~masks[n].bool()).sum()) for n in names) / total if total else 0.0
+
+
+def stage_diagnostics(
+    weights: Mapping[str, torch.Tensor],
+    before: Masks,
+    after: Masks,
+    scores: Mapping[str, torch.Tensor],
+    top_fraction: float = 0.1,
+) -> dict[str, float]:
+    """What one pruning stage did, measured: does a criterion spare the large weights?
+
+    ``top_removed``: of the ``top_fraction`` largest-magnitude weights still kept before the stage,
+    the share the stage removed (magnitude pruning: ~0; random: the stage's removal rate).
+    ``filter_sum_ratio``: over conv filters, sum |sum of the filter's scores| / sum of |scores|.
+    With BatchNorm after every conv the loss is invariant to a filter's scale, so GraSP's scores of
+    one filter sum to its squared gradient norm (tiny at T = 200): the ratio is near 0 when scores
+    cancel within filters and ranking by them barely follows magnitude. ``filter_sum_mean``: the mean
+    per-filter sum itself.
+    """
+    names = [n for n in scores if n in weights]
+    kept = torch.cat([before[n].flatten().bool().cpu() for n in names])
+    magnitude = torch.cat([weights[n].detach().abs().flatten().double().cpu() for n in names])
+    removed = torch.cat([(before[n].bool() & ~after[n].bool()).flatten().cpu() for n in names])
+    candidates = magnitude[kept]
+    k = max(1, round(top_fraction * candidates.numel()))
+    threshold = torch.topk(candidates, k).values.min()
+    top = kept & (magnitude >= threshold)
+    sums, absolute = [], []
+    for n in names:
+        s = scores[n].detach().double().cpu()
+        if s.dim() == 4:  # conv: one row per output filter
+            rows = s.flatten(1)
+            sums.append(rows.sum(1))
+            absolute.append(rows.abs().sum(1))
+    filter_sums = torch.cat(sums) if sums else torch.zeros(1, dtype=torch.float64)
+    filter_abs = torch.cat(absolute) if absolute else torch.ones(1, dtype=torch.float64)
+    return {
+        "top_removed": float(removed[top].double().mean()) if top.any() else 0.0,
+        "removed": float(removed[kept].double().mean()) if kept.any() else 0.0,
+        "filter_sum_ratio": float(filter_sums.abs().sum() / filter_abs.sum().clamp_min(1e-300)),
+        "filter_sum_mean": float(filter_sums.mean()),
+    }

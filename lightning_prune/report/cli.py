@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lightning_prune.report import plots, tables
 from lightning_prune.report.collect import Run, latest_runs, load_runs
+from lightning_prune.report.handoff import handoff_section
 from lightning_prune.results import atomic_write_bytes
 
 
@@ -111,6 +112,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         layers = tables.layer_table(group)
         if layers:
             lines += [f"### {dataset}: per-layer sparsity / channels kept", "", layers, ""]
+    lines += handoff_section(logs)
     if chosen:
         notes = tables.energy_notes(chosen)
         if notes:

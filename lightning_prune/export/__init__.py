@@ -1,0 +1,17 @@
+"""Hand-off of a pruned model: plain state dict + JSON sidecar, ONNX, and int8, each reloaded and checked.
+
+``lightning-prune export`` (:mod:`lightning_prune.export.cli`) drives it from a checkpoint or a run
+reference; the functions below have no Lightning imports.
+"""
+
+from lightning_prune.export.artifact import fold_masks, load_state_dict_model, read_sidecar
+from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
+from lightning_prune.export.errors import ExportError
+from lightning_prune.export.pipeline import FORMATS, ExportResult, export_checkpoint, export_model, handoff_figures
+from lightning_prune.export.quantize import check_int8, load_int8, quantize_int8
+
+__all__ = [
+    "FORMATS", "CheckpointModel", "ExportError", "ExportResult", "check_int8", "export_checkpoint", "export_model",
+    "fold_masks", "handoff_figures", "load_checkpoint_model", "load_int8", "load_state_dict_model", "quantize_int8",
+    "read_sidecar",
+]

@@ -1,0 +1,277 @@
+"""``lightning-prune export``: a run's checkpoint as state dict + sidecar, ONNX and int8, with handoff.json.
+
+Examples::
+
+    lightning-prune export --run run:digits_unstructured --quantize
+    lightning-prune export --run checkpoints/digits_channel/version_0/last.ckpt --format onnx --out deploy/
+
+Each run becomes one variant in the output folder: ``<variant>.json`` (architecture and metadata),
+``<variant>.pt`` (plain weights, pruned ones exactly 0), ``<variant>.onnx``, ``<variant>.int8.pt``
+(``--quantize``), and ``handoff.json`` with every variant's figures (``handoff.md``: the table).
+The default folder is the run's own: ``logs/<experiment>/version_N/export`` when that run folder
+exists, else ``export/`` beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_prune.errors import ConfigError
+from lightning_prune.export.artifact import update_sidecar
+from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
+from lightning_prune.export.errors import ExportError
+from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint, handoff_figures
+from lightning_prune.results import atomic_write_bytes
+
+HANDOFF_FILE = "handoff.json"
+HANDOFF_TABLE = "handoff.md"
+DATASETS = ("digits", "cifar10", "cifar100")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one ``error:`` line (exit 2) like every other error here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ExportError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lightning-prune export",
+                description="Export a run's checkpoint as a state dict + JSON sidecar, ONNX and (--quantize) int8; "
+                "every file is reloaded and checked against the checkpoint, and handoff.json records the figures.")
+    p.add_argument("--run", nargs="+", required=True, metavar="REF_OR_PATH",
+                   help="checkpoint file(s) or run reference(s) run:<experiment>[/version_N][:last|:best]; "
+                   "each becomes one variant")
+    p.add_argument("--format", nargs="+", action="extend", metavar="FORMAT",
+                   help=f"one or more of {', '.join(FORMATS)} (default: both)")
+    p.add_argument("--out", type=Path, help="output folder (default: the run's logs/<experiment>/version_N/export)")
+    p.add_argument("--quantize", action="store_true", help="also write the int8 model and measure it")
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: the checkpoint's)")
+    p.add_argument("--data-dir", help="dataset folder (default: the checkpoint's, else data)")
+    p.add_argument("--verify-checksums", action=argparse.BooleanOptionalAction, default=None,
+                   help="check CIFAR's MD5s (default: the checkpoint's setting)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="download CIFAR if missing (default: the checkpoint's setting)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: the checkpoint's)")
+    p.add_argument("--calibration-images", type=int, default=256, help="training images for int8 (default: 256)")
+    p.add_argument("--eval-batches", type=int, help="test batches for top-1 (default: the whole test set)")
+    p.add_argument("--latency-batches", type=int, default=5, help="test batches timed per form (default: 5)")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's)")
+    p.add_argument("--atol", type=float, default=ATOL, help=f"largest logit difference accepted (default: {ATOL:g})")
+    p.add_argument("--logs", type=Path, default=Path("logs"), help="root of the runs' logs (default: logs)")
+    p.add_argument("--checkpoints", default="checkpoints", help="root of run references (default: checkpoints)")
+    return p
+
+
+def _formats(values: list[str] | None) -> list[str]:
+    if values is None:
+        return list(FORMATS)
+    return check_formats([f for v in values for f in v.split(",") if f])
+
+
+def _checkpoint(ref: str, checkpoints: str) -> Path:
+    if not ref.startswith("run:"):
+        return Path(ref)
+    from lightning_prune.runs import resolve_reference
+
+    try:
+        return resolve_reference(ref, checkpoints_dir=checkpoints)
+    except ConfigError as err:
+        raise ExportError(f"--run: {err}") from err
+
+
+def _run_parts(path: Path) -> tuple[str, str | None]:
+    """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N]/<file>.ckpt``."""
+    parent = path.parent
+    if parent.name.startswith("version_"):
+        return parent.parent.name, parent.name
+    if path.stem == "last" or path.stem.startswith("epoch="):
+        return parent.name, None
+    return path.stem, None
+
+
+def default_out(path: Path, logs: Path) -> Path:
+    """The run's own export folder: ``logs/<experiment>/version_N/export`` if that run folder exists."""
+    experiment, version = _run_parts(path)
+    if version is not None and (logs / experiment / version).is_dir():
+        return logs / experiment / version / "export"
+    return path.parent / "export"
+
+
+def recorded(path: Path, logs: Path) -> dict[str, Any]:
+    """Task and test accuracy that the run's results.json recorded for this checkpoint, if any."""
+    experiment, version = _run_parts(path)
+    folder = logs / experiment
+    found = sorted((folder / version).glob("results.json") if version else folder.glob("version_*/results.json"))
+    for results_path in reversed(found):
+        try:
+            results = json.loads(results_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for entry in results.get("models", []):
+            ckpt = entry.get("checkpoint")
+            if ckpt and Path(ckpt).resolve() == path.resolve():
+                return {"task": results.get("task"), "recorded_accuracy": entry.get("accuracy"),
+                        "recorded_in": str(results_path)}
+        if version and results.get("task"):
+            return {"task": results["task"], "recorded_in": str(results_path)}
+    return {}
+
+
+def datamodule(args: argparse.Namespace, ck: CheckpointModel):
+    """The test and training images the checkpoint was trained on (options override the checkpoint's)."""
+    from lightning_prune.data import NUM_CLASSES, ImageDataModule
+
+    saved = ck.data_hparams
+    dataset = args.dataset or saved.get("dataset")
+    if dataset is None:
+        dataset = "cifar100" if ck.model.num_classes == 100 else None
+    if dataset is None:
+        raise ExportError(f"--dataset: {ck.path} does not record its dataset; choose one of {', '.join(DATASETS)}")
+    if dataset not in DATASETS:
+        raise ExportError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if NUM_CLASSES[dataset] != ck.model.num_classes:
+        raise ExportError(f"--dataset: {dataset} has {NUM_CLASSES[dataset]} classes but {ck.path} predicts "
+                          f"{ck.model.num_classes}")
+    batch_size = args.batch_size or saved.get("batch_size") or 256
+    if batch_size < 2:
+        raise ExportError(f"--batch-size: must be >= 2 (the exported batch axis is dynamic), got {batch_size}")
+
+    def pick(value, key, default):
+        return value if value is not None else saved.get(key, default)
+
+    return ImageDataModule(
+        dataset=dataset,
+        data_dir=pick(args.data_dir, "data_dir", "data"),
+        batch_size=batch_size,
+        num_workers=0,
+        download=pick(args.download, "download", True),
+        verify_checksums=pick(args.verify_checksums, "verify_checksums", True),
+        val_size=saved.get("val_size", 0),
+        split_seed=saved.get("split_seed", 0),
+    )
+
+
+def _take(loader, images: int | None = None, batches: int | None = None) -> list:
+    out, seen = [], 0
+    for i, batch in enumerate(loader):
+        if (batches is not None and i >= batches) or (images is not None and seen >= images):
+            break
+        out.append(batch)
+        seen += len(batch[0])
+    return out
+
+
+def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str]) -> dict[str, Any]:
+    """Export the checkpoint ``path`` (named ``ref`` on the command line) into ``out``; returns its handoff entry."""
+    ck = load_checkpoint_model(path, "--run")
+    dm = datamodule(args, ck)
+    dm.setup("test")
+    test = _take(dm.test_dataloader(), batches=args.eval_batches)
+    calibration = None
+    if args.quantize:
+        images = torch.cat([x for x, _ in _take(dm.train_eval_dataloader(), images=args.calibration_images)])
+        calibration = list(images[: args.calibration_images].split(dm.batch_size))
+    mean, std = dm.mean_std()
+    info = recorded(path, args.logs)
+    metadata = {
+        "dataset": dm.dataset,
+        "preprocessing": {"input": "float32 NCHW RGB 32x32, pixels scaled to [0, 1], then (x - mean) / std",
+                          "mean": list(mean), "std": list(std)},
+        **info,
+    }
+    variant = _run_parts(path)[0]
+    print(f"export: {ref} -> {out}/{variant}.* ({', '.join(formats)}{', int8' if args.quantize else ''})",
+          file=sys.stderr)
+    result = export_checkpoint(ck, out, formats, test[0][0], variant, metadata, calibration, args.atol)
+    latency = [x for x, _ in test[: max(1, args.latency_batches)]]
+    figures = handoff_figures(result, test, latency)
+    figures["dataset"] = dm.dataset
+    figures["reference"] = ref
+    measured = {k: figures.get(k) for k in ("float_top1", "int8_top1", "onnx_top1") if k in figures}
+    update_sidecar(result.files["sidecar"], {"accuracy": {"test_images": figures["eval_images"], **measured}})
+    return figures
+
+
+def environment() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {"device": f"cpu ({torch.get_num_threads()} threads, {platform.machine()})",
+            "quantized_engine": torch.backends.quantized.engine, **versions}
+
+
+def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str]) -> Path:
+    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``."""
+    from lightning_prune.report.handoff import handoff_table
+
+    path = out / HANDOFF_FILE
+    old: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("variants", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            old = []
+    names = {e["variant"] for e in entries}
+    doc = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["lightning-prune", "export", *argv]),
+        "environment": environment(),
+        "variants": [e for e in old if e.get("variant") not in names] + entries,
+    }
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(out / HANDOFF_TABLE, (handoff_table([doc]) + "\n").encode())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lightning-prune export``; returns the exit code (2 with one ``error:`` line for bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    except ConfigError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:
+        formats = _formats(args.format)
+        for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
+            value = getattr(args, option)
+            if value is not None and value < 1:
+                raise ExportError(f"--{option.replace('_', '-')}: must be >= 1, got {value}")
+        if args.threads:
+            torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's count
+        paths = [_checkpoint(ref, args.checkpoints) for ref in args.run]
+        names = [_run_parts(p)[0] for p in paths]
+        if len(set(names)) < len(names):
+            raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")
+        if args.out is None and len(paths) > 1:
+            raise ExportError("--out: name one folder when exporting several runs")
+        out = args.out or default_out(paths[0], args.logs)
+        entries = [export_run(args, ref, p, out, formats) for ref, p in zip(args.run, paths)]
+        path = write_handoff(out, entries, argv)
+    except ConfigError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    from lightning_prune.report.handoff import handoff_table
+
+    print(handoff_table([json.loads(path.read_text())]))
+    print(f"hand-off written to {path.parent.resolve()} ({HANDOFF_FILE}, {HANDOFF_TABLE})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

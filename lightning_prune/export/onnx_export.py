@@ -1,0 +1,77 @@
+"""ONNX export with a dynamic batch axis, and running the file in ONNX Runtime.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter. In torch
+2.14 it is the default and the TorchScript exporter (``dynamo=False``) still works offline but warns
+that it will be removed; the dynamo exporter needs ``onnxscript`` (in the ``deploy`` extra, a PyPI
+package: nothing is downloaded at export time). ``external_data=False`` keeps the weights inside
+the one ``.onnx`` file (VGG16-BN is far below ONNX's 2 GB limit), so the hand-off is a single file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_prune.export.errors import ExportError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEPLOY_HINT = "install the deploy extra: pip install -e '.[deploy]'"
+
+
+def require(module: str) -> None:
+    """Fail with one line naming the extra when ``onnx`` / ``onnxruntime`` / ``onnxscript`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ExportError(f"--format onnx: the {module} package is not installed; {DEPLOY_HINT}")
+
+
+def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
+    """Write ``model`` (eval mode, CPU) to ``path``: input ``input`` (N, 3, 32, 32), output ``logits`` (N, classes).
+
+    Args:
+        model: A plain module (masks folded): the exporter traces what the forward pass runs.
+        path: The ``.onnx`` file to write (its folder must exist).
+        example: A batch of at least 2 images to trace with; the batch axis is exported as dynamic.
+    """
+    for name in ("onnx", "onnxscript"):
+        require(name)
+    batch = torch.export.Dim("batch")
+    model = model.eval()
+    # The exporter prints progress lines to stdout even with verbose=False on some paths.
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+        )
+    return Path(path)
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session; ``threads`` defaults to torch's, so latencies compare."""
+    require("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # No busy-waiting between calls: spinning threads would steal the cores PyTorch is timed on next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``tensor -> tensor`` function that runs ``session`` on a float32 CPU batch."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+
+    return run

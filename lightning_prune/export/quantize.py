@@ -1,0 +1,229 @@
+"""int8 post-training static quantization of the VGG, and the checks that it kept the pruning.
+
+Path chosen: eager-mode ``torch.ao.quantization`` (QuantStub/DeQuantStub, conv-BN-ReLU and
+linear-ReLU fusion, ``prepare`` -> calibration -> ``convert``) with the ``x86`` backend's default
+qconfig (fbgemm/onednn kernels). Why: in torch 2.14 it is the one path that produces a model that
+really runs int8 kernels on CPU (``quantized::conv2d_relu``, ``quantized::linear``) and saves int8
+weights, with no extra package. The PT2E flow now lives in ``torchao`` (another dependency) and
+its output runs as float "dequantize -> op -> quantize" graphs unless lowered by ``torch.compile``.
+``torch.ao.quantization`` warns that it is deprecated; those warnings are silenced here, and
+``torchao``'s PT2E quantizer is the migration path when it is removed.
+
+Pruning survives: weights use the x86 qconfig's per-channel *symmetric* int8 observer, so every
+zero point is 0 and an exact 0.0 weight quantizes to int 0; BN folding (fusion) multiplies each
+output channel by a constant, which keeps zeros zero. Fusion keeps the conv widths, so a
+channel-pruned model stays narrow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_prune.export.artifact import build_from_sidecar, read_sidecar
+from lightning_prune.export.errors import ExportError
+from lightning_prune.models import VGG
+from lightning_prune.pruning.layers import prunable_modules
+from lightning_prune.results import atomic_write_bytes
+
+PREFERRED_BACKENDS = ("x86", "fbgemm", "qnnpack")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch.ao.quantization's deprecation and observer warnings (documented above)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def pick_backend(backend: str | None = None) -> str:
+    """The quantized engine to use: ``backend`` if this torch build has it, else the first of x86/fbgemm/qnnpack."""
+    supported = [b for b in torch.backends.quantized.supported_engines if b != "none"]
+    if backend is not None:
+        if backend not in supported:
+            raise ExportError(f"quantize backend {backend!r} is not in this torch build; choose one of {supported}")
+        return backend
+    for name in PREFERRED_BACKENDS:
+        if name in supported:
+            return name
+    raise ExportError(f"this torch build has no int8 CPU backend (supported engines: {supported})")
+
+
+class QuantizedVGG(nn.Module):
+    """The VGG between a QuantStub (float -> quint8 input) and a DeQuantStub (int8 logits -> float)."""
+
+    def __init__(self, model: VGG) -> None:
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.quant, self.model, self.dequant = QuantStub(), model, DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.model(self.quant(x)))
+
+
+def fusion_groups(model: VGG, prefix: str = "model.") -> list[list[str]]:
+    """Module names to fuse: each conv with its BN and ReLU, and the two hidden linears with their ReLUs."""
+    names = [name for name, _ in model.features.named_children()]
+    groups = [[f"{prefix}features.{n}" for n in names[i:i + 3]]
+              for i, (_, m) in enumerate(model.features.named_children()) if isinstance(m, nn.Conv2d)]
+    hidden = [[f"{prefix}classifier.{i}", f"{prefix}classifier.{i + 1}"] for i in (0, 3)]
+    return groups + hidden
+
+
+def prepared(model: VGG, backend: str) -> QuantizedVGG:
+    """A fused, observed deep copy of ``model`` (float, eval mode), ready for calibration."""
+    from torch.ao import quantization as tq
+
+    wrapper = QuantizedVGG(copy.deepcopy(model)).eval()
+    with _quiet():
+        tq.fuse_modules(wrapper, fusion_groups(wrapper.model), inplace=True)
+        wrapper.qconfig = tq.get_default_qconfig(backend)
+        tq.prepare(wrapper, inplace=True)
+    return wrapper
+
+
+def _convert(wrapper: QuantizedVGG, backend: str) -> QuantizedVGG:
+    from torch.ao import quantization as tq
+
+    torch.backends.quantized.engine = backend  # packs the int8 weights for this engine's kernels
+    with _quiet():
+        tq.convert(wrapper, inplace=True)
+    return wrapper
+
+
+@torch.no_grad()
+def quantize_int8(
+    model: VGG, calibration_batches: Iterable[torch.Tensor], backend: str | None = None
+) -> QuantizedVGG:
+    """int8 static post-training quantization (eager mode, per-channel symmetric weights).
+
+    ``model`` must be plain (masks folded, e.g. ``fold_masks``) and is not modified. The returned
+    module takes and returns float tensors on the CPU; it sets ``torch.backends.quantized.engine``,
+    which must stay the same to run it.
+
+    Args:
+        model: The float VGG.
+        calibration_batches: Image batches (N, 3, 32, 32), eval transforms: a few hundred training
+            images are enough to set the activation ranges.
+        backend: ``x86`` (default where available), ``fbgemm`` or ``qnnpack``.
+    """
+    if any(hasattr(m, "weight_mask") for m in prunable_modules(model).values()):
+        raise ExportError("quantize_int8: fold the pruning masks first (fold_masks)")
+    backend = pick_backend(backend)
+    wrapper = prepared(model.cpu().eval(), backend)
+    seen = 0
+    with _quiet():
+        for x in calibration_batches:
+            wrapper(x.cpu())
+            seen += len(x)
+    if not seen:
+        raise ExportError("quantize_int8: no calibration images")
+    return _convert(wrapper, backend)
+
+
+def save_int8(qmodel: QuantizedVGG, path: str | Path) -> Path:
+    """``torch.save`` of the int8 model's state dict (int8 weights, scales, zero points), atomically."""
+    buffer = io.BytesIO()
+    torch.save(qmodel.state_dict(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_int8(path: str | Path, float_skeleton: VGG | None = None, backend: str | None = None) -> QuantizedVGG:
+    """Rebuild the int8 model from its saved state dict (``<variant>.int8.pt``).
+
+    An untrained VGG of the same widths (default: built from the variant's sidecar) is fused,
+    observed and converted without calibration (only the structure matters); every int8 weight,
+    scale and zero point then comes from the file. ``backend`` defaults to the one the sidecar
+    records, else x86.
+    """
+    if float_skeleton is None or backend is None:
+        doc = read_sidecar(path)
+        float_skeleton = float_skeleton if float_skeleton is not None else build_from_sidecar(doc)
+        backend = backend or (doc.get("metadata", {}).get("int8") or {}).get("backend")
+    backend = pick_backend(backend)
+    wrapper = _convert(prepared(float_skeleton.cpu().eval(), backend), backend)
+    with _quiet():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        wrapper.load_state_dict(state, strict=True)
+    return wrapper.eval()
+
+
+def int8_weights(qmodel: QuantizedVGG) -> dict[str, torch.Tensor]:
+    """Each quantized conv/linear's weight (a quantized tensor), by the float model's layer name."""
+    out = {}
+    for name, module in qmodel.model.named_modules():
+        weight = getattr(module, "weight", None)
+        if callable(weight) and not isinstance(weight, torch.Tensor):  # quantized modules: weight()
+            w = weight()
+            if isinstance(w, torch.Tensor) and w.is_quantized:
+                out[name] = w
+    return out
+
+
+@dataclass
+class Int8Check:
+    """What quantization kept: zeros at every pruned position, and the widths.
+
+    Args:
+        zeros_preserved: Every weight that is exactly 0.0 in the float model is int 0 in the int8 one.
+        float_zeros: Exact zeros over the float conv/linear weights.
+        int8_zeros: Int zeros over the int8 weights (>= float_zeros: tiny weights round to 0 too).
+        zero_points_zero: Every per-channel weight zero point is 0 (symmetric quantization).
+        widths_kept: The int8 convs have the float model's 13 widths and classifier width.
+        weight_count: Weights compared.
+    """
+
+    zeros_preserved: bool
+    float_zeros: int
+    int8_zeros: int
+    zero_points_zero: bool
+    widths_kept: bool
+    weight_count: int
+
+    @property
+    def int8_sparsity(self) -> float:
+        return self.int8_zeros / self.weight_count if self.weight_count else 0.0
+
+    def as_dict(self) -> dict:
+        return {"zeros_preserved": self.zeros_preserved, "float_zeros": self.float_zeros,
+                "int8_zeros": self.int8_zeros, "int8_sparsity": self.int8_sparsity,
+                "zero_points_zero": self.zero_points_zero, "widths_kept": self.widths_kept,
+                "weight_count": self.weight_count}
+
+
+def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
+    """Compare the int8 weights' integer values with the float weights, layer by layer."""
+    weights = int8_weights(qmodel)
+    float_layers = prunable_modules(float_model)
+    if set(weights) != set(float_layers):
+        raise ExportError(f"int8 model has layers {sorted(weights)}, the float model {sorted(float_layers)}")
+    preserved, zp_zero = True, True
+    float_zeros = int8_zeros = count = 0
+    for name, layer in float_layers.items():
+        w, q = layer.weight.detach(), weights[name]
+        ints = q.int_repr()
+        was_zero = w == 0
+        preserved &= bool((ints[was_zero] == 0).all())
+        zp = q.q_per_channel_zero_points() if q.qscheme() in (torch.per_channel_affine,
+                                                               torch.per_channel_symmetric) else q.q_zero_point()
+        zp_zero &= bool((torch.as_tensor(zp) == 0).all())
+        float_zeros += int(was_zero.sum())
+        int8_zeros += int((ints == 0).sum())
+        count += w.numel()
+    convs = [m for m in qmodel.model.features if hasattr(m, "out_channels")]
+    widths = [int(m.out_channels) for m in convs] == list(float_model.channels)
+    widths &= int(qmodel.model.classifier[0].out_features) == float_model.classifier_width
+    return Int8Check(preserved, float_zeros, int8_zeros, zp_zero, widths, count)

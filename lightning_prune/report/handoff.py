@@ -1,0 +1,112 @@
+"""The hand-off table of the report: each exported variant's float / int8 accuracy, sizes and ONNX Runtime speed.
+
+It reads the ``handoff.json`` files that ``lightning-prune export`` writes (by default into
+``logs/<experiment>/version_N/export/``), so the report shows what was actually exported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lightning_prune.report.tables import MISSING, markdown, num
+
+log = logging.getLogger(__name__)
+
+HANDOFF_FILE = "handoff.json"
+COLUMNS = ("variant", "float top-1", "int8 top-1", "int8 size", "ONNX size", "ONNX Runtime latency", "outputs match")
+NOTE = (
+    "From `lightning-prune export --quantize` (handoff.json beside the exported files). Top-1 is on the test "
+    "images; int8 is eager-mode static post-training quantization (x86 backend, per-channel symmetric weights); "
+    "sizes are the files' bytes / 1e6; latency is ms per batch on the CPU; outputs match compares the ONNX "
+    "Runtime logits (else the reloaded state dict's) with the PyTorch model's on a test batch."
+)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("skipping %s: %s", path, err)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _records(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Variant records from handoff.json files, folders holding them, handoff documents or records."""
+    records: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, dict):
+            records += item["variants"] if isinstance(item.get("variants"), list) else [item]
+            continue
+        path = Path(item)
+        files = sorted(path.rglob(HANDOFF_FILE)) if path.is_dir() else [path]
+        for f in files:
+            doc = _load(f)
+            if doc is not None:
+                records += [v for v in doc.get("variants", []) if isinstance(v, dict)]
+    return records
+
+
+def _size(value: Any) -> str:
+    cell = num(value, "{:.2f}")
+    return cell if cell == MISSING else f"{cell} MB"
+
+
+def _latency(record: dict[str, Any]) -> str:
+    cell = num(record.get("onnx_latency_ms"), "{:.1f}")
+    if cell == MISSING:
+        return cell
+    std = record.get("onnx_latency_ms_std")
+    if isinstance(std, (int, float)):
+        cell += f" ± {std:.1f}"
+    cell += " ms"
+    if isinstance(record.get("batch_size"), int):
+        cell += f" (bs {record['batch_size']})"
+    return cell
+
+
+def _match(record: dict[str, Any]) -> str:
+    matches = record.get("outputs_match") or {}
+    for form in ("onnx", "state_dict"):
+        found = matches.get(form)
+        if isinstance(found, dict) and isinstance(found.get("max_abs_diff"), (int, float)):
+            verdict = "yes" if found.get("match") else "**no**"
+            label = "ONNX" if form == "onnx" else "state dict"
+            return f"{verdict} ({label}, max diff {found['max_abs_diff']:.1e})"
+    return MISSING
+
+
+def _row(record: dict[str, Any]) -> list[str]:
+    return [
+        str(record.get("variant", MISSING)),
+        num(record.get("float_top1")),
+        num(record.get("int8_top1")),
+        _size(record.get("int8_size_mb")),
+        _size(record.get("onnx_size_mb")),
+        _latency(record),
+        _match(record),
+    ]
+
+
+def handoff_table(paths_or_records: Iterable[str | Path | dict[str, Any]]) -> str:
+    """Markdown table of :data:`COLUMNS`, one row per exported variant.
+
+    Args:
+        paths_or_records: handoff.json files, folders searched for them (a logs/ or export folder),
+            parsed handoff.json documents, or single variant records, in any mix.
+    """
+    return markdown(COLUMNS, [_row(r) for r in _records(paths_or_records)])
+
+
+def handoff_section(logs: Path) -> list[str]:
+    """The report's hand-off section as markdown lines; empty when no handoff.json is under ``logs``."""
+    logs = Path(logs)
+    files = sorted(logs.rglob(HANDOFF_FILE)) if logs.is_dir() else []
+    records = _records(files)
+    if not records:
+        return []
+    return ["## Hand-off: int8 and ONNX", "", NOTE, "", *handoff_table(records).splitlines(), ""]
