@@ -66,14 +66,15 @@ def test_report_tables_from_fixture_runs(tmp_path):
     rows = [line for line in results_table.splitlines() if line.startswith(tasks)]
     assert [r.split(" | ")[1] for r in rows] == ["dense", "dense", "pruned-masked", "channel-pruned"]
     pruned = next(r for r in rows if "pruned-masked" in r).strip("| ").split(" | ")
-    assert pruned[3] == "90.0%" and pruned[10] == "92.50" and pruned[-1] == "1.50"  # drop vs the 94.0 baseline
-    assert pruned[9] == "n/a"  # null energy
+    assert pruned[3] == "90.0%" and pruned[11] == "92.50" and pruned[-1] == "1.50"  # drop vs the 94.0 baseline
+    assert pruned[10] == "n/a"  # null energy
+    assert pruned[4] == "90.1%"  # 1 - 99 / 1000: against the dense model of the same run
     baseline = rows[0].strip("| ").split(" | ")
-    assert baseline[9] == "cpu 500.0" and baseline[-1] == "0.00"
+    assert baseline[10] == "cpu 500.0" and baseline[-1] == "0.00"
     assert "50.00" not in text  # the older duplicate run is hidden
     assert "1 older run(s) hidden" in text
     channel = next(r for r in rows if "channel-pruned" in r).strip("| ").split(" | ")
-    assert channel[6] == "—"  # missing latency shows as missing
+    assert channel[7] == "—"  # missing latency shows as missing
     assert "Runs with missing or invalid fields" in text and "latency_ms" in text
     assert "cpu, dram: no RAPL interface" in text
     assert (tmp_path / "report_plots" / "cifar10_accuracy_vs_sparsity.png").stat().st_size > 1000
@@ -136,3 +137,22 @@ def test_accuracy_plot_counts_parameters_removed_against_the_dense_baseline():
     # Channel pruning: fewer parameters though its own weights are mostly dense.
     assert _removed({"nonzero_params": 302_435, "sparsity": 0.467}, 1_256_724) == pytest.approx(0.7593, abs=1e-4)
     assert _removed({"sparsity": 0.9}, None) == 0.9  # no baseline: the run's own sparsity
+
+
+def test_1b_stages_say_why_they_fired_and_what_they_removed(tmp_path):
+    logs = tmp_path / "logs"
+    path = _write(logs, "digits_grasp_abs", 0, "grasp", "2026-01-01T00:00:00+00:00",
+                  [_model("pruned-masked", 80.0, 0.9, None)])
+    data = json.loads(path.read_text())
+    stage = {"stage": 1, "epoch": 3, "reason": "accuracy", "val_top1": 25.0, "trigger_top1": 20,
+             "fallback_epoch": 6, "sparsity": 0.45, "diagnostics": {"removed": 0.45, "top_removed": 0.02,
+                                                                   "filter_sum_ratio": 0.011}}
+    data["schedule"] = {"method": "grasp_abs", "stages": [stage, {**stage, "stage": 2, "epoch": 6,
+                                                                  "reason": "fallback", "val_top1": 31.0}]}
+    path.write_text(json.dumps(data))
+    text = build_report(logs, tmp_path / "REPORT.md")
+    rows = [line for line in text.splitlines() if line.startswith("| grasp_abs | ")]
+    assert rows[0].startswith("| grasp_abs | pruned-masked |")  # labelled by its method, not its task
+    stages = [r.split(" | ") for r in rows[1:]]
+    assert [(s[1], s[2], s[3].split(" ")[0]) for s in stages] == [("1", "3", "accuracy"), ("2", "6", "fallback")]
+    assert stages[0][-2:] == ["2.0%", "0.011 |"]

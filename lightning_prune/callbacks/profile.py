@@ -65,8 +65,9 @@ def profile_entry(
     }
 
 
-def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[str, str] | None = None) -> Path:
-    """Merge entries into this run's results.json, write it whole, and print the table."""
+def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[str, str] | None = None,
+           extra: dict | None = None) -> Path:
+    """Merge entries (and ``extra`` top-level fields) into this run's results.json, write it whole, print the table."""
     log_dir = run_dir(trainer)
     device = trainer.strategy.root_device
     results = R.load_results(log_dir / R.RESULTS_FILE) or R.new_results(task, dataset_name(trainer), device)
@@ -84,6 +85,7 @@ def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[s
     for entry in entries:
         R.upsert_model(results, entry)
     results["artifacts"].update(artifacts or {})
+    results.update(extra or {})
     path = R.save_results(results, log_dir)
     table = R.markdown_table(results)
     rank_zero_info("\n" + table + f"\n\nresults: {path}")

@@ -39,6 +39,7 @@ from lightning_prune.pruning.unstructured import (
 
 TASK = "unstructured"
 CSV_FILE = "sensitivity.csv"
+SPLITS = ("val", "test")
 PLOT_FILE = "sensitivity.png"
 
 
@@ -70,6 +71,9 @@ class SensitivityScan(L.Callback):
         curves_csv: Reuse an earlier sweep's ``sensitivity.csv`` instead of sweeping.
         max_images: Images (levels stacked along the batch) one pass holds; lower it if the sweep runs
             out of memory.
+        split: Images the sweep measures: ``val`` (training images held out by ``data.val_size``) or
+            ``test``. Weights trained on every training image (chenyaofo's) have no held-out training
+            images, so their configs sweep ``test``; results.json and the report say which was used.
     """
 
     def __init__(
@@ -80,12 +84,13 @@ class SensitivityScan(L.Callback):
         progress: bool = True,
         curves_csv: str | None = None,
         max_images: int = 2048,
+        split: str = "val",
     ) -> None:
         # Checked in ``setup``: jsonargparse would turn an error raised here into a generic one.
         self.requested = list(sparsities)
         self.sparsities = sorted({float(s) for s in sparsities} | {0.0})
         self.layers, self.max_batches, self.progress = layers, max_batches, progress
-        self.curves_csv, self.max_images = curves_csv, max_images
+        self.curves_csv, self.max_images, self.split = curves_csv, max_images, split
         self.curves: dict[str, list[float]] | None = None
         self.artifacts: dict[str, str] = {}
 
@@ -95,6 +100,8 @@ class SensitivityScan(L.Callback):
             check_sparsity(s, "SensitivityScan.sparsities")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"SensitivityScan.max_batches must be >= 1 or null, got {self.max_batches}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"SensitivityScan.split: unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.max_images < 1:
             raise ConfigError(f"SensitivityScan.max_images must be >= 1, got {self.max_images}")
         if self.curves_csv is not None and not Path(self.curves_csv).is_file():
@@ -127,18 +134,19 @@ class SensitivityScan(L.Callback):
             self.curves = curves
         else:
             rank_zero_info(f"Sensitivity sweep: {len(self.layers or prunable_modules(pl_module.model))} layers x "
-                           f"{len(self.sparsities) - 1} sparsities on the validation data")
+                           f"{len(self.sparsities) - 1} sparsities on the {self.split} split")
             # Each rank sweeps its share of the validation batches; the counts are summed over the ranks.
             reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
             self.curves = sensitivity_scan(
-                pl_module.model, trainer.datamodule.val_dataloader(), self.sparsities, self.layers,
+                pl_module.model, self.dataloader(trainer), self.sparsities, self.layers,
                 progress=self.progress and trainer.is_global_zero, max_batches=self.max_batches,
                 max_images=self.max_images, shard=(trainer.global_rank, trainer.world_size), reduce=reduce,
             )
         if trainer.is_global_zero:
             out = run_dir(trainer)
             csv_path = save_curves_csv(self.curves, self.sparsities, out / CSV_FILE)
-            fig = plot_curves(self.curves, self.sparsities, f"Sensitivity on {trainer.datamodule.dataset} (validation)")
+            where = "validation" if self.split == "val" else "test"
+            fig = plot_curves(self.curves, self.sparsities, f"Sensitivity on {trainer.datamodule.dataset} ({where})")
             fig.savefig(out / PLOT_FILE, bbox_inches="tight")
             log_figure(trainer, "sensitivity", fig)
             import matplotlib.pyplot as plt
@@ -146,6 +154,17 @@ class SensitivityScan(L.Callback):
             plt.close(fig)
             self.artifacts = {"sensitivity_csv": str(csv_path), "sensitivity_plot": str(out / PLOT_FILE)}
         return self.curves
+
+    def dataloader(self, trainer: L.Trainer) -> Any:
+        dm = trainer.datamodule
+        if self.split == "val" and getattr(dm, "val_size", 1) == 0:
+            rank_zero_warn("SensitivityScan.split=val but data.val_size is 0: the validation set is the test set")
+        return dm.val_dataloader() if self.split == "val" else dm.test_dataloader()
+
+    def describe(self) -> dict[str, Any]:
+        """What results.json says about the sweep."""
+        return {"split": self.split, "sparsities": self.sparsities, "layers": self.layers,
+                "max_batches": self.max_batches, "curves_csv": self.curves_csv}
 
     def state_dict(self) -> dict[str, Any]:
         return {"sparsities": self.sparsities, "curves": self.curves, "artifacts": self.artifacts}
@@ -324,11 +343,13 @@ class MagnitudePruning(L.Callback):
         if self.dense_entry is not None:
             entries.insert(0, self.dense_entry)
         scan = self._scan(trainer)
+        extra = {}
         if scan is not None:
             artifacts.update(scan.artifacts)
+            extra["sweep"] = scan.describe()
         if ckpt:
             artifacts["checkpoint"] = ckpt
-        record(trainer, TASK, entries, artifacts)
+        record(trainer, TASK, entries, artifacts, extra)
 
     def state_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "dense_entry": self.dense_entry, "predicted": self.predicted}

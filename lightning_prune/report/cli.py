@@ -31,6 +31,31 @@ OPS_NOTE = (
 )
 
 
+SCHEDULE_NOTE = (
+    "Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not reached. "
+    "Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept before the stage, the share "
+    "the stage removed (magnitude pruning removes none; a random choice removes the stage's overall rate). "
+    "Filter |sum| / sum |score|: over conv filters, how much the scores of one filter cancel (0: fully); with "
+    "BatchNorm after each conv, GraSP's scores of a filter sum to its squared gradient norm."
+)
+
+
+SWEEP_SPLITS = {
+    "val": "held-out training images (the validation split).",
+    "test": "the test set, so the per-layer choice has seen the test images.",
+}
+
+
+def sweep_notes(runs: list[Run]) -> list[str]:
+    """Which images each 1a sensitivity sweep measured."""
+    lines = []
+    for run in runs:
+        split = (run.data.get("sweep") or {}).get("split")
+        if split:
+            lines += [f"Sensitivity sweep of `{run.experiment}`: measured on {SWEEP_SPLITS.get(split, split)}", ""]
+    return lines
+
+
 def reference_model(runs: list[Run], references: Sequence[str] = ()) -> dict | None:
     run = tables.baseline_run(runs, references)
     return run.data["models"][0] if run else None
@@ -105,10 +130,14 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         for fig in figures:
             if fig is not None:
                 lines += [f"![{fig.stem}]({fig.relative_to(out.parent).as_posix()})", ""]
+        lines += sweep_notes(group)
         operators = tables.operator_table(group)
         if operators:
             title = f"### {dataset}: operators that ran (torch.profiler, one forward pass)"
             lines += [title, "", OPS_NOTE, "", operators, ""]
+        schedules = tables.schedule_table(group)
+        if schedules:
+            lines += [f"### {dataset}: 1b stages, and what each removed", "", SCHEDULE_NOTE, "", schedules, ""]
         layers = tables.layer_table(group)
         if layers:
             lines += [f"### {dataset}: per-layer sparsity / channels kept", "", layers, ""]

@@ -9,7 +9,8 @@ from lightning_prune.report.collect import Run
 
 MISSING = "—"
 COLUMNS = (
-    "task", "variant", "size (MB)", "sparsity", "params non-zero", "MMACs", "latency (ms/batch)",
+    "task", "variant", "size (MB)", "sparsity (within the model)", "params removed (vs dense)", "params non-zero",
+    "MMACs", "latency (ms/batch)",
     "peak mem (MB)", "avg mem (MB)", "energy (mJ/batch)", "test top-1", "test top-5", "train top-1",
     "train top-5", "top-1 drop (points)",
 )
@@ -45,8 +46,12 @@ def baseline_top1(runs: list[Run], references: Sequence[str] = ()) -> float | No
     return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
 
 
-def row(run: Run, model: dict, reference: float | None, label: str | None = None) -> list[str]:
+def row(run: Run, model: dict, reference: float | None, label: str | None = None,
+        dense_params: int | None = None) -> list[str]:
+    """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
+    nonzero = p.get("nonzero_params")
+    removed = 1 - nonzero / dense_params if isinstance(nonzero, int) and dense_params else None
     top1 = a.get("test_top1")
     has_both = reference is not None and isinstance(top1, (int, float))
     drop = num(reference - top1) if has_both else MISSING
@@ -63,6 +68,7 @@ def row(run: Run, model: dict, reference: float | None, label: str | None = None
         str(model.get("variant", MISSING)),
         num(p.get("model_size_mb")),
         num(p.get("sparsity"), "{:.1%}"),
+        num(removed, "{:.1%}"),
         num(p.get("nonzero_params"), "{:,}"),
         num(p["macs"] / 1e6 if isinstance(p.get("macs"), (int, float)) else None, "{:.1f}"),
         latency,
@@ -83,10 +89,28 @@ def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def method(run: Run) -> str:
+    """The task, or the 1b method when it differs from its task (``grasp_abs`` is recorded as ``grasp``)."""
+    return str((run.data.get("schedule") or {}).get("method") or run.task)
+
+
 def task_label(run: Run, runs: list[Run]) -> str:
-    """The task, with the experiment name when several shown runs share the task."""
-    shared = sum(r.task == run.task for r in runs) > 1
-    return f"{run.task} ({run.experiment})" if shared else run.task
+    """The task (or method), with the experiment name when several shown runs share it."""
+    shared = sum(method(r) == method(run) for r in runs) > 1
+    return f"{method(run)} ({run.experiment})" if shared else method(run)
+
+
+def dense_params(run: Run, runs: list[Run], references: Sequence[str] = ()) -> int | None:
+    """Parameters of the unpruned model: the run's own dense entry, else the dataset's baseline."""
+    for m in run.data["models"]:
+        params = (m.get("profile") or {}).get("params")
+        if m.get("variant") == "dense" and isinstance(params, int):
+            return params
+    base = baseline_run(runs, references)
+    params = (base.data["models"][0].get("profile") or {}).get("params") if base else None
+    if isinstance(params, int) and run.task not in ("channel",):
+        return params
+    return None
 
 
 def dense_top1(run: Run) -> float | None:
@@ -104,9 +128,32 @@ def results_table(runs: list[Run], references: Sequence[str] = ()) -> str:
     rows = []
     for run in runs:
         reference = dense_top1(run)
+        params = dense_params(run, runs, references)
         for m in run.data["models"]:
-            rows.append(row(run, m, reference if reference is not None else baseline, task_label(run, runs)))
+            rows.append(row(run, m, reference if reference is not None else baseline, task_label(run, runs), params))
     return markdown(COLUMNS, rows)
+
+
+def schedule_table(runs: list[Run]) -> str | None:
+    """Task 1b: when each stage fired and why (accuracy trigger or fallback epoch), and what it removed."""
+    rows = []
+    for run in runs:
+        for event in (run.data.get("schedule") or {}).get("stages") or []:
+            d = event.get("diagnostics") or {}
+            val = event.get("val_top1")
+            rows.append([
+                task_label(run, runs), str(event.get("stage", MISSING)), str(event.get("epoch", MISSING)),
+                f"{event.get('reason', MISSING)} (trigger {num(event.get('trigger_top1'), '{:g}')} %, "
+                f"fallback epoch {event.get('fallback_epoch', MISSING)})",
+                num(val, "{:.1f}") if val is not None else "n/a", num(event.get("sparsity"), "{:.1%}"),
+                num(d.get("removed"), "{:.1%}"), num(d.get("top_removed"), "{:.1%}"),
+                num(d.get("filter_sum_ratio"), "{:.3f}"),
+            ])
+    if not rows:
+        return None
+    header = ["method", "stage", "epoch", "fired by", "val top-1 before", "sparsity after",
+              "kept weights removed", "top-10% magnitude removed", "filter |sum| / sum |score|"]
+    return markdown(header, rows)
 
 
 def layer_table(runs: list[Run]) -> str | None:
