@@ -4,15 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint reproduce report clean bench bench-growth
+.PHONY: demo test lint reproduce report clean bench bench-growth results-docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev,deploy]"
 	touch $(STAMP)
 
+SEEDS ?= 1
 demo: $(STAMP)
-	$(PY) -m lightning_prune.demo
+	$(PY) -m lightning_prune.demo --seeds $(SEEDS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,6 +31,12 @@ reproduce: $(STAMP)
 	$(CLI) fit --config configs/$(DATASET)/snip.yaml
 	$(CLI) fit --config configs/$(DATASET)/channel.yaml
 	$(CLI) report --logs logs --out REPORT.md
+
+# README's result tables, regenerated from the latest runs: their results.json files are kept in
+# docs/results (small; checkpoints stay out), and a test checks README against them.
+results-docs: $(STAMP)
+	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
+	$(CLI) report --logs docs/results --out docs/REPORT.md --readme README.md
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots

@@ -13,6 +13,8 @@ every option can be set on the command line (``--prune.target_sparsity=0.8``) an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -106,6 +108,18 @@ def expand_configs(argv: list[str]) -> list[str]:
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID")
 
 
+def config_key(cfg: Any) -> str:
+    """What a run computes, minus its seed and where it writes: runs with the same key differ only in seed."""
+    settings = cfg.clone().as_dict()
+    for key in ("seed_everything", "run", "config", "defaults", "ckpt_path"):
+        settings.pop(key, None)
+    settings.get("trainer", {}).pop("logger", None)
+    settings.get("trainer", {}).pop("default_root_dir", None)
+    settings.get("checkpoint", {}).pop("dirpath", None)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _external_launch() -> bool:
     """One process of a job started by torchrun, SLURM, by hand per node, or by Lightning's launcher.
 
@@ -146,6 +160,7 @@ class PruneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        self.config_key = config_key(cfg)
         spec = cfg.run
         if not spec.experiment:
             raise ConfigError("run.experiment: name the experiment (e.g. --run.experiment=digits_baseline)")
@@ -208,7 +223,7 @@ class PruneCLI(LightningCLI):
         """Empty optional groups (``sweep``, ``prune``) add no callback; the run's identity is one."""
         parser = self._parser(self.subcommand)
         callbacks = [c for c in (self._get(self.config_init, key) for key in parser.callback_keys) if c is not None]
-        callbacks.append(RunInfo(self.run, self.sources))
+        callbacks.append(RunInfo(self.run, self.sources, self.config_key))
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(trainer_config, callbacks)
 

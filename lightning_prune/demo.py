@@ -55,10 +55,18 @@ def run_step(argv: list[str]) -> int:
 
 
 def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report: Path = Path("REPORT.md"),
-             handoff: bool = True) -> int:
-    """Run every step (stopping at the first failure), then write the report from ``logs/``."""
+             handoff: bool = True, seeds: int = 1) -> int:
+    """Run every step (stopping at the first failure), then write the report from ``logs/``.
+
+    With ``seeds`` > 1 the whole chain runs once per seed (0, 1, ...): each seed's tasks prune that
+    seed's baseline, and the report shows mean ± std over the seeds.
+    """
     started = time.perf_counter()
-    todo = [(title, [*argv, *overrides]) for title, argv in steps(configs)]
+    todo = []
+    for seed in range(seeds):
+        chosen = [f"--seed_everything={seed}"] if seeds > 1 else []
+        todo += [(f"{title} (seed {seed})" if seeds > 1 else title, [*argv, *chosen, *overrides])
+                 for title, argv in steps(configs)]
     if handoff:
         todo += handoff_steps()
     for title, argv in todo:
@@ -84,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=Path, default=DEMO_CONFIGS, help="folder of the five demo configs")
     parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
     parser.add_argument("--no-handoff", action="store_true", help="skip the ONNX / int8 export of every run")
+    parser.add_argument("--seeds", type=int, default=1, help="run the chain with seeds 0..N-1 (default: 1 run)")
     parser.add_argument("overrides", nargs="*", help="CLI overrides added to every training step, after --")
     args = parser.parse_args(argv)
     missing = [name for name in ("baseline", "unstructured", "grasp", "snip", "channel")
                if not (args.configs / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
-    return run_demo(args.configs, args.overrides, args.out, handoff=not args.no_handoff)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    return run_demo(args.configs, args.overrides, args.out, handoff=not args.no_handoff, seeds=args.seeds)
 
 
 if __name__ == "__main__":

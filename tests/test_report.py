@@ -156,3 +156,24 @@ def test_1b_stages_say_why_they_fired_and_what_they_removed(tmp_path):
     stages = [r.split(" | ") for r in rows[1:]]
     assert [(s[1], s[2], s[3].split(" ")[0]) for s in stages] == [("1", "3", "accuracy"), ("2", "6", "fallback")]
     assert stages[0][-2:] == ["2.0%", "0.011 |"]
+
+
+def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
+    logs = tmp_path / "logs"
+    for version, (seed, top1) in enumerate([(0, 90.0), (1, 92.0), (2, 94.0)]):
+        path = _write(logs, "cifar10_unstructured", version, "unstructured", f"2026-01-0{version + 1}T00:00:00+00:00",
+                      [_model("dense", 95.0, 0.0, None), _model("pruned-masked", top1, 0.9, None)])
+        data = json.loads(path.read_text())
+        data.update(seed=seed, config_key="same")
+        path.write_text(json.dumps(data))
+    other = _write(logs, "cifar10_unstructured", 3, "unstructured", "2025-12-31T00:00:00+00:00",
+                   [_model("pruned-masked", 10.0, 0.9, None)])  # older and configured otherwise: hidden
+    data = json.loads(other.read_text())
+    data.update(seed=5, config_key="other")
+    other.write_text(json.dumps(data))
+    text = build_report(logs, tmp_path / "REPORT.md")
+    row = next(line for line in text.splitlines() if line.startswith("| unstructured | pruned-masked |"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[11] == "92.00 ± 2.00 (n=3)"  # test top-1 over the three seeds
+    assert cells[-1] == "3.00 ± 2.00 (n=3)"  # drop against the runs' own dense model, per seed
+    assert "from 3 run(s)" in text and "1 older run(s) hidden" in text and "10.00" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -79,6 +80,11 @@ def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[s
                           "checkpoint_dir": str(info.run.checkpoint_dir)}
         results["sources"] = dict(info.sources)
         results["distributed"] = info.distributed(trainer)
+        if info.config_key:
+            results["config_key"] = info.config_key
+    seed = os.environ.get("PL_GLOBAL_SEED", "")
+    if seed.lstrip("-").isdigit():
+        results["seed"] = int(seed)
     pruning = getattr(trainer.lightning_module, "pruning", None)
     if pruning:
         results["pruning"] = dict(pruning)

@@ -29,11 +29,13 @@ class RunInfo(L.Callback):
     Args:
         run: The run's identity and folders.
         sources: Option name to the checkpoint path it resolved to (and ``<option>_reference``).
+        config_key: Hash of the run's configuration without seed and folders: equal keys differ only in seed.
     """
 
-    def __init__(self, run: Run, sources: dict[str, str] | None = None) -> None:
+    def __init__(self, run: Run, sources: dict[str, str] | None = None, config_key: str | None = None) -> None:
         self.run = run
         self.sources = dict(sources or {})
+        self.config_key = config_key
         self.checksums: list[str] = []
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

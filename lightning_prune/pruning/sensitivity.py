@@ -24,6 +24,7 @@ from lightning_prune.pruning.unstructured import check_layer_names, check_sparsi
 from lightning_prune.results import atomic_write_bytes
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
+CPU_PASS_MB = 8.0  # largest activation of one pass on the CPU: beyond the caches, more images run slower each
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # progress(done, total, layer, sparsity): called after every (batch, layer, level) step.
 Progress = Callable[[int, int | None, str, float], None]
@@ -73,6 +74,21 @@ def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     )
 
 
+def _run(flat: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:
+    for _, stage in flat:
+        x = stage(x)
+    return x
+
+
+def _stage_sizes(flat: list[tuple[str, nn.Module]], x: torch.Tensor) -> list[int]:
+    """Bytes of every stage's output for one image (``x`` holds one)."""
+    sizes = []
+    for _, stage in flat:
+        x = stage(x)
+        sizes.append(x[0].numel() * x.element_size())
+    return sizes
+
+
 def _layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``module(x)`` with another weight, leaving the module untouched."""
     if isinstance(module, nn.Conv2d):
@@ -119,6 +135,7 @@ def sensitivity_scan(
     max_images: int = 2048,
     shard: tuple[int, int] = (0, 1),
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_pass_mb: float | None = None,
 ) -> dict[str, list[float]]:
     """Top-1 (%) per layer and sparsity, pruning one layer at a time by absolute magnitude.
 
@@ -130,6 +147,13 @@ def sensitivity_scan(
     callable ``(done, total, layer, sparsity)``. Levels of one layer run stacked along the batch,
     at most ``max_images`` images per pass (memory grows with it). The model is evaluated in eval
     mode and comes back exactly as it was (weights, masks and train/eval mode).
+
+    ``max_pass_mb`` also bounds each pass by the size of the activation it starts from: batches
+    are cut into pieces whose largest activation stays within it, and levels are stacked only while
+    the stacked output of the swept layer does. On a CPU a convolution over more images than fit
+    in cache runs slower per image (full-width VGG16-BN: 3.0 ms per image in passes of 32, 4.2 in
+    passes of 768), so the default (None) is 8 MB there; on CUDA, where larger passes are faster,
+    only ``max_images`` applies.
     """
     names = _resolve(model, sparsities, layers)
     flat = stages(model)
@@ -151,28 +175,36 @@ def sensitivity_scan(
     correct = {n: [0] * len(sparsities) for n in names}
     base, seen, done = 0, 0, 0
     rank, world = shard
-    checked = False
+    if max_pass_mb is None and device.type == "cpu":
+        max_pass_mb = CPU_PASS_MB
+    limit = None if max_pass_mb is None else max_pass_mb * 1e6
+    sizes: list[int] | None = None  # bytes of each stage's output for one image
     was_training = model.training
     model.eval()
     try:
-        for b, (x, y) in enumerate(dataloader):
+        for b, (xb, yb) in enumerate(dataloader):
             if max_batches is not None and b >= max_batches:
                 break
             if b % world != rank:
                 continue
-            x, y = x.to(device), y.to(device)
-            inputs, h = {}, x
-            for i, (_, stage) in enumerate(flat):
-                if i in needed:
-                    inputs[i] = h
-                h = stage(h)
-            if not checked and not torch.allclose(h, model(x), rtol=1e-4, atol=1e-5):
-                raise TypeError("the model's forward is not features -> flatten -> classifier")
-            checked = True
-            hits = int((h.argmax(1) == y).sum())
+            xb, yb = xb.to(device), yb.to(device)
+            if sizes is None:
+                sizes = _stage_sizes(flat, xb[:1])
+                if not torch.allclose(_run(flat, xb[:2]), model(xb[:2]), rtol=1e-4, atol=1e-5):
+                    raise TypeError("the model's forward is not features -> flatten -> classifier")
+            rows = len(yb) if limit is None else max(1, min(len(yb), int(limit // max(sizes))))
+            pieces = [(xb[a : a + rows], yb[a : a + rows]) for a in range(0, len(yb), rows)]
+            cached, hits = [], 0
+            for x, y in pieces:  # the unpruned pass, keeping the input of every swept layer
+                inputs, h = {}, x
+                for i, (_, stage) in enumerate(flat):
+                    if i in needed:
+                        inputs[i] = h
+                    h = stage(h)
+                hits += int((h.argmax(1) == y).sum())
+                cached.append(inputs)
             base += hits
-            seen += len(y)
-            group = max(1, max_images // len(y))
+            seen += len(yb)
             for i, name in at:
                 todo = []
                 for j, w in enumerate(masked[name]):
@@ -180,19 +212,22 @@ def sensitivity_scan(
                         correct[name][j] += hits
                     else:
                         todo.append(j)
+                cap = max_images if limit is None else max(1, min(max_images, int(limit // sizes[i])))
+                group = max(1, cap // rows)
                 for start in range(0, len(todo), group):
                     js = todo[start : start + group]
-                    # several levels stacked along the batch: one suffix pass, larger (faster) kernels
-                    out = torch.cat([_layer_forward(flat[i][1], inputs[i], masked[name][j]) for j in js])
-                    for _, stage in flat[i + 1 :]:
-                        out = stage(out)
-                    hits_per_level = (out.argmax(1).view(len(js), -1) == y).sum(1).tolist()
-                    for j, h_j in zip(js, hits_per_level):
-                        correct[name][j] += int(h_j)
+                    for (_, y), inputs in zip(pieces, cached):
+                        # several levels stacked along the batch: one suffix pass, larger kernels
+                        out = torch.cat([_layer_forward(flat[i][1], inputs[i], masked[name][j]) for j in js])
+                        for _, stage in flat[i + 1 :]:
+                            out = stage(out)
+                        hits_per_level = (out.argmax(1).view(len(js), -1) == y).sum(1).tolist()
+                        for j, h_j in zip(js, hits_per_level):
+                            correct[name][j] += int(h_j)
                     done += len(js)
                     if progress:
                         progress(done, total, name, sparsities[js[-1]])
-            del inputs
+            del cached
     finally:
         model.train(was_training)
         close()

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lightning_prune.report import plots, tables
-from lightning_prune.report.collect import Run, latest_runs, load_runs
+from lightning_prune.report import plots, readme, tables
+from lightning_prune.report.collect import Run, load_runs, seed_groups
 from lightning_prune.report.handoff import handoff_section
+from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
 
 
@@ -101,16 +102,21 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
     unreadable: list[tuple[Path, str]] = []
     runs = load_runs(logs, unreadable)
     check_references(runs, references, logs)
-    chosen = runs if all_runs else latest_runs(runs)
+    groups = seed_groups(runs)
+    chosen = runs if all_runs else [merge_runs(group) for group in groups]
+    shown = len(runs) if all_runs else sum(len(group) for group in groups)
     plot_dir = out.parent / "report_plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines = [
         "# lightning_prune report",
         "",
-        f"Generated {now} from {len(chosen)} run(s) under `{logs}`"
-        + ("" if all_runs else f" (latest run of each experiment; {len(runs) - len(chosen)} older run(s) hidden)")
-        + ". Every number below is read from a results.json; nothing is estimated.",
+        f"Generated {now} from {shown} run(s) under `{logs}`"
+        + ("" if all_runs else f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
+           "run(s) hidden)")
+        + ". Every number below is read from a results.json; nothing is estimated. Where an experiment ran with "
+        "several seeds, a cell is mean ± sample std (n seeds); two methods differ significantly only where "
+        "their mean ± std intervals do not overlap.",
         "",
     ]
     if not chosen:
@@ -168,12 +174,28 @@ def main(argv: list[str] | None = None) -> int:
         help="baseline experiment that GraSP/SNIP runs of its dataset are compared with (repeatable; "
         "default: the most recent baseline run of each dataset)",
     )
+    parser.add_argument("--snapshot", metavar="DIR", help="also copy the results.json of every run shown into DIR "
+                        "(e.g. docs/results: the runs README.md cites, kept in the repository)")
+    parser.add_argument("--readme", metavar="FILE", help="also rewrite FILE's marked result tables "
+                        "(<!-- results:DATASET -->) from the runs under --logs")
+    parser.add_argument("--check-readme", metavar="FILE", help="only compare FILE's marked result tables with the "
+                        "runs under --logs; exit 1 when one is stale")
     args = parser.parse_args(argv)
     logs = Path(args.logs)
     if not logs.is_dir():
         parser.error(f"--logs: no such folder {logs}")
+    if args.check_readme:
+        stale = readme.update(Path(args.check_readme), logs, write=False)
+        print(f"{args.check_readme}: stale tables: {', '.join(stale)}" if stale else f"{args.check_readme}: up to date")
+        return 1 if stale else 0
     try:
         build_report(logs, Path(args.out), args.all_runs, args.reference)
+        if args.snapshot:
+            copied = readme.snapshot(seed_groups(load_runs(logs)), logs, Path(args.snapshot))
+            print(f"{len(copied)} results.json kept under {args.snapshot}")
+        if args.readme:
+            stale = readme.update(Path(args.readme), logs)
+            print(f"{args.readme}: rewrote {', '.join(stale) or 'nothing (already up to date)'}")
     except ValueError as err:
         parser.error(str(err))
     print(f"report written to {Path(args.out).resolve()} (plots in {Path(args.out).parent.resolve() / 'report_plots'})")

@@ -69,13 +69,28 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
 
 def latest_runs(runs: list[Run]) -> list[Run]:
     """One run per (experiment, task): the one created last (ties: the higher version folder)."""
-    best: dict[tuple[str, str], Run] = {}
+    return [group[-1] for group in seed_groups(runs)]
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
+
+    Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
+    runs with the same seed the newer counts. Each group ends with its newest run.
+    """
+    by_key: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        key = (run.experiment, run.task)
-        rank = (run.created, _version(run.path))
-        if key not in best or rank > (best[key].created, _version(best[key].path)):
-            best[key] = run
-    return sorted(best.values(), key=lambda r: (r.dataset, TASK_ORDER.get(r.task, 99), r.experiment))
+        by_key.setdefault((run.experiment, run.task), []).append(run)
+    groups = []
+    for members in by_key.values():
+        members.sort(key=lambda r: (r.created, _version(r.path)))
+        newest = members[-1]
+        key = newest.data.get("config_key")
+        same = [r for r in members if key is not None and r.data.get("config_key") == key] or [newest]
+        by_seed = {r.data.get("seed"): r for r in same}  # later runs replace earlier ones of the same seed
+        groups.append(sorted(by_seed.values(), key=lambda r: (r.created, _version(r.path))))
+    groups.sort(key=lambda g: (g[-1].dataset, TASK_ORDER.get(g[-1].task, 99), g[-1].experiment))
+    return groups
 
 
 def _version(path: Path) -> int:

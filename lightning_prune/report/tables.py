@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
 from lightning_prune.report.collect import Run
+from lightning_prune.report.seeds import Stat
 
 MISSING = "—"
 COLUMNS = (
@@ -17,8 +18,12 @@ COLUMNS = (
 
 
 def num(value, fmt: str = "{:.2f}") -> str:
+    """A figure, or mean ± std (n) for a figure merged over seeds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return MISSING
+    n = getattr(value, "n", 1)
+    if n > 1:
+        return f"{fmt.format(float(value))} ± {fmt.format(value.std).lstrip()} (n={n})"
     return fmt.format(value)
 
 
@@ -54,9 +59,13 @@ def row(run: Run, model: dict, reference: float | None, label: str | None = None
     removed = 1 - nonzero / dense_params if isinstance(nonzero, int) and dense_params else None
     top1 = a.get("test_top1")
     has_both = reference is not None and isinstance(top1, (int, float))
-    drop = num(reference - top1) if has_both else MISSING
+    if has_both and getattr(top1, "n", 1) > 1:  # per seed, against the reference's mean
+        drop = num(Stat([float(reference) - v for v in top1.values]))
+    else:
+        drop = num(reference - top1) if has_both else MISSING
     latency = num(p.get("latency_ms"), "{:.1f}")
-    if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING:
+    merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
+    if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING and not merged:
         latency += f" ± {p['latency_ms_std']:.1f}"
     if isinstance(p.get("batch_size"), int) and latency != MISSING:
         latency += f" (bs {p['batch_size']})"
