@@ -36,9 +36,7 @@ def merge_values(values: list[Any]) -> Any:
     if not present:
         return None
     if all(_is_number(v) for v in present):
-        if len(present) == 1 or all(v == present[0] for v in present) and isinstance(present[0], int):
-            return present[0]
-        return Stat([float(v) for v in present])
+        return present[0] if len(present) == 1 else Stat([float(v) for v in present])
     if all(isinstance(v, dict) for v in present):
         keys = list(dict.fromkeys(k for v in present for k in v))
         return {k: merge_values([v.get(k) for v in present]) for k in keys}

@@ -23,6 +23,7 @@ def num(value, fmt: str = "{:.2f}") -> str:
         return MISSING
     n = getattr(value, "n", 1)
     if n > 1:
+        fmt = "{:,.0f}" if fmt == "{:,}" else fmt  # a mean count is not an integer
         return f"{fmt.format(float(value))} ± {fmt.format(value.std).lstrip()} (n={n})"
     return fmt.format(value)
 
@@ -33,6 +34,14 @@ def energy(profile: dict) -> str:
         return MISSING
     parts = [f"{k} {v:.1f}" for k, v in values.items() if isinstance(v, (int, float))]
     return ", ".join(parts) if parts else "n/a"
+
+
+def scaled(value, factor: float):
+    """``value * factor``, keeping a merged figure's per-seed values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    values = getattr(value, "values", None)
+    return Stat([v * factor for v in values]) if values else value * factor
 
 
 def baseline_run(runs: list[Run], references: Sequence[str] = ()) -> Run | None:
@@ -52,23 +61,28 @@ def baseline_top1(runs: list[Run], references: Sequence[str] = ()) -> float | No
 
 
 def row(run: Run, model: dict, reference: float | None, label: str | None = None,
-        dense_params: int | None = None) -> list[str]:
+        dense_params: float | None = None) -> list[str]:
     """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
     nonzero = p.get("nonzero_params")
-    removed = 1 - nonzero / dense_params if isinstance(nonzero, int) and dense_params else None
+    removed = None
+    if isinstance(nonzero, (int, float)) and dense_params:
+        per_seed = getattr(nonzero, "values", None)
+        removed = Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
     top1 = a.get("test_top1")
     has_both = reference is not None and isinstance(top1, (int, float))
-    if has_both and getattr(top1, "n", 1) > 1:  # per seed, against the reference's mean
-        drop = num(Stat([float(reference) - v for v in top1.values]))
+    if has_both and getattr(top1, "n", 1) > 1:
+        paired = getattr(reference, "n", 1) == top1.n  # the run's own dense model: seed by seed
+        refs = reference.values if paired else [float(reference)] * top1.n
+        drop = num(Stat([r - v for r, v in zip(refs, top1.values)]))
     else:
         drop = num(reference - top1) if has_both else MISSING
     latency = num(p.get("latency_ms"), "{:.1f}")
     merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
     if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING and not merged:
         latency += f" ± {p['latency_ms_std']:.1f}"
-    if isinstance(p.get("batch_size"), int) and latency != MISSING:
-        latency += f" (bs {p['batch_size']})"
+    if isinstance(p.get("batch_size"), (int, float)) and latency != MISSING:
+        latency += f" (bs {int(p['batch_size'])})"
     peak = num(p.get("peak_memory_mb"), "{:.1f}")
     if peak != MISSING and p.get("memory_device"):
         peak += f" {p['memory_device']}"
@@ -79,7 +93,7 @@ def row(run: Run, model: dict, reference: float | None, label: str | None = None
         num(p.get("sparsity"), "{:.1%}"),
         num(removed, "{:.1%}"),
         num(p.get("nonzero_params"), "{:,}"),
-        num(p["macs"] / 1e6 if isinstance(p.get("macs"), (int, float)) else None, "{:.1f}"),
+        num(scaled(p.get("macs"), 1e-6), "{:.1f}"),
         latency,
         peak,
         num(p.get("avg_memory_mb"), "{:.1f}"),
@@ -109,16 +123,16 @@ def task_label(run: Run, runs: list[Run]) -> str:
     return f"{method(run)} ({run.experiment})" if shared else method(run)
 
 
-def dense_params(run: Run, runs: list[Run], references: Sequence[str] = ()) -> int | None:
+def dense_params(run: Run, runs: list[Run], references: Sequence[str] = ()) -> float | None:
     """Parameters of the unpruned model: the run's own dense entry, else the dataset's baseline."""
     for m in run.data["models"]:
         params = (m.get("profile") or {}).get("params")
-        if m.get("variant") == "dense" and isinstance(params, int):
-            return params
+        if m.get("variant") == "dense" and isinstance(params, (int, float)):
+            return float(params)
     base = baseline_run(runs, references)
     params = (base.data["models"][0].get("profile") or {}).get("params") if base else None
-    if isinstance(params, int) and run.task not in ("channel",):
-        return params
+    if isinstance(params, (int, float)) and run.task not in ("channel",):
+        return float(params)
     return None
 
 
@@ -127,7 +141,7 @@ def dense_top1(run: Run) -> float | None:
     for m in run.data["models"]:
         top1 = (m.get("accuracy") or {}).get("test_top1")
         if m.get("variant") == "dense" and isinstance(top1, (int, float)):
-            return float(top1)
+            return top1  # a Stat when merged over seeds: drops are then taken seed by seed
     return None
 
 

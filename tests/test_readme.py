@@ -1,0 +1,36 @@
+"""README's result tables are what the report makes of the results.json files kept in docs/results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from lightning_prune.report import readme
+from lightning_prune.report.cli import main as report_main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+KEPT = ROOT / "docs" / "results"
+
+
+def test_readme_tables_equal_the_report_of_the_kept_runs():
+    names = [m["name"] for m in readme.BLOCK.finditer(README.read_text())]
+    assert "digits" in names, "README has no generated digits table"
+    assert readme.results_files(KEPT), "docs/results holds no results.json"
+    assert readme.update(README, KEPT, write=False) == [], "README tables are stale: run `make results-docs`"
+
+
+def test_a_changed_number_is_caught_and_rewritten(tmp_path, capsys):
+    kept = tmp_path / "results"
+    shutil.copytree(KEPT, kept)
+    copy = tmp_path / "README.md"
+    copy.write_text(README.read_text())
+    first = readme.results_files(kept)[0]
+    data = json.loads(first.read_text())
+    data["models"][-1]["accuracy"]["test_top1"] = 12.34
+    first.write_text(json.dumps(data))
+    assert report_main(["--logs", str(kept), "--check-readme", str(copy)]) == 1
+    assert "stale tables: digits" in capsys.readouterr().out
+    assert report_main(["--logs", str(kept), "--out", str(tmp_path / "R.md"), "--readme", str(copy)]) == 0
+    assert copy.read_text() != README.read_text() and readme.update(copy, kept, write=False) == []
