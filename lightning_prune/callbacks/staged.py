@@ -236,7 +236,8 @@ class StagedPruning(L.Callback):
                 scores = {name: s.abs() for name, s in scores.items()}
         new = masks_from_scores(scores, self.stage_sparsity(stage), REMOVE[self.method], masks)
         weights = {name: m.weight_orig for name, m in prunable_modules(model).items()}
-        return new, stage_diagnostics(weights, masks, new, scores)
+        diagnostics = stage_diagnostics(weights, masks, new, scores)
+        return {name: mask.cpu() for name, mask in new.items()}, diagnostics  # broadcast from the CPU
 
     def never_triggered(self) -> list[str]:
         """One sentence per stage that did not fire."""

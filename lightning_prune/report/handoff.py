@@ -17,7 +17,8 @@ from lightning_prune.report.tables import MISSING, markdown, num
 log = logging.getLogger(__name__)
 
 HANDOFF_FILE = "handoff.json"
-COLUMNS = ("variant", "float top-1", "int8 top-1", "int8 size", "ONNX size", "ONNX Runtime latency", "outputs match")
+COLUMNS = ("variant", "float top-1", "int8 top-1", "int8 size", "ONNX size", "ONNX Runtime latency",
+           "latency float / int8 (PyTorch)", "outputs match")
 NOTE = (
     "From `lightning-prune export --quantize` (handoff.json beside the exported files). Top-1 is on the test "
     "images; int8 is eager-mode static post-training quantization (x86 backend, per-channel symmetric weights); "
@@ -56,17 +57,22 @@ def _size(value: Any) -> str:
     return cell if cell == MISSING else f"{cell} MB"
 
 
-def _latency(record: dict[str, Any]) -> str:
-    cell = num(record.get("onnx_latency_ms"), "{:.1f}")
+def _latency(record: dict[str, Any], form: str = "onnx") -> str:
+    cell = num(record.get(f"{form}_latency_ms"), "{:.1f}")
     if cell == MISSING:
         return cell
-    std = record.get("onnx_latency_ms_std")
+    std = record.get(f"{form}_latency_ms_std")
     if isinstance(std, (int, float)):
         cell += f" ± {std:.1f}"
     cell += " ms"
     if isinstance(record.get("batch_size"), int):
         cell += f" (bs {record['batch_size']})"
     return cell
+
+
+def _float_int8_latency(record: dict[str, Any]) -> str:
+    cells = [num(record.get(f"{form}_latency_ms"), "{:.1f}") for form in ("float", "int8")]
+    return MISSING if cells == [MISSING, MISSING] else f"{cells[0]} / {cells[1]} ms"
 
 
 def _match(record: dict[str, Any]) -> str:
@@ -88,6 +94,7 @@ def _row(record: dict[str, Any]) -> list[str]:
         _size(record.get("int8_size_mb")),
         _size(record.get("onnx_size_mb")),
         _latency(record),
+        _float_int8_latency(record),
         _match(record),
     ]
 
