@@ -1,0 +1,1 @@
+"""Benchmarks of the pruning algorithms (``make bench``); run as ``python -m benchmarks.bench``."""
