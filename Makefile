@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint reproduce report clean bench bench-growth results-docs
+.PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ reproduce: $(STAMP)
 	$(CLI) fit --config configs/$(DATASET)/grasp.yaml
 	$(CLI) fit --config configs/$(DATASET)/snip.yaml
 	$(CLI) fit --config configs/$(DATASET)/channel.yaml
+	$(CLI) report --logs logs --out REPORT.md
+
+# The accuracy budget: each method at 70 / 80 / 90 % (after `make demo`, whose baseline 1a prunes),
+# then the report's budget table (`lightning-prune report --max-drop POINTS`).
+budget: $(STAMP)
+	$(PY) -m lightning_prune.budget --seeds $(SEEDS)
 	$(CLI) report --logs logs --out REPORT.md
 
 # README's result tables, regenerated from the latest runs: their results.json files are kept in

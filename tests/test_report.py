@@ -177,3 +177,32 @@ def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
     assert cells[11] == "92.00 ± 2.00 (n=3)"  # test top-1 over the three seeds
     assert cells[-1] == "3.00 ± 2.00 (n=3)"  # drop against the runs' own dense model, per seed
     assert "from 3 run(s)" in text and "1 older run(s) hidden" in text and "10.00" not in text
+
+
+def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):
+    from lightning_prune.budget import grid_steps
+
+    logs = tmp_path / "logs"
+    for i, (method, target, top1) in enumerate([("unstructured", 0.7, 93.0), ("unstructured", 0.8, 90.5),
+                                                ("unstructured", 0.9, 85.0), ("grasp", 0.7, 60.0),
+                                                ("grasp", 0.9, 40.0)]):
+        models = [_model("pruned-masked", top1, target, None)]
+        if method == "unstructured":
+            models.insert(0, _model("dense", 94.0, 0.0, None))
+        path = _write(logs, f"cifar10_{method}_t{round(100 * target)}", 0, method, f"2026-01-0{i + 1}T00:00:00+00:00",
+                      models)
+        data = json.loads(path.read_text())
+        data["pruning"] = {"task": method, "method": method, "target_sparsity": target}
+        path.write_text(json.dumps(data))
+    _write(logs, "cifar10_baseline", 0, "baseline", "2026-01-09T00:00:00+00:00", [_model("dense", 94.0, 0.0, None)])
+    text = build_report(logs, tmp_path / "REPORT.md", max_drop=5.0)
+    section = text.split("### cifar10: the accuracy budget")[1].split("\n### ")[0]
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in section.splitlines()
+            if line.startswith(("| unstructured", "| grasp"))}
+    assert rows["unstructured"][1:3] == ["80%", "70%, 80%, 90%"] and rows["unstructured"][4] == "3.50"
+    assert rows["grasp"][1] == "none (least drop at 70%)" and rows["grasp"][4] == "34.00"
+    steps = grid_steps(Path(__file__).resolve().parents[1] / "configs" / "demo", ["snip"], [0.7, 0.9], 2)
+    assert [s[3:] for s in steps] == [
+        [f"--prune.target_sparsity={t}", f"--run.experiment=digits_snip_t{round(100 * t)}", f"--seed_everything={s}"]
+        for s in (0, 1) for t in (0.7, 0.9)
+    ]

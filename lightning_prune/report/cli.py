@@ -32,6 +32,11 @@ OPS_NOTE = (
 )
 
 
+BUDGET_NOTE = (
+    "From `python -m lightning_prune.budget` (each method at every target of a grid): per method, the highest "
+    "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
+    "(`report --max-drop`). The drop is against the run's own dense model (1a) or the baseline (from random init)."
+)
 SCHEDULE_NOTE = (
     "Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not reached. "
     "Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept before the stage, the share "
@@ -96,7 +101,8 @@ def check_out(out: Path) -> None:
         raise ValueError(f"--out: {out} is not writable")
 
 
-def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequence[str] = ()) -> str:
+def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequence[str] = (),
+                 max_drop: float = 5.0) -> str:
     """Write the report; ``references`` names baseline experiments that random-init runs are compared with."""
     check_out(out)
     unreadable: list[tuple[Path, str]] = []
@@ -141,6 +147,9 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         if operators:
             title = f"### {dataset}: operators that ran (torch.profiler, one forward pass)"
             lines += [title, "", OPS_NOTE, "", operators, ""]
+        budget = tables.budget_table(group, max_drop, references)
+        if budget:
+            lines += [f"### {dataset}: the accuracy budget", "", BUDGET_NOTE.format(max_drop=max_drop), "", budget, ""]
         schedules = tables.schedule_table(group)
         if schedules:
             lines += [f"### {dataset}: 1b stages, and what each removed", "", SCHEDULE_NOTE, "", schedules, ""]
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         help="baseline experiment that GraSP/SNIP runs of its dataset are compared with (repeatable; "
         "default: the most recent baseline run of each dataset)",
     )
+    parser.add_argument("--max-drop", type=float, default=5.0, metavar="POINTS",
+                        help="top-1 points a method may lose in the budget table (default: 5)")
     parser.add_argument("--snapshot", metavar="DIR", help="also copy the results.json of every run shown into DIR "
                         "(e.g. docs/results: the runs README.md cites, kept in the repository)")
     parser.add_argument("--readme", metavar="FILE", help="also rewrite FILE's marked result tables "
@@ -189,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.check_readme}: stale tables: {', '.join(stale)}" if stale else f"{args.check_readme}: up to date")
         return 1 if stale else 0
     try:
-        build_report(logs, Path(args.out), args.all_runs, args.reference)
+        if args.max_drop < 0:
+            raise ValueError(f"--max-drop: top-1 points >= 0, got {args.max_drop}")
+        build_report(logs, Path(args.out), args.all_runs, args.reference, args.max_drop)
         if args.snapshot:
             copied = readme.snapshot(seed_groups(load_runs(logs)), logs, Path(args.snapshot))
             print(f"{len(copied)} results.json kept under {args.snapshot}")

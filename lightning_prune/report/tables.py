@@ -60,6 +60,17 @@ def baseline_top1(runs: list[Run], references: Sequence[str] = ()) -> float | No
     return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
 
 
+def drop_value(reference, top1):
+    """Top-1 points lost: seed by seed against the run's own dense model when both are merged over seeds."""
+    if reference is None or isinstance(top1, bool) or not isinstance(top1, (int, float)):
+        return None
+    if getattr(top1, "n", 1) > 1:
+        paired = getattr(reference, "n", 1) == top1.n
+        refs = reference.values if paired else [float(reference)] * top1.n
+        return Stat([r - v for r, v in zip(refs, top1.values)])
+    return float(reference) - float(top1)
+
+
 def row(run: Run, model: dict, reference: float | None, label: str | None = None,
         dense_params: float | None = None) -> list[str]:
     """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
@@ -69,14 +80,7 @@ def row(run: Run, model: dict, reference: float | None, label: str | None = None
     if isinstance(nonzero, (int, float)) and dense_params:
         per_seed = getattr(nonzero, "values", None)
         removed = Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
-    top1 = a.get("test_top1")
-    has_both = reference is not None and isinstance(top1, (int, float))
-    if has_both and getattr(top1, "n", 1) > 1:
-        paired = getattr(reference, "n", 1) == top1.n  # the run's own dense model: seed by seed
-        refs = reference.values if paired else [float(reference)] * top1.n
-        drop = num(Stat([r - v for r, v in zip(refs, top1.values)]))
-    else:
-        drop = num(reference - top1) if has_both else MISSING
+    drop = num(drop_value(reference, a.get("test_top1")))
     latency = num(p.get("latency_ms"), "{:.1f}")
     merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
     if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING and not merged:
@@ -259,3 +263,39 @@ def operator_table(runs: list[Run], top: int = 4) -> str | None:
     if not rows:
         return None
     return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
+
+
+def budget_table(runs: list[Run], max_drop: float, references: Sequence[str] = ()) -> str | None:
+    """Per method, the highest target sparsity whose top-1 drop (mean over seeds) stays within ``max_drop``.
+
+    Built from the runs that record a ``target_sparsity`` (``python -m lightning_prune.budget``
+    runs each method over a grid); figures are the ``pruned-masked`` variant's. Shown only when
+    some method was run at two targets or more.
+    """
+    baseline = baseline_top1(runs, references)
+    points: dict[str, list[tuple[float, Run, dict, object]]] = {}
+    for run in runs:
+        target = (run.data.get("pruning") or {}).get("target_sparsity")
+        masked = next((m for m in run.data["models"] if m.get("variant") == "pruned-masked"), None)
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or masked is None:
+            continue
+        own = dense_top1(run)
+        drop = drop_value(own if own is not None else baseline, (masked.get("accuracy") or {}).get("test_top1"))
+        if drop is not None:
+            points.setdefault(method(run), []).append((float(target), run, masked, drop))
+    if not any(len({t for t, *_ in p}) > 1 for p in points.values()):
+        return None
+    rows = []
+    for name, found in points.items():
+        within = [p for p in found if float(p[3]) <= max_drop]
+        target, _, masked, drop = max(within, key=lambda p: p[0]) if within else min(found, key=lambda p: float(p[3]))
+        profile = masked.get("profile") or {}
+        tried = ", ".join(f"{t:.0%}" for t in sorted({t for t, *_ in found}))
+        rows.append([
+            name, f"{target:.0%}" if within else f"none (least drop at {target:.0%})", tried,
+            num(profile.get("sparsity"), "{:.1%}"), num(drop), num(profile.get("model_size_mb")),
+            num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),
+        ])
+    header = ["method", f"highest target within {max_drop:g} points", "targets tried", "sparsity reached",
+              "top-1 drop (points)", "size (MB, masked)", "MMACs", "latency (ms/batch)"]
+    return markdown(header, rows)
