@@ -67,11 +67,6 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
     return runs
 
 
-def latest_runs(runs: list[Run]) -> list[Run]:
-    """One run per (experiment, task): the one created last (ties: the higher version folder)."""
-    return [group[-1] for group in seed_groups(runs)]
-
-
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
 
