@@ -3,8 +3,10 @@
 The assignment asks for 70-90 % of the weights pruned within 5-15 points of top-1. This runs each
 method's experiment file once per grid point (``--prune.target_sparsity``), as the experiment
 ``<experiment>_t<percent>``; the report's budget table then picks, per method, the highest sparsity
-whose drop stays within ``--max-drop``. Task 1a prunes the newest baseline run (``run:`` reference),
-so run the baseline first (``make demo`` does). ``--seeds N`` repeats the grid per seed.
+whose drop stays within ``--max-drop``. For task 2 the target is the share of the dense model's
+parameters removed (ChannelPruning scales its per-layer ratios to reach it). Tasks 1a and 2 prune the
+newest baseline run (``run:`` reference), so run the baseline first (``make demo`` does).
+``--seeds N`` repeats the grid per seed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 import yaml
 
 from lightning_prune.demo import run_step
+from lightning_prune.runs import grid_experiment
 
-METHODS = ("unstructured", "grasp", "snip", "grasp_abs")
+METHODS = ("unstructured", "grasp", "snip", "grasp_abs", "channel")
 GRID = (0.7, 0.8, 0.9)
 
 
@@ -40,7 +43,7 @@ def grid_steps(configs: Path, methods: Sequence[str], grid: Sequence[float], see
             name = experiment_name(config)
             for target in grid:
                 steps.append(["fit", "--config", str(config), f"--prune.target_sparsity={target}",
-                              f"--run.experiment={name}_t{round(100 * target)}", f"--seed_everything={seed}"])
+                              f"--run.experiment={grid_experiment(name, target)}", f"--seed_everything={seed}"])
     return steps
 
 

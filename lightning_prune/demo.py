@@ -17,12 +17,14 @@ from lightning_prune.cli import main as cli_main
 from lightning_prune.report.cli import main as report_main
 
 DEMO_CONFIGS = Path("configs/demo")
-DEMO_EXPERIMENTS = ("digits_baseline", "digits_unstructured", "digits_grasp", "digits_snip", "digits_channel")
+DEMO_EXPERIMENTS = ("digits_baseline", "digits_unstructured", "digits_grasp", "digits_snip", "digits_grasp_abs",
+                    "digits_channel")
+DEMO_FILES = ("baseline", "unstructured", "grasp", "snip", "grasp_abs", "channel")
 BASELINE_RUN = "run:digits_baseline"  # the newest digits_baseline run: the one this demo just trained
 
 
 def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
-    """Task 0, 1a, 1b (GraSP, SNIP) and 2, in the order their checkpoints depend on each other."""
+    """Task 0, 1a, 1b (GraSP, SNIP, |GraSP|) and 2, in the order their checkpoints depend on each other."""
     return [
         ("task 0: train the digits baseline", ["fit", "--config", str(configs / "baseline.yaml")]),
         ("task 0: profile it", ["test", "--config", str(configs / "baseline.yaml"), f"--ckpt_path={BASELINE_RUN}"]),
@@ -30,6 +32,7 @@ def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
          ["fit", "--config", str(configs / "unstructured.yaml")]),
         ("task 1b: staged GraSP from random init", ["fit", "--config", str(configs / "grasp.yaml")]),
         ("task 1b: staged SNIP for comparison", ["fit", "--config", str(configs / "snip.yaml")]),
+        ("task 1b: staged |GraSP| (lowest |theta * Hg| removed)", ["fit", "--config", str(configs / "grasp_abs.yaml")]),
         ("task 2: LASSO channel pruning", ["fit", "--config", str(configs / "channel.yaml")]),
     ]
 
@@ -89,14 +92,13 @@ def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_prune.demo", description=__doc__)
-    parser.add_argument("--configs", type=Path, default=DEMO_CONFIGS, help="folder of the five demo configs")
+    parser.add_argument("--configs", type=Path, default=DEMO_CONFIGS, help="folder of the six demo configs")
     parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
     parser.add_argument("--no-handoff", action="store_true", help="skip the ONNX / int8 export of every run")
     parser.add_argument("--seeds", type=int, default=1, help="run the chain with seeds 0..N-1 (default: 1 run)")
     parser.add_argument("overrides", nargs="*", help="CLI overrides added to every training step, after --")
     args = parser.parse_args(argv)
-    missing = [name for name in ("baseline", "unstructured", "grasp", "snip", "channel")
-               if not (args.configs / f"{name}.yaml").is_file()]
+    missing = [name for name in DEMO_FILES if not (args.configs / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
     if args.seeds < 1:

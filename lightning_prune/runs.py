@@ -20,6 +20,7 @@ from lightning_prune.errors import ConfigError
 RUN_PREFIX = "run:"
 VERSION_ENV = "LIGHTNING_PRUNE_RUN_VERSION"
 LAST_CHECKPOINT = "last.ckpt"
+GRID_SUFFIX = re.compile(r"_t\d+$")  # the accuracy-budget grid's experiments: <experiment>_t<percent>
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REFERENCE = re.compile(r"^(?P<name>[^/:]+)(?:/version_(?P<version>\d+))?(?::(?P<which>last|best))?$")
 
@@ -48,6 +49,11 @@ class Run:
     def as_dict(self) -> dict[str, str | int]:
         return {"experiment": self.experiment, "version": self.version, "log_dir": str(self.log_dir),
                 "checkpoint_dir": str(self.checkpoint_dir)}
+
+
+def grid_experiment(experiment: str, target: float) -> str:
+    """The experiment of one accuracy-budget grid point: its own runs, never the base experiment's."""
+    return f"{experiment}_t{round(100 * target)}"
 
 
 def check_experiment_name(name: str | None) -> str:

@@ -13,21 +13,28 @@ from torch import nn
 
 from lightning_prune.cli import main
 from lightning_prune.errors import ConfigError
-from lightning_prune.models import VGG
+from lightning_prune.models import VGG, vgg16_bn
 from lightning_prune.module import ImageClassifier
 from lightning_prune.pruning.channel import (
     channel_gram,
     channel_selection,
     check_keep,
+    narrow_channels,
+    prunable_convs,
     prune_channels,
     prune_linear,
+    ratios_for_target,
     reconstruct_weight,
     relative_error,
     remove_input_channels,
+    removed_share,
     resolve_ratios,
     sample_positions,
     sample_rows,
+    scale_ratios,
+    vgg_parameter_count,
 )
+from lightning_prune.pruning.layers import count_parameters
 from lightning_prune.results import validate
 from tests.conftest import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
@@ -233,3 +240,101 @@ def test_cli_bad_ratio(tmp_path, monkeypatch, capsys):
     argv = ["fit", "--config", DEMO, "--config", str(bad), *tiny_cli_args(tmp_path), "--model.pretrained=false"]
     err = run_cli_expecting_error(argv, capsys)
     assert "ChannelPruning.ratios" in err and "(0, 1)" in err and "Traceback" not in err, err[-2000:]
+
+
+# --- a parameter budget -------------------------------------------------------------------------
+
+CONVS = ("features.3", "features.7", "features.10", "features.14", "features.17", "features.20", "features.24",
+         "features.27", "features.30", "features.34", "features.37", "features.40")
+PROFILE = dict(zip(CONVS, [0.75] * 3 + [0.6] * 3 + [0.5] * 3 + [0.4] * 3))  # configs/tasks/channel.yaml's
+
+
+@pytest.mark.parametrize(
+    ("channels", "width", "classes"),
+    [(None, 512, 10), ([4, 4, 8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 32], 32, 10),
+     ([3, 1, 5, 2, 7, 1, 1, 9, 4, 2, 2, 1, 6], 7, 3)],
+)
+def test_vgg_parameter_count_matches_the_model(channels, width, classes):
+    with torch.device("meta"):
+        model = vgg16_bn(classes, channels, classifier_width=width)
+    total = sum(p.numel() for p in model.parameters())
+    assert vgg_parameter_count(model.channels, classes, width) == total
+    if channels is not None:  # count_parameters needs real tensors: the small ones only
+        assert total == count_parameters(vgg16_bn(classes, channels, classifier_width=width))[0]
+
+
+def test_removed_share_is_what_pruning_removes(tiny_model):
+    ratios = resolve_ratios(PROFILE, tiny_model)
+    narrow, _ = prune_channels(_with_stats(tiny_model), torch.randn(16, 3, 32, 32), PROFILE, samples=200)
+    assert narrow.channels == narrow_channels(ratios, tiny_model.channels)
+    zeroed = sum(int((~mask).sum()) for mask in prune_linear(narrow, 0.8).values())
+    kept = count_parameters(narrow)[0] - zeroed  # not the non-zeros: fresh biases are zero too
+    expected = removed_share(ratios, tiny_model.channels, 10, TINY_CLASSIFIER, 0.8)
+    assert 1 - kept / count_parameters(tiny_model)[0] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("target", "linear"), [(0.5, None), (0.7, 0.8), (0.9, 0.8)])
+def test_ratios_for_target_is_the_largest_common_factor(tiny_model, target, linear):
+    channels = tiny_model.channels
+    ratios = resolve_ratios(PROFILE, tiny_model)
+    scaled = ratios_for_target(ratios, channels, 10, TINY_CLASSIFIER, linear, target)
+    assert removed_share(scaled, channels, 10, TINY_CLASSIFIER, linear) >= target
+    factor = scaled[12] / ratios[12]  # features.40: 32 channels, not clipped here
+    wider = scale_ratios(ratios, channels, factor * 1.001)
+    assert removed_share(wider, channels, 10, TINY_CLASSIFIER, linear) < target
+    # one factor for all (clipped to keep 1..channels-1), and ratios prune_channels accepts
+    assert scaled == pytest.approx(scale_ratios(ratios, channels, factor), rel=1e-12)
+    names = {n: scaled[i] for n, i in prunable_convs(tiny_model).items() if i in scaled}
+    assert resolve_ratios(names, tiny_model) == scaled
+    assert ratios_for_target(ratios, channels, 10, TINY_CLASSIFIER, linear, target) == scaled  # deterministic
+
+
+def test_ratios_for_target_full_size_grid():
+    with torch.device("meta"):
+        model = vgg16_bn(10)
+    ratios = resolve_ratios(PROFILE, model)
+    shares = []
+    order = sorted(ratios, key=lambda i: (ratios[i], i))
+    for target in (0.7, 0.8, 0.9):
+        scaled = ratios_for_target(ratios, model.channels, 10, 512, 0.8, target)
+        assert [scaled[i] for i in order] == sorted(scaled.values())  # the profile stays: early convs keep more
+        assert scaled[1] / ratios[1] == pytest.approx(scaled[12] / ratios[12])
+        shares.append(removed_share(scaled, model.channels, 10, 512, 0.8))
+        assert target <= shares[-1] < target + 0.005  # the channel grid is fine enough to land close
+    assert shares == sorted(shares)
+
+
+@pytest.mark.parametrize("target", [0.99, 1.5, 0.0, True])
+def test_ratios_for_target_bad_or_unreachable(tiny_model, target):
+    ratios = resolve_ratios({"features.40": 0.5}, tiny_model)
+    with pytest.raises(ConfigError) as err:
+        ratios_for_target(ratios, tiny_model.channels, 10, TINY_CLASSIFIER, None, target)
+    assert "target_sparsity" in str(err.value) and str(target) in str(err.value)
+    if target == 0.99:
+        assert "at most 0." in str(err.value)
+
+
+def test_cli_target_sparsity(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_cli_args(tmp_path, "tiny_target")
+    assert main(["fit", "--config", DEMO, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                 "--model.pretrained=false", "--prune.target_sparsity=0.7", *args]) == 0
+    run = tmp_path / "logs" / "tiny_target" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    validate(results)
+    assert results["pruning"]["target_sparsity"] == 0.7
+    dense, pruned = results["models"]
+    assert pruned["param_reduction"] >= 0.7
+    used = json.loads(Path(results["artifacts"]["channels_json"]).read_text())["ratios"]
+    assert used == pruned["pruning"]["ratios_used"] and len(set(used.values())) == 1  # one ratio: one factor
+    dense_channels = pruned["dense_channels"]
+    assert pruned["channels"] == narrow_channels(resolve_ratios(used, VGG(10, dense_channels, TINY_CLASSIFIER)),
+                                                 dense_channels)
+
+
+def test_cli_bad_target_sparsity(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--config", DEMO, *tiny_cli_args(tmp_path), "--model.pretrained=false",
+            "--prune.target_sparsity=1.5"]
+    err = run_cli_expecting_error(argv, capsys)
+    assert "ChannelPruning.target_sparsity" in err and "(0, 1)" in err and "Traceback" not in err, err[-2000:]

@@ -28,7 +28,7 @@ def shrink(src: Path, dst: Path) -> None:
     overrides: dict = {"defaults": [str(src)], "trainer": {"max_epochs": 1},
                        "profile": {"latency_batches": 1, "energy_batches": 1, "train_batches": 1}}
     prune = (yaml.safe_load(src.read_text()).get("prune") or {}).get("init_args", {})
-    if src.stem in ("grasp", "snip"):
+    if src.stem in ("grasp", "snip", "grasp_abs"):
         overrides["prune"] = {"init_args": {"fallback_epochs": [0, 1, 2], "calibration_per_class": 2}}
         overrides["trainer"]["max_epochs"] = 3
     elif src.stem == "channel" or "images_per_class" in prune:
@@ -47,13 +47,14 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     assert demo.main(["--configs", str(configs), "--", *TINY]) == 0
 
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
-    assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "grasp", "snip", "unstructured")]
+    assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "grasp", "grasp_abs", "snip",
+                                                           "unstructured")]
     baseline = "checkpoints/digits_baseline/version_0/last.ckpt"  # the fit; the profiling test is version_1
     assert results["digits_baseline"]["sources"]["ckpt_path"] == baseline
     for task in ("unstructured", "channel"):
         assert results[f"digits_{task}"]["sources"] == {"model.pretrained": baseline,
                                                         "model.pretrained_reference": "run:digits_baseline"}
-    for method in ("grasp", "snip"):
+    for method in ("grasp", "snip", "grasp_abs"):
         stages = results[f"digits_{method}"]["schedule"]["stages"]
         assert [s["stage"] for s in stages] == [1, 2, 3]
         assert abs(stages[-1]["sparsity"] - 0.9) < 1e-3
@@ -73,7 +74,7 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     # Every run handed on: ONNX matching PyTorch in ONNX Runtime, int8 with its accuracy, in the report.
     handoff = text.split("## Hand-off: int8 and ONNX")[1].split("\n## ")[0]
     rows = [line for line in handoff.splitlines() if line.startswith("| digits_")]
-    assert len(rows) == 5 and all("yes" in row for row in rows), handoff
+    assert len(rows) == 6 and all("yes" in row for row in rows), handoff
     plots = {p.name for p in (tmp_path / "report_plots").glob("*.png")}
     assert {"digits_accuracy_vs_sparsity.png", "digits_latency_size.png",
             "digits_digits_unstructured_sensitivity.png"} <= plots

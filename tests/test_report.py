@@ -158,6 +158,25 @@ def test_1b_stages_say_why_they_fired_and_what_they_removed(tmp_path):
     assert stages[0][-2:] == ["2.0%", "0.011 |"]
 
 
+def test_1b_stages_merge_over_seeds_with_their_spread(tmp_path):
+    logs = tmp_path / "logs"
+    for seed, (epoch, reason, top) in enumerate([(3, "accuracy", 0.50), (6, "fallback", 0.60), (4, "accuracy", 0.55)]):
+        path = _write(logs, "digits_grasp", seed, "grasp", f"2026-01-0{seed + 1}T00:00:00+00:00",
+                      [_model("pruned-masked", 40.0, 0.9, None)])
+        data = json.loads(path.read_text())
+        data.update(seed=seed, config_key="same")
+        data["schedule"] = {"method": "grasp", "stages": [
+            {"stage": 1, "epoch": epoch, "reason": reason, "val_top1": 20.0 + seed, "trigger_top1": 20,
+             "fallback_epoch": 6, "sparsity": 0.45,
+             "diagnostics": {"removed": 0.45, "top_removed": top, "filter_sum_ratio": 0.01}}]}
+        path.write_text(json.dumps(data))
+    text = build_report(logs, tmp_path / "REPORT.md")
+    stage = next(line for line in text.splitlines() if line.startswith("| grasp | 1 |")).strip("| ").split(" | ")
+    assert stage[2] == "4.3 ± 1.5 (n=3)"  # epochs 3, 6, 4
+    assert stage[3].startswith("accuracy x2, fallback x1")
+    assert stage[7] == "55.0% ± 5.0% (n=3)"  # top-10% magnitude removed, per seed 50 / 60 / 55 %
+
+
 def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
     logs = tmp_path / "logs"
     for version, (seed, top1) in enumerate([(0, 90.0), (1, 92.0), (2, 94.0)]):
@@ -185,9 +204,10 @@ def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):
     logs = tmp_path / "logs"
     for i, (method, target, top1) in enumerate([("unstructured", 0.7, 93.0), ("unstructured", 0.8, 90.5),
                                                 ("unstructured", 0.9, 85.0), ("grasp", 0.7, 60.0),
-                                                ("grasp", 0.9, 40.0)]):
-        models = [_model("pruned-masked", top1, target, None)]
-        if method == "unstructured":
+                                                ("grasp", 0.9, 40.0), ("channel", 0.7, 92.0),
+                                                ("channel", 0.9, 80.0)]):
+        models = [_model("channel-pruned" if method == "channel" else "pruned-masked", top1, target, None)]
+        if method in ("unstructured", "channel"):
             models.insert(0, _model("dense", 94.0, 0.0, None))
         path = _write(logs, f"cifar10_{method}_t{round(100 * target)}", 0, method, f"2026-01-0{i + 1}T00:00:00+00:00",
                       models)
@@ -198,9 +218,11 @@ def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):
     text = build_report(logs, tmp_path / "REPORT.md", max_drop=5.0)
     section = text.split("### cifar10: the accuracy budget")[1].split("\n### ")[0]
     rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in section.splitlines()
-            if line.startswith(("| unstructured", "| grasp"))}
-    assert rows["unstructured"][1:3] == ["80%", "70%, 80%, 90%"] and rows["unstructured"][4] == "3.50"
-    assert rows["grasp"][1] == "none (least drop at 70%)" and rows["grasp"][4] == "34.00"
+            if line.startswith(("| unstructured", "| grasp", "| channel"))}
+    removed = f"{1 - int(1000 * (1 - 0.8)) / 1000:.1%}"  # the fixture's non-zero count, rounded down
+    assert rows["unstructured"][1:4] == ["80%", "70%, 80%, 90%", removed] and rows["unstructured"][5] == "3.50"
+    assert rows["channel"][1:4] == ["70%", "70%, 90%", "70.0%"] and rows["channel"][5] == "2.00"
+    assert rows["grasp"][1] == "none (least drop at 70%)" and rows["grasp"][5] == "34.00"
     steps = grid_steps(Path(__file__).resolve().parents[1] / "configs" / "demo", ["snip"], [0.7, 0.9], 2)
     assert [s[3:] for s in steps] == [
         [f"--prune.target_sparsity={t}", f"--run.experiment=digits_snip_t{round(100 * t)}", f"--seed_everything={s}"]

@@ -24,10 +24,14 @@ from lightning_prune.errors import ConfigError
 from lightning_prune.models import vgg16_bn
 from lightning_prune.models.vgg import VGG
 from lightning_prune.pruning.channel import (
+    Ratios,
     apply_masks,
     check_linear_sparsity,
+    check_target_sparsity,
+    prunable_convs,
     prune_channels,
     prune_linear,
+    ratios_for_target,
     resolve_ratios,
     zero_masks,
 )
@@ -56,6 +60,9 @@ class ChannelPruning(L.Callback):
     Args:
         ratios: Fraction of input channels each conv keeps: one number for convs 2-13, or
             ``{"features.N": ratio}`` for the listed convs only.
+        target_sparsity: Fraction of the dense model's parameters to remove (the budget grid's
+            target), counting the ``linear_sparsity`` zeros: scales ``ratios`` by the largest common
+            factor that reaches it, keeping their per-layer profile; null: use ``ratios`` as given.
         images_per_class: Training images per class in the calibration batch.
         samples: Rows (image positions) sampled per layer for the regression; null: all.
         positions: Random positions sampled per image.
@@ -69,6 +76,7 @@ class ChannelPruning(L.Callback):
     def __init__(
         self,
         ratios: float | dict[str, float] = 0.5,
+        target_sparsity: float | None = None,
         images_per_class: int = 50,
         samples: int | None = 5000,
         positions: int = 10,
@@ -80,6 +88,8 @@ class ChannelPruning(L.Callback):
         # Checked in ``setup``: jsonargparse would turn an error raised here into a generic one.
         self.ratios, self.images_per_class, self.samples, self.positions = ratios, images_per_class, samples, positions
         self.linear_sparsity, self.seed, self.progress = linear_sparsity, seed, progress
+        self.target_sparsity = target_sparsity
+        self.ratios_used: dict[str, float] | None = None  # the ratios pruned with (scaled for target_sparsity)
         self.profile_dense = profile_dense
         self.channels: list[int] | None = None  # the narrow widths once pruned (saved in checkpoints)
         self.dense_channels: list[int] | None = None
@@ -100,10 +110,21 @@ class ChannelPruning(L.Callback):
         if self.samples is not None and (isinstance(self.samples, bool) or self.samples < 1):
             raise ConfigError(f"samples must be a positive integer or null (all sampled positions), got {self.samples}")
         check_linear_sparsity(self.linear_sparsity)
+        check_target_sparsity(self.target_sparsity)
+        self.resolved_ratios(model)  # an unreachable target fails before any work
+
+    def resolved_ratios(self, model: VGG) -> Ratios:
+        """The ratios to prune ``model`` with: as configured, or scaled to meet ``target_sparsity``."""
+        if self.target_sparsity is None:
+            return self.ratios
+        scaled = ratios_for_target(resolve_ratios(self.ratios, model), model.channels, model.num_classes,
+                                   model.classifier_width, self.linear_sparsity, self.target_sparsity)
+        return {name: scaled[i] for name, i in prunable_convs(model).items() if i in scaled}
 
     def describe(self) -> dict[str, Any]:
         """What this callback prunes to (kept in the checkpoint; a resumed fit must agree)."""
-        return {"task": TASK, "method": "lasso", "ratios": self.ratios, "linear_sparsity": self.linear_sparsity}
+        return {"task": TASK, "method": "lasso", "ratios": self.ratios, "linear_sparsity": self.linear_sparsity,
+                "target_sparsity": self.target_sparsity}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.channels is not None:
@@ -143,6 +164,7 @@ class ChannelPruning(L.Callback):
         result = from_rank_zero(trainer, lambda: self._select(trainer, model))
         self.dense_channels, self.channels = list(model.channels), list(result["channels"])
         self.layers, self.seconds, self.dense_entry = result["layers"], result["seconds"], result["dense_entry"]
+        self.ratios_used = result["ratios"]
         narrow = vgg16_bn(pl_module.hparams.num_classes, self.channels,
                           classifier_width=pl_module.hparams.classifier_width)
         narrow.load_state_dict(result["state_dict"])
@@ -170,11 +192,12 @@ class ChannelPruning(L.Callback):
         rank_zero_info(f"Channel pruning: {len(images)} calibration images, up to {self.positions} positions each, "
                        f"{self.samples or 'all'} rows per layer")
         start = time.perf_counter()
-        narrow, reports = prune_channels(model, images.to(device), self.ratios, self.samples, self.positions,
+        ratios = self.resolved_ratios(model)
+        narrow, reports = prune_channels(model, images.to(device), ratios, self.samples, self.positions,
                                          self.seed, progress=self.progress)
         if self.linear_sparsity:
             prune_linear(narrow, self.linear_sparsity)
-        return {"channels": list(narrow.channels), "layers": [r.row() for r in reports],
+        return {"channels": list(narrow.channels), "layers": [r.row() for r in reports], "ratios": ratios,
                 "seconds": time.perf_counter() - start, "dense_entry": dense_entry,
                 "state_dict": {k: v.cpu() for k, v in narrow.state_dict().items()}}
 
@@ -202,8 +225,9 @@ class ChannelPruning(L.Callback):
         entry["channels"] = list(pl_module.model.channels)
         entry["dense_channels"] = list(dense)
         entry["pruning"] = {
-            "ratios": self.ratios, "images_per_class": self.images_per_class, "samples": self.samples,
-            "positions": self.positions, "linear_sparsity": self.linear_sparsity, "seconds": self.seconds,
+            "ratios": self.ratios, "target_sparsity": self.target_sparsity, "ratios_used": self.ratios_used,
+            "images_per_class": self.images_per_class, "samples": self.samples, "positions": self.positions,
+            "linear_sparsity": self.linear_sparsity, "seconds": self.seconds,
         }
         entries = [entry] if self.dense_entry is None else [self.dense_entry, entry]
         if self.dense_entry is not None:
@@ -211,7 +235,8 @@ class ChannelPruning(L.Callback):
         out = run_dir(trainer)
         atomic_write_bytes(out / CSV_FILE, _csv(self.layers, dense, self.channels).encode())
         atomic_write_bytes(out / JSON_FILE, (json.dumps(
-            {"dense_channels": dense, "channels": self.channels, "layers": self.layers}, indent=2) + "\n").encode())
+            {"dense_channels": dense, "channels": self.channels, "target_sparsity": self.target_sparsity,
+             "ratios": self.ratios_used, "layers": self.layers}, indent=2) + "\n").encode())
         artifacts = {"channels_csv": str(out / CSV_FILE), "channels_json": str(out / JSON_FILE)}
         if ckpt:
             artifacts["checkpoint"] = ckpt
@@ -219,7 +244,7 @@ class ChannelPruning(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"channels": self.channels, "dense_channels": self.dense_channels, "layers": self.layers,
-                "dense_entry": self.dense_entry, "seconds": self.seconds}
+                "dense_entry": self.dense_entry, "seconds": self.seconds, "ratios_used": self.ratios_used}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.channels = state_dict.get("channels")
@@ -227,6 +252,7 @@ class ChannelPruning(L.Callback):
         self.layers = state_dict.get("layers", [])
         self.dense_entry = state_dict.get("dense_entry")
         self.seconds = state_dict.get("seconds")
+        self.ratios_used = state_dict.get("ratios_used")
 
 
 def _conv_widths(channels: list[int]) -> dict[str, tuple[int, int]]:

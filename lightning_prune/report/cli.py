@@ -35,7 +35,9 @@ OPS_NOTE = (
 BUDGET_NOTE = (
     "From `python -m lightning_prune.budget` (each method at every target of a grid): per method, the highest "
     "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
-    "(`report --max-drop`). The drop is against the run's own dense model (1a) or the baseline (from random init)."
+    "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline (1b, from random "
+    "init). Task 2's target is the share of the dense model's parameters removed; the others' is the share of "
+    "weights zeroed."
 )
 SCHEDULE_NOTE = (
     "Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not reached. "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -43,6 +44,30 @@ def merge_values(values: list[Any]) -> Any:
     return present[0]
 
 
+STAGE_SETTINGS = ("stage", "trigger_top1", "fallback_epoch")
+
+
+def merge_schedules(schedules: list[dict]) -> dict:
+    """Task 1b schedules over seeds: stage k of every seed merged (epoch, accuracy, diagnostics as Stats).
+
+    Whether a stage fired by accuracy or by fallback can differ between seeds, so ``reason`` counts them.
+    """
+    merged = dict(schedules[-1])
+    stage_lists = [s.get("stages") or [] for s in schedules]
+    stages = []
+    for k in range(max(len(s) for s in stage_lists)):
+        events = [s[k] for s in stage_lists if len(s) > k and isinstance(s[k], dict)]
+        stage = merge_values(events)
+        for key in STAGE_SETTINGS:  # the schedule's settings, the same in every seed: not statistics
+            if key in events[0]:
+                stage[key] = events[0][key]
+        reasons = Counter(str(e.get("reason")) for e in events)
+        stage["reason"] = ", ".join(f"{r} x{c}" if len(events) > 1 else r for r, c in sorted(reasons.items()))
+        stages.append(stage)
+    merged["stages"] = stages
+    return merged
+
+
 def merge_runs(runs: list[Run]) -> Run:
     """One run standing for several seeds: its models' figures are Stats over the seeds (by variant)."""
     if len(runs) == 1:
@@ -57,5 +82,9 @@ def merge_runs(runs: list[Run]) -> Run:
         models.append(merged)
     data = {**latest.data, "models": models, "seeds": sorted(r.data.get("seed") for r in runs
                                                              if r.data.get("seed") is not None)}
+    schedules = [r.data["schedule"] for r in sorted(runs, key=lambda r: r.created or "")
+                 if isinstance(r.data.get("schedule"), dict)]
+    if schedules:
+        data["schedule"] = merge_schedules(schedules)
     problems = [p for r in runs for p in r.problems]
     return replace(latest, data=data, problems=problems)

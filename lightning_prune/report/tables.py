@@ -71,15 +71,20 @@ def drop_value(reference, top1):
     return float(reference) - float(top1)
 
 
+def removed_share(profile: dict, dense_params: float | None):
+    """The share of the unpruned model's parameters that are gone (zeroed or cut out), per seed when merged."""
+    nonzero = profile.get("nonzero_params")
+    if isinstance(nonzero, bool) or not isinstance(nonzero, (int, float)) or not dense_params:
+        return None
+    per_seed = getattr(nonzero, "values", None)
+    return Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
+
+
 def row(run: Run, model: dict, reference: float | None, label: str | None = None,
         dense_params: float | None = None) -> list[str]:
     """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
-    nonzero = p.get("nonzero_params")
-    removed = None
-    if isinstance(nonzero, (int, float)) and dense_params:
-        per_seed = getattr(nonzero, "values", None)
-        removed = Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
+    removed = removed_share(p, dense_params)
     drop = num(drop_value(reference, a.get("test_top1")))
     latency = num(p.get("latency_ms"), "{:.1f}")
     merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
@@ -169,7 +174,8 @@ def schedule_table(runs: list[Run]) -> str | None:
             d = event.get("diagnostics") or {}
             val = event.get("val_top1")
             rows.append([
-                task_label(run, runs), str(event.get("stage", MISSING)), str(event.get("epoch", MISSING)),
+                task_label(run, runs), str(event.get("stage", MISSING)),
+                num(event.get("epoch"), "{:.1f}" if getattr(event.get("epoch"), "n", 1) > 1 else "{:.0f}"),
                 f"{event.get('reason', MISSING)} (trigger {num(event.get('trigger_top1'), '{:g}')} %, "
                 f"fallback epoch {event.get('fallback_epoch', MISSING)})",
                 num(val, "{:.1f}") if val is not None else "n/a", num(event.get("sparsity"), "{:.1%}"),
@@ -265,37 +271,42 @@ def operator_table(runs: list[Run], top: int = 4) -> str | None:
     return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
 
 
+PRUNED_VARIANTS = ("pruned-masked", "channel-pruned")  # the variant a budget point is judged by, per task
+
+
 def budget_table(runs: list[Run], max_drop: float, references: Sequence[str] = ()) -> str | None:
     """Per method, the highest target sparsity whose top-1 drop (mean over seeds) stays within ``max_drop``.
 
     Built from the runs that record a ``target_sparsity`` (``python -m lightning_prune.budget``
-    runs each method over a grid); figures are the ``pruned-masked`` variant's. Shown only when
-    some method was run at two targets or more.
+    runs each method over a grid); figures are the ``pruned-masked`` variant's (``channel-pruned``
+    for task 2, whose target is the share of parameters removed). Shown only when some method was
+    run at two targets or more.
     """
     baseline = baseline_top1(runs, references)
     points: dict[str, list[tuple[float, Run, dict, object]]] = {}
     for run in runs:
         target = (run.data.get("pruning") or {}).get("target_sparsity")
-        masked = next((m for m in run.data["models"] if m.get("variant") == "pruned-masked"), None)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or masked is None:
+        pruned = next((m for m in run.data["models"] if m.get("variant") in PRUNED_VARIANTS), None)
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or pruned is None:
             continue
         own = dense_top1(run)
-        drop = drop_value(own if own is not None else baseline, (masked.get("accuracy") or {}).get("test_top1"))
+        drop = drop_value(own if own is not None else baseline, (pruned.get("accuracy") or {}).get("test_top1"))
         if drop is not None:
-            points.setdefault(method(run), []).append((float(target), run, masked, drop))
+            points.setdefault(method(run), []).append((float(target), run, pruned, drop))
     if not any(len({t for t, *_ in p}) > 1 for p in points.values()):
         return None
     rows = []
     for name, found in points.items():
         within = [p for p in found if float(p[3]) <= max_drop]
-        target, _, masked, drop = max(within, key=lambda p: p[0]) if within else min(found, key=lambda p: float(p[3]))
-        profile = masked.get("profile") or {}
+        target, run, pruned, drop = max(within, key=lambda p: p[0]) if within else min(found, key=lambda p: float(p[3]))
+        profile = pruned.get("profile") or {}
         tried = ", ".join(f"{t:.0%}" for t in sorted({t for t, *_ in found}))
         rows.append([
             name, f"{target:.0%}" if within else f"none (least drop at {target:.0%})", tried,
+            num(removed_share(profile, dense_params(run, runs, references)), "{:.1%}"),
             num(profile.get("sparsity"), "{:.1%}"), num(drop), num(profile.get("model_size_mb")),
             num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),
         ])
-    header = ["method", f"highest target within {max_drop:g} points", "targets tried", "sparsity reached",
-              "top-1 drop (points)", "size (MB, masked)", "MMACs", "latency (ms/batch)"]
+    header = ["method", f"highest target within {max_drop:g} points", "targets tried", "params removed (vs dense)",
+              "sparsity (within the model)", "top-1 drop (points)", "size (MB, masked)", "MMACs", "latency (ms/batch)"]
     return markdown(header, rows)
