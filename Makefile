@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget
+.PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget subset-1b
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,11 +38,20 @@ budget: $(STAMP)
 	$(PY) -m lightning_prune.budget --seeds $(SEEDS)
 	$(CLI) report --logs logs --out REPORT.md
 
-# README's result tables, regenerated from the latest runs: their results.json files are kept in
-# docs/results (small; checkpoints stay out), and a test checks README against them.
+# The result tables of README.md and docs/discussion.md, regenerated from the latest runs: their
+# results.json files are kept in docs/results (small; checkpoints stay out), and a test checks both
+# files against them. The runs: `make demo SEEDS=3`, `make budget SEEDS=3`, and the CIFAR-10-subset
+# 1b comparison (`make subset-1b`).
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
-	$(CLI) report --logs docs/results --out docs/REPORT.md --readme README.md
+	$(CLI) report --logs docs/results --out docs/REPORT.md --readme README.md docs/discussion.md
+
+# Task 1b on the real CIFAR-10 subset (../shared/data/cifar10-subset): GraSP, SNIP, |GraSP| and the
+# never-pruned run of the same 20-epoch budget, seeds 0..SEEDS-1 (about 25 min per seed on 2 cores).
+SUBSET_1B := dense grasp snip grasp_abs
+subset-1b: $(STAMP)
+	for seed in $$(seq 0 $$(($(SEEDS) - 1))); do for exp in $(SUBSET_1B); do \
+		$(CLI) fit --config configs/cifar10-subset/$$exp.yaml --seed_everything=$$seed || exit 1; done; done
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots

@@ -11,6 +11,7 @@ from lightning_prune.report.cli import main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DISCUSSION = ROOT / "docs" / "discussion.md"
 KEPT = ROOT / "docs" / "results"
 
 
@@ -19,6 +20,8 @@ def test_readme_tables_equal_the_report_of_the_kept_runs():
     assert {"digits", "digits-budget", "digits-stages", "cifar10", "cifar10-stages"} <= set(names), names
     assert readme.results_files(KEPT), "docs/results holds no results.json"
     assert readme.update(README, KEPT, write=False) == [], "README tables are stale: run `make results-docs`"
+    assert {m["name"] for m in readme.BLOCK.finditer(DISCUSSION.read_text())} >= {"digits-budget", "cifar10-stages"}
+    assert readme.update(DISCUSSION, KEPT, write=False) == [], "discussion tables are stale: `make results-docs`"
 
 
 def test_a_changed_number_is_caught_and_rewritten(tmp_path, capsys):

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from lightning_prune.report.cli import build_report, main
+from lightning_prune.report.collect import load_runs, seed_groups
+from lightning_prune.report.plots import accuracy_series
+from lightning_prune.report.seeds import merge_runs
 
 
 def _model(variant: str, top1: float, sparsity: float, energy_cpu: float | None, latency: float = 10.0) -> dict:
@@ -196,6 +199,9 @@ def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
     assert cells[11] == "92.00 ± 2.00 (n=3)"  # test top-1 over the three seeds
     assert cells[-1] == "3.00 ± 2.00 (n=3)"  # drop against the runs' own dense model, per seed
     assert "from 3 run(s)" in text and "1 older run(s) hidden" in text and "10.00" not in text
+    merged = [merge_runs(g) for g in seed_groups(load_runs(logs))]
+    [(x, y, xerr, yerr)] = [pt for pt in accuracy_series(merged)["unstructured"] if pt[0] > 0]
+    assert (x, y, yerr) == (90.0, 92.0, 2.0)  # the plot's error bar is the std over the seeds
 
 
 def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):

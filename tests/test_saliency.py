@@ -185,3 +185,23 @@ def test_split_batch():
     chunks = split_batch((x, y), 2)
     assert [len(c[1]) for c in chunks] == [5, 5]
     assert len(split_batch((x[:1], y[:1]), 4)) == 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 200.0])
+def test_grasp_scores_of_a_conv_filter_sum_to_its_squared_gradient(model64, batches64, temperature):
+    """BatchNorm after every conv makes the loss invariant to each filter's scale (Euler's theorem on the
+    gradient, homogeneous of degree -1 in the filter): sum over a filter of -theta * Hg is |g_filter|^2.
+    Tiny at T = 200, and the per-weight scores cancel, which is why GraSP's ranking ignores magnitude.
+    Exact when BatchNorm's eps is negligible (here set to 1e-12); the default 1e-5 bends it slightly."""
+    for m in model64.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-12
+    g, _ = gradient_and_hg(model64, batches64, temperature)
+    scores = grasp_scores(model64, batches64, temperature)
+    convs = [n for n, m in prunable_modules(model64).items() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+    for name in convs:
+        per_filter = scores[name].flatten(1).sum(1)
+        squared_grad = (g[name].flatten(1) ** 2).sum(1)
+        torch.testing.assert_close(per_filter, squared_grad, rtol=1e-4, atol=1e-9 * float(squared_grad.max()))
+        assert float(per_filter.abs().sum()) < 0.5 * float(scores[name].abs().sum())  # the scores cancel

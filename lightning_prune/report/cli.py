@@ -189,18 +189,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="top-1 points a method may lose in the budget table (default: 5)")
     parser.add_argument("--snapshot", metavar="DIR", help="also copy the results.json of every run shown into DIR "
                         "(e.g. docs/results: the runs README.md cites, kept in the repository)")
-    parser.add_argument("--readme", metavar="FILE", help="also rewrite FILE's marked result tables "
+    parser.add_argument("--readme", metavar="FILE", nargs="+", help="also rewrite each FILE's marked result tables "
                         "(<!-- results:DATASET -->) from the runs under --logs")
-    parser.add_argument("--check-readme", metavar="FILE", help="only compare FILE's marked result tables with the "
-                        "runs under --logs; exit 1 when one is stale")
+    parser.add_argument("--check-readme", metavar="FILE", nargs="+", help="only compare each FILE's marked result "
+                        "tables with the runs under --logs; exit 1 when one is stale")
     args = parser.parse_args(argv)
     logs = Path(args.logs)
     if not logs.is_dir():
         parser.error(f"--logs: no such folder {logs}")
     if args.check_readme:
-        stale = readme.update(Path(args.check_readme), logs, write=False)
-        print(f"{args.check_readme}: stale tables: {', '.join(stale)}" if stale else f"{args.check_readme}: up to date")
-        return 1 if stale else 0
+        code = 0
+        for name in args.check_readme:
+            stale = readme.update(Path(name), logs, write=False)
+            print(f"{name}: stale tables: {', '.join(stale)}" if stale else f"{name}: up to date")
+            code = 1 if stale else code
+        return code
     try:
         if args.max_drop < 0:
             raise ValueError(f"--max-drop: top-1 points >= 0, got {args.max_drop}")
@@ -208,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.snapshot:
             copied = readme.snapshot(seed_groups(load_runs(logs)), logs, Path(args.snapshot))
             print(f"{len(copied)} results.json kept under {args.snapshot}")
-        if args.readme:
-            stale = readme.update(Path(args.readme), logs)
-            print(f"{args.readme}: rewrote {', '.join(stale) or 'nothing (already up to date)'}")
+        for name in args.readme or []:
+            stale = readme.update(Path(name), logs)
+            print(f"{name}: rewrote {', '.join(stale) or 'nothing (already up to date)'}")
     except ValueError as err:
         parser.error(str(err))
     print(f"report written to {Path(args.out).resolve()} (plots in {Path(args.out).parent.resolve() / 'report_plots'})")

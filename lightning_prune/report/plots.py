@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_prune.report.collect import Run  # noqa: E402
-from lightning_prune.report.tables import task_label  # noqa: E402
+from lightning_prune.report.tables import method, task_label  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -31,26 +31,42 @@ def _removed(p: dict, dense_params: float | None) -> float | None:
     return float(sparsity) if isinstance(sparsity, (int, float)) else None
 
 
-def accuracy_vs_sparsity(runs: list[Run], path: Path, reference: dict | None = None) -> Path | None:
-    """Test top-1 against the parameters removed, one colour and marker per run (task).
+def _std(value) -> float:
+    """The spread over seeds of a merged figure (0 for a single run)."""
+    return float(getattr(value, "std", 0.0))
 
-    Variants of one run with the same point (masked, COO, densified: same weights) are drawn once.
+
+def accuracy_series(runs: list[Run], reference: dict | None = None) -> dict[str, list[tuple[float, ...]]]:
+    """Per method, its points (% removed, top-1, std of each over seeds), sorted by the share removed.
+
+    Grid runs of one method (``python -m lightning_prune.budget``) join into one curve. Variants of
+    one run with the same point (masked, COO, densified: same weights) count once.
     """
     dense = (reference or {}).get("profile", {}).get("nonzero_params")
-    series: dict[str, set[tuple[float, float]]] = {}
+    series: dict[str, dict[tuple[float, float], tuple[float, ...]]] = {}
     for run, _, p, a in _points(runs):
         x, y = _removed(p, dense), a.get("test_top1")
         if x is not None and isinstance(y, (int, float)):
-            series.setdefault(task_label(run, runs), set()).add((round(100 * x, 2), round(y, 2)))
+            xerr = _std(p.get("nonzero_params")) / dense if dense else 0.0
+            point = (100 * x, float(y), 100 * xerr, _std(y))
+            series.setdefault(method(run), {})[(round(point[0], 2), round(point[1], 2))] = point
+    return {label: sorted(found.values()) for label, found in series.items()}
+
+
+def accuracy_vs_sparsity(runs: list[Run], path: Path, reference: dict | None = None) -> Path | None:
+    """Test top-1 against the parameters removed: one curve per method, error bars over seeds."""
+    dense = (reference or {}).get("profile", {}).get("nonzero_params")
+    series = accuracy_series(runs, reference)
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
     for i, (label, points) in enumerate(series.items()):
-        xs, ys = zip(*sorted(points))
-        ax.scatter(xs, ys, s=50, color=colours(i), marker=MARKERS[i % len(MARKERS)], label=label, alpha=0.85)
+        xs, ys, xerr, yerr = zip(*points)
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colours(i), marker=MARKERS[i % len(MARKERS)], markersize=6,
+                    capsize=3, linestyle="-" if len(xs) > 1 else "none", lw=0.8, label=label, alpha=0.85)
     ax.set_xlabel("parameters removed vs the dense baseline (%)" if dense else "weights pruned (%)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
     ax.set_title("Accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -71,17 +87,20 @@ def relative_bars(runs: list[Run], path: Path, reference: dict | None) -> Path |
         values = (lat, size, ref_p.get("latency_ms"), ref_p.get("model_size_mb"))
         if all(isinstance(v, (int, float)) and v > 0 for v in values):
             label = f"{task_label(run, runs)}: {variant}"
-            rows.append((label, lat / ref_p["latency_ms"], size / ref_p["model_size_mb"]))
+            rows.append((label, lat / ref_p["latency_ms"], size / ref_p["model_size_mb"],
+                         _std(lat) / ref_p["latency_ms"], _std(size) / ref_p["model_size_mb"]))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     ys = range(len(rows))
-    ax.barh([y - 0.2 for y in ys], [r[1] for r in rows], height=0.4, label="latency")
-    ax.barh([y + 0.2 for y in ys], [r[2] for r in rows], height=0.4, label="model size")
+    ax.barh([y - 0.2 for y in ys], [r[1] for r in rows], height=0.4, xerr=[r[3] for r in rows], capsize=2,
+            label="latency")
+    ax.barh([y + 0.2 for y in ys], [r[2] for r in rows], height=0.4, xerr=[r[4] for r in rows], capsize=2,
+            label="model size")
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(list(ys), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("relative to the baseline (1.0 = same)")
+    ax.set_xlabel("relative to the baseline (1.0 = same); error bars: std over seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
