@@ -46,12 +46,17 @@ results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
 	$(CLI) report --logs docs/results --out docs/REPORT.md --readme README.md docs/discussion.md
 
-# Task 1b on the real CIFAR-10 subset (../shared/data/cifar10-subset): GraSP, SNIP, |GraSP| and the
-# never-pruned run of the same 20-epoch budget, seeds 0..SEEDS-1 (about 25 min per seed on 2 cores).
-SUBSET_1B := dense grasp snip grasp_abs
+# Task 1b on the real CIFAR-10 subset (../shared/data/cifar10-subset): the never-pruned run of the
+# 20-epoch budget (fit, then test: its profile), then GraSP, SNIP and |GraSP|, for seeds 0..SEEDS-1.
 subset-1b: $(STAMP)
-	for seed in $$(seq 0 $$(($(SEEDS) - 1))); do for exp in $(SUBSET_1B); do \
-		$(CLI) fit --config configs/cifar10-subset/$$exp.yaml --seed_everything=$$seed || exit 1; done; done
+	for seed in $$(seq 0 $$(($(SEEDS) - 1))); do \
+		$(CLI) fit --config configs/cifar10-subset/dense.yaml --seed_everything=$$seed && \
+		$(CLI) test --config configs/cifar10-subset/dense.yaml --ckpt_path run:cifar10subset_dense \
+			--seed_everything=$$seed && \
+		for exp in grasp snip grasp_abs; do \
+			$(CLI) fit --config configs/cifar10-subset/$$exp.yaml --seed_everything=$$seed || exit 1; \
+		done || exit 1; \
+	done
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots

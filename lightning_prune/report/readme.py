@@ -2,9 +2,10 @@
 
 README.md marks each generated table with ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``;
 NAME is a dataset (its results table), ``DATASET-budget`` (the accuracy-budget table, at the report's
-default ``--max-drop``) or ``DATASET-stages`` (the 1b stages and their diagnostics).
+default ``--max-drop``), ``DATASET-stages`` (the 1b stages and their diagnostics) or ``handoff`` (the
+exports kept beside them).
 ``lightning-prune report --snapshot docs/results`` copies the runs the report shows into the
-repository (results.json only, small), ``--readme README.md`` rewrites the marked tables from them,
+repository (results.json and handoff.json only, small), ``--readme README.md`` rewrites the marked tables from them,
 and ``--check-readme`` fails when a table differs from what the kept results give.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from lightning_prune.report import tables
 from lightning_prune.report.collect import Run, load_runs, seed_groups
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import RESULTS_FILE, atomic_write_bytes
 from lightning_prune.runs import GRID_SUFFIX
@@ -23,18 +25,35 @@ from lightning_prune.runs import GRID_SUFFIX
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
+def _version(path: Path) -> int:
+    """N of the ``version_N`` folder above ``path`` (-1 when there is none)."""
+    for part in reversed(path.parts):
+        if part.startswith("version_") and part[8:].isdigit():
+            return int(part[8:])
+    return -1
+
+
 def snapshot(groups: list[list[Run]], logs: Path, target: Path) -> list[Path]:
-    """Copy every shown run's results.json (all its seeds) to ``target``, keeping the layout below ``logs``."""
+    """Copy every shown run's results.json (all its seeds) to ``target``, keeping the layout below ``logs``,
+    and each shown experiment's newest export record (handoff.json: the hand-off table's source)."""
     if target.exists():
         shutil.rmtree(target)
     copied = []
     for group in groups:
         for run in group:
-            dst = target / run.path.relative_to(logs)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run.path, dst)
-            copied.append(dst)
+            copied.append(_copy(run.path, logs, target))
+    for experiment in sorted({run.experiment for group in groups for run in group}):
+        exports = sorted((logs / experiment).glob(f"version_*/export/{HANDOFF_FILE}"), key=_version)
+        if exports:
+            copied.append(_copy(exports[-1], logs, target))
     return copied
+
+
+def _copy(path: Path, logs: Path, target: Path) -> Path:
+    dst = target / path.relative_to(logs)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dst)
+    return dst
 
 
 def render(results: Path, max_drop: float = 5.0) -> dict[str, str]:
@@ -55,6 +74,9 @@ def render(results: Path, max_drop: float = 5.0) -> dict[str, str]:
         stages = tables.schedule_table(main)
         if stages:
             blocks[f"{dataset}-stages"] = stages + "\n"
+    exports = sorted(results.rglob(HANDOFF_FILE))
+    if exports:
+        blocks["handoff"] = handoff_table(exports) + "\n"
     return blocks
 
 
