@@ -221,6 +221,11 @@ def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):
         data["pruning"] = {"task": method, "method": method, "target_sparsity": target}
         path.write_text(json.dumps(data))
     _write(logs, "cifar10_baseline", 0, "baseline", "2026-01-09T00:00:00+00:00", [_model("dense", 94.0, 0.0, None)])
+    other = _write(logs, "cifar10_unstructured", 0, "unstructured", "2026-01-09T00:00:00+00:00",
+                   [_model("dense", 94.0, 0.0, None), _model("pruned-masked", 94.0, 0.9, None)])
+    data = json.loads(other.read_text())  # a 90 % run outside the grid: not a budget point
+    data["pruning"] = {"task": "unstructured", "method": "unstructured", "target_sparsity": 0.9}
+    other.write_text(json.dumps(data))
     text = build_report(logs, tmp_path / "REPORT.md", max_drop=5.0)
     section = text.split("### cifar10: the accuracy budget")[1].split("\n### ")[0]
     rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in section.splitlines()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
 from lightning_prune.report.collect import Run
 from lightning_prune.report.seeds import Stat
+from lightning_prune.runs import GRID_SUFFIX
 
 MISSING = "—"
 COLUMNS = (
@@ -277,14 +278,15 @@ PRUNED_VARIANTS = ("pruned-masked", "channel-pruned")  # the variant a budget po
 def budget_table(runs: list[Run], max_drop: float, references: Sequence[str] = ()) -> str | None:
     """Per method, the highest target sparsity whose top-1 drop (mean over seeds) stays within ``max_drop``.
 
-    Built from the runs that record a ``target_sparsity`` (``python -m lightning_prune.budget``
-    runs each method over a grid); figures are the ``pruned-masked`` variant's (``channel-pruned``
-    for task 2, whose target is the share of parameters removed). Shown only when some method was
-    run at two targets or more.
+    Built from the runs that record a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
+    from ``python -m lightning_prune.budget``) when there are any. Figures are the ``pruned-masked``
+    variant's (``channel-pruned`` for task 2, whose target is the share of parameters removed).
+    Shown only when some method was run at two targets or more.
     """
     baseline = baseline_top1(runs, references)
     points: dict[str, list[tuple[float, Run, dict, object]]] = {}
-    for run in runs:
+    grid = [r for r in runs if GRID_SUFFIX.search(r.experiment)]  # the grid's runs, when there are any
+    for run in grid or runs:
         target = (run.data.get("pruning") or {}).get("target_sparsity")
         pruned = next((m for m in run.data["models"] if m.get("variant") in PRUNED_VARIANTS), None)
         if isinstance(target, bool) or not isinstance(target, (int, float)) or pruned is None:
