@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         build_report(logs, Path(args.out), args.all_runs, args.reference, args.max_drop)
         if args.snapshot:
             copied = readme.snapshot(seed_groups(load_runs(logs)), logs, Path(args.snapshot))
-            print(f"{len(copied)} results.json kept under {args.snapshot}")
+            print(f"{len(copied)} files (results.json, handoff.json) kept under {args.snapshot}")
         for name in args.readme or []:
             stale = readme.update(Path(name), logs)
             print(f"{name}: rewrote {', '.join(stale) or 'nothing (already up to date)'}")

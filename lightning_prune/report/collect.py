@@ -78,19 +78,22 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
         by_key.setdefault((run.experiment, run.task), []).append(run)
     groups = []
     for members in by_key.values():
-        members.sort(key=lambda r: (r.created, _version(r.path)))
+        members.sort(key=lambda r: (r.created, run_version(r.path)))
         newest = members[-1]
         key = newest.data.get("config_key")
         same = [r for r in members if key is not None and r.data.get("config_key") == key] or [newest]
         by_seed = {r.data.get("seed"): r for r in same}  # later runs replace earlier ones of the same seed
-        groups.append(sorted(by_seed.values(), key=lambda r: (r.created, _version(r.path))))
+        groups.append(sorted(by_seed.values(), key=lambda r: (r.created, run_version(r.path))))
     groups.sort(key=lambda g: (g[-1].dataset, TASK_ORDER.get(g[-1].task, 99), g[-1].experiment))
     return groups
 
 
-def _version(path: Path) -> int:
-    name = path.parent.name
-    return int(name.split("_")[-1]) if name.startswith("version_") and name.split("_")[-1].isdigit() else -1
+def run_version(path: Path) -> int:
+    """N of the nearest ``version_N`` folder above ``path`` (-1 when there is none)."""
+    for part in reversed(path.parent.parts):
+        if part.startswith("version_") and part[8:].isdigit():
+            return int(part[8:])
+    return -1
 
 
 TASK_ORDER = {"baseline": 0, "unstructured": 1, "grasp": 2, "snip": 3, "channel": 4}

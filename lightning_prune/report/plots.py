@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_prune.report.collect import Run  # noqa: E402
-from lightning_prune.report.tables import method, task_label  # noqa: E402
+from lightning_prune.report.tables import method, removed_share, task_label  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -24,9 +24,9 @@ def _points(runs: list[Run]):
 
 def _removed(p: dict, dense_params: float | None) -> float | None:
     """Share of parameters removed against the dense baseline (so channel pruning counts too)."""
-    nonzero = p.get("nonzero_params")
-    if isinstance(nonzero, (int, float)) and dense_params:
-        return max(0.0, 1 - nonzero / dense_params)
+    removed = removed_share(p, dense_params)
+    if removed is not None:
+        return max(0.0, float(removed))
     sparsity = p.get("sparsity")
     return float(sparsity) if isinstance(sparsity, (int, float)) else None
 

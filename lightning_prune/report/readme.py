@@ -5,8 +5,8 @@ NAME is a dataset (its results table), ``DATASET-budget`` (the accuracy-budget t
 default ``--max-drop``), ``DATASET-stages`` (the 1b stages and their diagnostics) or ``handoff`` (the
 exports kept beside them).
 ``lightning-prune report --snapshot docs/results`` copies the runs the report shows into the
-repository (results.json and handoff.json only, small), ``--readme README.md`` rewrites the marked tables from them,
-and ``--check-readme`` fails when a table differs from what the kept results give.
+repository (results.json and handoff.json only, small), ``--readme README.md`` rewrites the marked
+tables from them, and ``--check-readme`` fails when a table differs from what the kept results give.
 """
 
 from __future__ import annotations
@@ -16,21 +16,13 @@ import shutil
 from pathlib import Path
 
 from lightning_prune.report import tables
-from lightning_prune.report.collect import Run, load_runs, seed_groups
+from lightning_prune.report.collect import Run, load_runs, run_version, seed_groups
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import RESULTS_FILE, atomic_write_bytes
 from lightning_prune.runs import GRID_SUFFIX
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
-
-
-def _version(path: Path) -> int:
-    """N of the ``version_N`` folder above ``path`` (-1 when there is none)."""
-    for part in reversed(path.parts):
-        if part.startswith("version_") and part[8:].isdigit():
-            return int(part[8:])
-    return -1
 
 
 def snapshot(groups: list[list[Run]], logs: Path, target: Path) -> list[Path]:
@@ -43,7 +35,7 @@ def snapshot(groups: list[list[Run]], logs: Path, target: Path) -> list[Path]:
         for run in group:
             copied.append(_copy(run.path, logs, target))
     for experiment in sorted({run.experiment for group in groups for run in group}):
-        exports = sorted((logs / experiment).glob(f"version_*/export/{HANDOFF_FILE}"), key=_version)
+        exports = sorted((logs / experiment).glob(f"version_*/export/{HANDOFF_FILE}"), key=run_version)
         if exports:
             copied.append(_copy(exports[-1], logs, target))
     return copied
