@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [g for g in args.grid if not 0 < g < 1]
     if bad:
         parser.error(f"--grid: sparsities must be in (0, 1), got {bad}")
+    if len({round(g, 6) for g in args.grid}) < len(args.grid):
+        parser.error(f"--grid: a target is given twice: {args.grid}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     started = time.perf_counter()

@@ -28,12 +28,23 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_prune.callbacks.profile import ProfileCallback
-from lightning_prune.callbacks.run import RunInfo
+from lightning_prune.callbacks.run import LastCheckpoint, RunInfo
 from lightning_prune.callbacks.unstructured import SensitivityScan
+from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.data import ImageDataModule
 from lightning_prune.errors import ConfigError
 from lightning_prune.module import ImageClassifier
-from lightning_prune.runs import VERSION_ENV, is_reference, new_run, read_checkpoint, resolve_reference
+from lightning_prune.names import callback_task
+from lightning_prune.references import is_reference, resolve
+from lightning_prune.runs import (
+    RUN_ENV,
+    Run,
+    check_checkpoint_folder,
+    check_experiment_name,
+    current_launch,
+    release,
+    reserve,
+)
 
 LOGGERS = {"TensorBoardLogger", "CSVLogger"}
 DEFAULT_LOGGER_NAMES = {None, "", "lightning_logs"}
@@ -105,9 +116,6 @@ def expand_configs(argv: list[str]) -> list[str]:
     return out
 
 
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID")
-
-
 def config_key(cfg: Any) -> str:
     """What a run computes, minus its seed and where it writes: runs with the same key differ only in seed."""
     settings = cfg.clone().as_dict()
@@ -120,19 +128,43 @@ def config_key(cfg: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _external_launch() -> bool:
-    """One process of a job started by torchrun, SLURM, by hand per node, or by Lightning's launcher.
+def config_task(cfg: Any) -> str | None:
+    """The task the config's pruning callback records (``baseline`` without one; None if it names none)."""
+    prune = cfg.get("prune")
+    if not prune:
+        return "baseline"
+    init_args = prune.get("init_args") or {}
+    return callback_task(prune.get("class_path"), init_args.get("method"))
 
-    No process of such a job reserves a version folder: each computes the next free version, and
-    none creates a folder before all of them have passed Lightning's setup barrier, so they agree.
-    """
-    return any(os.environ.get(k) not in (None, "") for k in DISTRIBUTED_ENV)
+
+def checkpoint_task(ckpt: dict) -> str | None:
+    """The task that pruned a checkpoint's model (``baseline`` when it holds no pruning at all)."""
+    recorded = (ckpt.get("pruning") or {}).get("task")
+    if recorded:
+        return recorded
+    masked = any(key.endswith("weight_mask") for key in (ckpt.get("state_dict") or {}))
+    return None if masked else "baseline"
+
+
+@dataclass
+class Session:
+    """One CLI call's run: reserved by this process (``created``) or joined, and whether it got past its checks."""
+
+    run: Run | None = None
+    created: bool = False
+    info: RunInfo | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.info is not None and self.info.started
 
 
 class PruneCLI(LightningCLI):
     """The data module's class count feeds the model, so YAML never states it twice."""
 
-    reserved: Path | None = None  # the log folder this process reserved, removed again if the run wrote nothing
+    def __init__(self, *args: Any, session: Session, **kwargs: Any) -> None:
+        self.session = session
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -148,31 +180,36 @@ class PruneCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Resolve ``--ckpt_path run:...`` and check the file before Lightning reads its hyperparameters."""
         self.sources: dict[str, str] = {}
+        self.checkpoint_task: str | None = None
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
         ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
         if ckpt_path not in (None, "last", "best", "hpc", "registry"):
             if is_reference(ckpt_path):
                 ckpt_path = cfg.ckpt_path = self._resolve("ckpt_path", ckpt_path, cfg.run.checkpoints)
-            read_checkpoint(ckpt_path, "ckpt_path")  # one line for a missing, truncated or foreign file
+            ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # one line for a missing, truncated or foreign file
             self.sources["ckpt_path"] = str(ckpt_path)
+            self.checkpoint_task = checkpoint_task(ckpt)
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        """Every check that needs no data runs here, before the run's folders exist."""
         cfg = self.config[self.subcommand]
         self.config_key = config_key(cfg)
         spec = cfg.run
         if not spec.experiment:
             raise ConfigError("run.experiment: name the experiment (e.g. --run.experiment=digits_baseline)")
-        env = os.environ.get(VERSION_ENV, "")
-        version = spec.version
-        if version is None and env.startswith(f"{spec.experiment}:"):
-            version = int(env.split(":", 1)[1])
-        run = new_run(spec.experiment, Path(spec.logs), Path(spec.checkpoints), version,
-                      reserve=not _external_launch())
-        os.environ[VERSION_ENV] = f"{run.experiment}:{run.version}"  # processes Lightning launches inherit it
-        PruneCLI.reserved = run.log_dir
-        self.run = run
+        check_experiment_name(spec.experiment)
+        if cfg.trainer.get("default_root_dir") is not None:
+            raise ConfigError("trainer.default_root_dir: a run's folders are set by --run.logs (logs, results, "
+                              "exports) and --run.checkpoints (checkpoints); use those instead")
+        if cfg.checkpoint.get("save_last"):
+            raise ConfigError("checkpoint.save_last: every fit writes last.ckpt itself (its newest weights, every "
+                              "epoch, whatever the monitor says); leave save_last unset")
+        self._check_resume_task(cfg)
+        if is_reference(cfg.model.pretrained):
+            cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
+        run = self._reserve(spec, cfg)
         cfg.trainer.default_root_dir = str(run.log_dir)
         self._place_logger(cfg, run)
         if cfg.checkpoint.dirpath not in (None, str(run.checkpoint_dir)):
@@ -181,16 +218,41 @@ class PruneCLI(LightningCLI):
                 "set run.checkpoints to move the root instead"
             )
         cfg.checkpoint.dirpath = str(run.checkpoint_dir)
-        if is_reference(cfg.model.pretrained):
-            cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
         print(f"run: {run.name} (logs {run.log_dir}, checkpoints {run.checkpoint_dir})", file=sys.stderr)
 
+    def _check_resume_task(self, cfg: Any) -> None:
+        """A checkpoint of task X is never resumed, tested or re-labelled under a config of task Y."""
+        ours, theirs = config_task(cfg), self.checkpoint_task
+        if self.sources.get("ckpt_path") and None not in (ours, theirs) and ours != theirs:
+            hint = (f" (a {ours} run starts from another run's model with model.pretrained, not --ckpt_path)"
+                    if theirs == "baseline" else "")
+            raise ConfigError(f"ckpt_path: the checkpoint was pruned by task {theirs!r} but the config is of task "
+                              f"{ours!r}; use a config of task {theirs!r}{hint}")
+
+    def _reserve(self, spec: Any, cfg: Any) -> Run:
+        """This process's run: a resume into its own version, the launch's version, or a new one."""
+        logs, checkpoints = Path(spec.logs), Path(spec.checkpoints)
+        resumed = Path(self.sources.get("ckpt_path", "")).parent
+        own = Run(spec.experiment, spec.version, logs, checkpoints) if spec.version is not None else None
+        launch = current_launch(spec.experiment)
+        if own is not None and self.subcommand == "fit" and resumed.resolve() == own.checkpoint_dir.resolve():
+            run, created = own, False  # a resume of that very run continues in its folders
+        else:
+            run, created = reserve(spec.experiment, logs, checkpoints, launch, spec.version)
+        self.session.run, self.session.created = run, created
+        os.environ[RUN_ENV] = f"{run.experiment}:{run.version}:{launch.id}"  # the processes Lightning starts
+        if self.subcommand == "fit" and launch.version is None:
+            check_checkpoint_folder(run)
+        return run
+
     def _resolve(self, option: str, ref: str, checkpoints: str) -> str:
-        path = str(resolve_reference(ref, checkpoints))
-        self.sources[option] = path
+        resolved = resolve(ref, checkpoints)
+        for note in resolved.notes:
+            print(f"note: {option}: {note}", file=sys.stderr)
+        self.sources[option] = str(resolved.path)
         self.sources[f"{option}_reference"] = ref
-        print(f"{option}: {ref} -> {path}", file=sys.stderr)
-        return path
+        print(f"{option}: {ref} -> {resolved.path}", file=sys.stderr)
+        return str(resolved.path)
 
     @staticmethod
     def _place_logger(cfg: Any, run: Any) -> None:
@@ -220,23 +282,26 @@ class PruneCLI(LightningCLI):
             init_args["version"] = run.version
 
     def instantiate_trainer(self, **kwargs: Any):
-        """Empty optional groups (``sweep``, ``prune``) add no callback; the run's identity is one."""
+        """Empty optional groups (``sweep``, ``prune``) add no callback; the run's identity and last.ckpt are added."""
         parser = self._parser(self.subcommand)
         callbacks = [c for c in (self._get(self.config_init, key) for key in parser.callback_keys) if c is not None]
-        callbacks.append(RunInfo(self.run, self.sources, self.config_key))
+        run = self.session.run
+        self.session.info = RunInfo(run, self.sources, self.config_key)
+        callbacks += [self.session.info, LastCheckpoint(run.checkpoint_dir)]  # the latter saves in fit only
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(trainer_config, callbacks)
 
 
 def run_cli(args: list[str] | None) -> None:
-    PruneCLI.reserved = None
+    session = Session()
     try:
-        PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True})
+        PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True}, session=session)
+    except BaseException:
+        if session.created and not session.started:
+            release(session.run)  # refused before training: nothing of it may look like a run
+        raise
     finally:
-        os.environ.pop(VERSION_ENV, None)
-        reserved = PruneCLI.reserved
-        if reserved is not None and reserved.is_dir() and not any(reserved.iterdir()):
-            reserved.rmdir()  # a run that stopped before writing anything leaves no empty version behind
+        os.environ.pop(RUN_ENV, None)
 
 
 def _subcommand(name: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune.errors import ConfigError
 from lightning_prune.models import scaled_channels, vgg16_bn
+from lightning_prune.models.vgg import VGG16_CHANNELS
 from lightning_prune.pruning.unstructured import restore_masks
 
 STAGES = ("train", "val", "test")
@@ -58,6 +58,9 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         if channels is None:
             channels = scaled_channels(width_multiplier)
+        if len(channels) != len(VGG16_CHANNELS) or any(isinstance(c, bool) or int(c) < 1 for c in channels):
+            raise ConfigError(f"model.channels: {len(VGG16_CHANNELS)} conv widths >= 1 (null: VGG16's times "
+                              f"width_multiplier), got {len(channels)}: {list(channels)}")
         self.save_hyperparameters(ignore=["pretrained"])
         self.hparams["channels"] = list(channels)
         self.model = vgg16_bn(num_classes, channels, pretrained, classifier_width)
@@ -138,8 +141,3 @@ class ImageClassifier(L.LightningModule):
                     "the checkpoint is of another class count or width (check data.dataset / model.channels)"
                 )
 
-
-def checkpoint_path_exists(path: str | Path | None) -> None:
-    """``--ckpt_path`` that names no file: say so before Lightning's traceback does."""
-    if path not in (None, "last", "best") and not Path(path).is_file():
-        raise ConfigError(f"ckpt_path: no such file {path}")

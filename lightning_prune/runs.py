@@ -2,27 +2,38 @@
 
 A run ``<experiment>/version_N`` owns ``logs/<experiment>/version_N/`` (TensorBoard events,
 results.json, masks, exports) and ``checkpoints/<experiment>/version_N/``. Later tasks name the run
-they build on (``run:<experiment>``) instead of a fixed file name, so a rerun is picked up.
-No Lightning imports: the CLI and the callbacks share this.
+they build on (``run:<experiment>``, :mod:`lightning_prune.references`) instead of a fixed file name.
+
+A version belongs to one launch. The first process of a launch claims it by renaming a folder that
+already holds the claim (``.launch.json``) into place, which is atomic, so two launches never share a
+version. The other processes of the same launch join it: those Lightning starts inherit it through
+``LIGHTNING_PRUNE_RUN`` in their environment, and those an external launcher starts (torchrun,
+SLURM, one command per node) find the claim of their launch (same master address, port and job id)
+and take their own rank's slot in it. No Lightning imports.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from lightning_prune.errors import ConfigError
 
-RUN_PREFIX = "run:"
-VERSION_ENV = "LIGHTNING_PRUNE_RUN_VERSION"
-LAST_CHECKPOINT = "last.ckpt"
-GRID_SUFFIX = re.compile(r"_t\d+$")  # the accuracy-budget grid's experiments: <experiment>_t<percent>
+RUN_ENV = "LIGHTNING_PRUNE_RUN"  # "<experiment>:<version>:<launch>", inherited by the processes Lightning starts
+LAUNCH_FILE = ".launch.json"
+JOIN_WINDOW_S = 1800.0  # processes of one launch start within this time of each other (the DDP init timeout)
+GRID_SUFFIX = re.compile(r"_t\d+(?:\.\d+)?$")  # the accuracy-budget grid's experiments: <experiment>_t<percent>
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_REFERENCE = re.compile(r"^(?P<name>[^/:]+)(?:/version_(?P<version>\d+))?(?::(?P<which>last|best))?$")
+_EXTERNAL = ("RANK", "NODE_RANK", "SLURM_PROCID", "WORLD_SIZE")
+_JOB_IDS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "LSB_JOBID", "PBS_JOBID")
 
 
 @dataclass(frozen=True)
@@ -51,9 +62,24 @@ class Run:
                 "checkpoint_dir": str(self.checkpoint_dir)}
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Which launch this process belongs to, and its slot in it.
+
+    Args:
+        id: Shared by every process of the launch, and by no other launch.
+        slot: This process's place in the launch (one per rank or node); None: it inherited its run.
+        version: The version a parent process reserved (inherited), else None.
+    """
+
+    id: str
+    slot: str | None = None
+    version: int | None = None
+
+
 def grid_experiment(experiment: str, target: float) -> str:
-    """The experiment of one accuracy-budget grid point: its own runs, never the base experiment's."""
-    return f"{experiment}_t{round(100 * target)}"
+    """The experiment of one accuracy-budget grid point (``_t90``, ``_t99.5``): its own runs, never another's."""
+    return f"{experiment}_t{round(100 * target, 6):g}"
 
 
 def check_experiment_name(name: str | None) -> str:
@@ -73,97 +99,109 @@ def versions(folder: Path) -> list[int]:
     return sorted(int(v) for v in found if v.isdigit())
 
 
-def new_run(experiment: str, logs_root: Path, checkpoints_root: Path, version: int | None = None,
-            reserve: bool = True) -> Run:
-    """The next free version of ``experiment`` (free under both roots), or the one given.
+def current_launch(experiment: str, env: Mapping[str, str] = os.environ) -> Launch:
+    """This process's launch: inherited from a parent, shared by an external launcher's ranks, or new."""
+    inherited = env.get(RUN_ENV, "").split(":")
+    if len(inherited) == 3 and inherited[0] == experiment and inherited[1].isdigit():
+        return Launch(inherited[2], None, int(inherited[1]))
+    if any(env.get(k) not in (None, "") for k in _EXTERNAL):
+        parts = [env.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", *_JOB_IDS)]
+        launch = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        for key, prefix in (("RANK", "rank"), ("SLURM_PROCID", "rank"), ("NODE_RANK", "node")):
+            if env.get(key, "").isdigit():
+                return Launch(launch, f"{prefix}{env[key]}")
+        return Launch(launch, "rank0")
+    return Launch(uuid.uuid4().hex, "rank0")
 
-    ``reserve`` creates the log folder at once (``mkdir`` is atomic, so two runs started together
-    get different versions). Processes of one distributed job must agree on the version: the
-    first one exports it in ``LIGHTNING_PRUNE_RUN_VERSION``, which the processes Lightning launches
-    inherit; processes started by an external launcher (torchrun, SLURM) do not reserve, and since
-    no folder is created before every rank has passed Lightning's setup barrier they all see the same
-    next free version.
+
+def _claim(folder: Path) -> dict:
+    try:
+        claim = json.loads((folder / LAUNCH_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return claim if isinstance(claim, dict) else {}
+
+
+def _take_slot(folder: Path, slot: str) -> bool:
+    try:
+        os.close(os.open(folder / f".slot-{slot}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _join(folder: Path, launch: Launch) -> int | None:
+    """A version of ``folder`` that this launch claimed recently and whose slot for this process is free."""
+    for version in versions(folder):
+        run_dir = folder / f"version_{version}"
+        claim = _claim(run_dir)
+        fresh = time.time() - float(claim.get("created", 0)) < JOIN_WINDOW_S
+        if claim.get("launch") == launch.id and fresh and _take_slot(run_dir, launch.slot or "rank0"):
+            return version
+    return None
+
+
+def _mkdirs(path: Path, option: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option}: cannot create {path} ({err.strerror or type(err).__name__})") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: {path} is not writable")
+
+
+def reserve(experiment: str, logs_root: Path, checkpoints_root: Path, launch: Launch,
+            version: int | None = None) -> tuple[Run, bool]:
+    """The run this process belongs to, and whether this process created its log folder.
+
+    The version is the next one free under both roots, or ``version``; either way a version that
+    another launch created is never reused (``version`` naming one is an error).
     """
     check_experiment_name(experiment)
-    if version is None and os.environ.get(VERSION_ENV, "").isdigit():
-        version = int(os.environ[VERSION_ENV])
-    if version is not None:
-        if isinstance(version, bool) or version < 0:
-            raise ConfigError(f"run.version must be an integer >= 0 or null (next free), got {version}")
-        return Run(experiment, version, logs_root, checkpoints_root)
+    if version is not None and (isinstance(version, bool) or version < 0):
+        raise ConfigError(f"run.version must be an integer >= 0 or null (next free), got {version}")
+    if launch.version is not None:
+        return Run(experiment, launch.version, logs_root, checkpoints_root), False
+    folder = logs_root / experiment
+    _mkdirs(folder, "run.logs")
     while True:
-        taken = versions(logs_root / experiment) + versions(checkpoints_root / experiment)
-        run = Run(experiment, max(taken, default=-1) + 1, logs_root, checkpoints_root)
-        if not reserve:
-            return run
+        joined = _join(folder, launch)
+        if joined is not None:
+            if version is not None and joined != version:
+                raise ConfigError(f"run.version={version}: the other processes of this launch use version_{joined}")
+            return Run(experiment, joined, logs_root, checkpoints_root), False
+        taken = versions(folder) + versions(checkpoints_root / experiment)
+        target = max(taken, default=-1) + 1 if version is None else version
+        if version is not None and version in taken:
+            raise ConfigError(
+                f"run.version={version}: {experiment}/version_{version} exists already and belongs to another run; "
+                "leave run.version unset for the next free version (a resume of that run names its checkpoint "
+                "in --ckpt_path)"
+            )
+        staging = folder / f".reserving-{uuid.uuid4().hex}"
+        staging.mkdir()
+        claim = {"launch": launch.id, "created": time.time(), "pid": os.getpid()}
+        (staging / LAUNCH_FILE).write_text(json.dumps(claim) + "\n")
+        _take_slot(staging, launch.slot or "rank0")
         try:
-            run.log_dir.mkdir(parents=True)
-            return run
-        except FileExistsError:
-            continue
+            os.rename(staging, folder / f"version_{target}")  # atomic; fails when another run holds that version
+            return Run(experiment, target, logs_root, checkpoints_root), True
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def is_reference(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(RUN_PREFIX)
-
-
-def resolve_reference(ref: str, checkpoints_dir: str | Path = "checkpoints") -> Path:
-    """The checkpoint a run reference names; a plain path is returned as it is.
-
-    ``run:<experiment>``: ``last.ckpt`` of the experiment's newest version that has one.
-    ``run:<experiment>/version_N``: that version. A ``:best`` suffix picks the best checkpoint the
-    run's ``ModelCheckpoint`` recorded (by its monitored metric) instead of the last one.
-    """
-    if not is_reference(ref):
-        return Path(ref)
-    match = _REFERENCE.match(ref[len(RUN_PREFIX):])
-    if not match:
-        raise ConfigError(
-            f"{ref}: a run reference is run:<experiment>[/version_N][:last|:best], e.g. run:digits_baseline"
-        )
-    name, version, which = match["name"], match["version"], match["which"] or "last"
-    folder = Path(checkpoints_dir) / name
-    done = [v for v in versions(folder) if (folder / f"version_{v}" / LAST_CHECKPOINT).is_file()]
-    if not done:
-        known = sorted(p.name for p in Path(checkpoints_dir).iterdir() if p.is_dir()) if Path(
-            checkpoints_dir).is_dir() else []
-        raise ConfigError(
-            f"{ref}: no finished run of experiment {name!r} under {checkpoints_dir}/ "
-            f"(experiments there: {', '.join(known) or 'none'}); run that task first"
-        )
-    if version is None:
-        version = done[-1]
-    elif int(version) not in done:
-        raise ConfigError(f"{ref}: {name} has no version_{version} with a {LAST_CHECKPOINT} "
-                          f"(finished versions: {', '.join(map(str, done))})")
-    last = folder / f"version_{int(version)}" / LAST_CHECKPOINT
-    return last if which == "last" else best_checkpoint(last, ref)
-
-
-def best_checkpoint(last: Path, ref: str) -> Path:
-    """The best model path that the ModelCheckpoint state in ``last`` recorded."""
-    state = read_checkpoint(last, ref)
-    for key, value in (state.get("callbacks") or {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-            best = Path(value["best_model_path"])
-            if best.is_file():
-                return best
-    raise ConfigError(f"{ref}: the run recorded no best checkpoint (no monitored metric); use :last")
-
-
-def read_checkpoint(path: str | Path, option: str = "ckpt_path", weights_only: bool = False) -> dict:
-    """``torch.load`` of a checkpoint or state dict, with any failure turned into one line naming the file.
-
-    ``weights_only`` refuses pickled code (use it for files from elsewhere, such as pretrained weights).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{option}: no such file {path}")
+def check_checkpoint_folder(run: Run) -> None:
+    """Create the run's checkpoint folder and write into it once, so a bad ``run.checkpoints`` fails before training."""
+    _mkdirs(run.checkpoint_dir, "run.checkpoints")
+    probe = run.checkpoint_dir / f".write-check-{os.getpid()}"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # noqa: BLE001 - pickle, zip and torch raise many types for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{option}: {path} is not a readable checkpoint ({type(err).__name__}: {first})") from err
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{option}: {path} holds a {type(obj).__name__}, not a checkpoint or state dict")
-    return obj
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run.checkpoints: cannot write to {run.checkpoint_dir} ({err.strerror})") from err
+
+
+def release(run: Run) -> None:
+    """Remove a refused run's folders: it trained nothing, so nothing of it may look like a run."""
+    for folder in (run.log_dir, run.checkpoint_dir):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -13,8 +13,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_prune.callbacks.run import LastCheckpoint
+from lightning_prune.checkpoint_io import mark_finished
 from lightning_prune.data import ImageDataModule
 from lightning_prune.export import (
     ExportError,
@@ -40,6 +41,7 @@ from lightning_prune.report.handoff import handoff_section, handoff_table
 from tests.conftest import TINY_CLASSIFIER, TINY_WIDTH
 
 EXPERIMENT = "tiny_unstructured"
+VARIANT = f"{EXPERIMENT}_v0"  # an export names each run by experiment and version
 SPARSITY = 0.6
 
 
@@ -75,9 +77,10 @@ def run_dirs(tmp_path_factory, digits) -> dict[str, Path]:
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, num_sanity_val_steps=0,
         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-        callbacks=[PruneAtFitStart(), ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
+        callbacks=[PruneAtFitStart(), LastCheckpoint(ckpt_dir)],
     )
     trainer.fit(module, digits)
+    mark_finished(ckpt_dir)  # what the CLI's run identity does when a fit ends normally
     argv = ["--run", f"run:{EXPERIMENT}", "--checkpoints", str(root / "checkpoints"), "--logs", str(root / "logs"),
             "--quantize", "--eval-batches", "2", "--calibration-images", "64", "--latency-batches", "2",
             "--threads", "1"]
@@ -101,18 +104,18 @@ def test_checkpoint_holds_masks_and_loads_without_lightning(run_dirs):
 def test_cli_writes_every_file_and_handoff_json(run_dirs):
     out = run_dirs["out"]
     names = {p.name for p in out.iterdir()}
-    assert {f"{EXPERIMENT}{s}" for s in (".json", ".pt", ".onnx", ".int8.pt")} <= names
+    assert {f"{VARIANT}{s}" for s in (".json", ".pt", ".onnx", ".int8.pt")} <= names
     assert {"handoff.json", "handoff.md"} <= names
     doc = json.loads((out / "handoff.json").read_text())
     (entry,) = doc["variants"]
-    assert entry["variant"] == EXPERIMENT and entry["method"] == "unstructured"
+    assert entry["variant"] == VARIANT and entry["method"] == "unstructured"
     assert entry["eval_images"] == 64 and entry["batch_size"] == 32
     assert entry["sparsity"] == pytest.approx(SPARSITY, abs=0.01)
     for key in ("float_top1", "int8_top1", "onnx_top1"):
         assert 0 <= entry[key] <= 100
     assert entry["onnx_top1"] == entry["float_top1"]
     assert entry["onnx_latency_ms"] > 0 and entry["int8_latency_ms"] > 0
-    assert entry["onnx_size_mb"] == pytest.approx((out / f"{EXPERIMENT}.onnx").stat().st_size / 1e6)
+    assert entry["onnx_size_mb"] == pytest.approx((out / f"{VARIANT}.onnx").stat().st_size / 1e6)
     # int8 weights: about a quarter of the float file (scales, BN folded, pickling overhead on top)
     assert entry["int8_size_mb"] < 0.6 * entry["float_size_mb"]
     onnx_match = entry["outputs_match"]["onnx"]
@@ -120,9 +123,9 @@ def test_cli_writes_every_file_and_handoff_json(run_dirs):
     assert entry["outputs_match"]["state_dict"]["max_abs_diff"] == 0.0
     assert entry["int8"]["calibration_images"] == 64 and entry["int8"]["backend"] in ("x86", "fbgemm", "qnnpack")
     assert entry["int8"]["zeros_preserved"] and entry["int8"]["int8_zeros"] >= entry["int8"]["float_zeros"] > 0
-    arch = read_sidecar(out / f"{EXPERIMENT}.json")["architecture"]
+    arch = read_sidecar(out / f"{VARIANT}.json")["architecture"]
     assert entry["macs"] == count_macs(vgg16_bn(arch["num_classes"], arch["channels"], False, arch["classifier_width"]))
-    sidecar = read_sidecar(out / f"{EXPERIMENT}.onnx")
+    sidecar = read_sidecar(out / f"{VARIANT}.onnx")
     assert sidecar["metadata"]["source_checkpoint"] == str(run_dirs["ckpt"])
     assert sidecar["metadata"]["accuracy"]["float_top1"] == entry["float_top1"]
     assert sidecar["metadata"]["dataset"] == "digits" and len(sidecar["metadata"]["preprocessing"]["mean"]) == 3
@@ -130,7 +133,7 @@ def test_cli_writes_every_file_and_handoff_json(run_dirs):
 
 def test_masks_are_folded_to_exact_zeros(run_dirs):
     raw = torch.load(run_dirs["ckpt"], weights_only=False)["state_dict"]
-    plain = torch.load(run_dirs["out"] / f"{EXPERIMENT}.pt", weights_only=True)
+    plain = torch.load(run_dirs["out"] / f"{VARIANT}.pt", weights_only=True)
     assert not any(k.endswith(("_orig", "_mask")) for k in plain)
     for name in prunable_modules(VGG(10, [4] * 13, 4)):
         mask = raw[f"model.{name}.weight_mask"].bool()
@@ -144,7 +147,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run_dirs, digits):
     import onnxruntime as ort
 
     ck = load_checkpoint_model(run_dirs["ckpt"])
-    session = ort.InferenceSession(str(run_dirs["out"] / f"{EXPERIMENT}.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(run_dirs["out"] / f"{VARIANT}.onnx"), providers=["CPUExecutionProvider"])
     x, _ = next(iter(digits.test_dataloader()))
     for batch in (x, x[:7]):  # the batch axis is dynamic
         logits = torch.from_numpy(session.run(None, {"input": batch.numpy()})[0])
@@ -156,8 +159,8 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run_dirs, digits):
 
 
 def test_int8_file_keeps_zeros_and_widths(run_dirs):
-    float_model = load_state_dict_model(run_dirs["out"] / f"{EXPERIMENT}.pt")
-    qmodel = load_int8(run_dirs["out"] / f"{EXPERIMENT}.int8.pt")
+    float_model = load_state_dict_model(run_dirs["out"] / f"{VARIANT}.pt")
+    qmodel = load_int8(run_dirs["out"] / f"{VARIANT}.int8.pt")
     weights = int8_weights(qmodel)
     for name, layer in prunable_modules(float_model).items():
         zero = layer.weight == 0
@@ -174,7 +177,7 @@ def test_handoff_table_and_report_section(run_dirs):
               "latency float / int8 (PyTorch) | outputs match |")
     assert lines[0].startswith("## ") and header in lines
     entry = json.loads((run_dirs["out"] / "handoff.json").read_text())["variants"][0]
-    row = next(line for line in lines if line.startswith(f"| {EXPERIMENT} |"))
+    row = next(line for line in lines if line.startswith(f"| {VARIANT} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{entry['float_top1']:.2f}" and cells[2] == f"{entry['int8_top1']:.2f}"
     assert cells[3] == f"{entry['int8_size_mb']:.2f} MB" and cells[4] == f"{entry['onnx_size_mb']:.2f} MB"

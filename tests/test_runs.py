@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_prune.checkpoint_io import FINISHED_FILE
 from lightning_prune.cli import expand_configs, main
 from lightning_prune.errors import ConfigError
+from lightning_prune.references import resolve_reference
 from lightning_prune.report.cli import main as report_main
-from lightning_prune.runs import new_run, resolve_reference
+from lightning_prune.runs import current_launch, reserve
 from tests.conftest import last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -36,17 +38,18 @@ def _results(tmp_path: Path, experiment: str, version: int = 0) -> dict:
 
 def test_versions_never_collide_and_references_pick_the_newest(tmp_path):
     logs, ckpts = tmp_path / "logs", tmp_path / "checkpoints"
-    first, second = new_run("exp", logs, ckpts), new_run("exp", logs, ckpts)
-    assert (first.version, second.version) == (0, 1) and first.log_dir.is_dir() and second.log_dir.is_dir()
+    (first, made), (second, _) = (reserve("exp", logs, ckpts, current_launch("exp", {})) for _ in range(2))
+    assert (first.version, second.version, made) == (0, 1, True) and first.log_dir.is_dir() and second.log_dir.is_dir()
     for run in (first, second):
         run.checkpoint_dir.mkdir(parents=True)
         (run.checkpoint_dir / "last.ckpt").write_bytes(b"x")
+        (run.checkpoint_dir / FINISHED_FILE).write_text("{}")
     (ckpts / "exp" / "version_2").mkdir()  # a run that never saved: not a candidate
     assert resolve_reference("run:exp", ckpts) == second.checkpoint_dir / "last.ckpt"
     assert resolve_reference("run:exp/version_0", ckpts) == first.checkpoint_dir / "last.ckpt"
     assert resolve_reference("plain/path.ckpt", ckpts) == Path("plain/path.ckpt")
     for ref, words in (("run:nope", ["no finished run of experiment 'nope'", "exp"]),
-                       ("run:exp/version_7", ["no version_7", "0, 1"]),
+                       ("run:exp/version_7", ["no version_7", "versions with one: 0, 1"]),
                        ("run:exp:newest", ["run:<experiment>[/version_N][:last|:best]"])):
         with pytest.raises(ConfigError) as err:
             resolve_reference(ref, ckpts)
@@ -77,6 +80,9 @@ def test_a_rerun_baseline_is_the_one_the_next_task_prunes(tmp_path, monkeypatch)
     # The run's own artifacts sit in its folders and nowhere else.
     logs, ckpts = (tmp_path / root / "tiny_unstructured" / "version_0" for root in ("logs", "checkpoints"))
     assert Path(results["artifacts"]["checkpoint"]).parent == ckpts
+    measured = results["checkpoint"]  # the file these figures describe: the fit's final last.ckpt
+    assert measured["path"] == results["artifacts"]["checkpoint"] and measured["finished"] is True
+    assert measured["epoch"] == 0 and len(measured["sha256"]) == 64
     assert Path(results["artifacts"]["sparse_coo"]).parent == logs
     assert list(logs.glob("events.out.tfevents.*"))
 
@@ -110,7 +116,7 @@ def test_a_resumed_checkpoint_keeps_its_method_and_target(tmp_path, monkeypatch,
     assert main(["fit", "--config", SNIP, *args]) == 0
     ckpt = last_checkpoint(tmp_path, "tiny_snip")
     assert torch.load(ckpt, weights_only=False)["pruning"]["method"] == "snip"
-    for option, words in (("--prune.method=grasp", ["method='snip'", "method='grasp'"]),
+    for option, words in (("--prune.method=grasp", ["task 'snip'", "task 'grasp'"]),
                           ("--prune.target_sparsity=0.5", ["target_sparsity=0.9", "target_sparsity=0.5"])):
         argv = ["fit", "--config", SNIP, f"--ckpt_path={ckpt}", *args, "--trainer.max_epochs=2", option]
         err = run_cli_expecting_error(argv, capsys)
@@ -123,13 +129,15 @@ def test_testing_a_pruned_checkpoint_records_its_real_task(tmp_path, monkeypatch
             "--prune.samples=200"]
     assert main(["fit", "--config", CHANNEL, *args]) == 0
     ckpt = last_checkpoint(tmp_path, "tiny_channel")
-    assert main(["test", "--config", BASELINE, f"--ckpt_path={ckpt}", *_tiny(tmp_path, "tested")]) == 0
+    tested = [f"--ckpt_path={ckpt}", *_tiny(tmp_path, "tested"), "--model.pretrained=false"]
+    assert main(["test", "--config", CHANNEL, *tested]) == 0
     results = _results(tmp_path, "tested")
     assert results["task"] == "channel" and results["pruning"]["method"] == "lasso"
     assert [m["variant"] for m in results["models"]] == ["channel-pruned"]
-    err = run_cli_expecting_error(["test", "--config", BASELINE, f"--ckpt_path={ckpt}",
-                                   *_tiny(tmp_path, "tested"), "--profile.task=baseline"], capsys)
+    err = run_cli_expecting_error(["test", "--config", CHANNEL, *tested, "--profile.task=baseline"], capsys)
     assert "profile.task='baseline'" in err and "'channel'" in err
+    err = run_cli_expecting_error(["test", "--config", BASELINE, *tested], capsys)  # never re-labelled
+    assert "pruned by task 'channel' but the config is of task 'baseline'" in err
 
 
 def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys):
@@ -153,7 +161,7 @@ def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypa
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and all(w in lines[0] for w in words) and "Traceback" not in err, err[-1500:]
     assert not (tmp_path / "logs" / "bad").exists() or not any((tmp_path / "logs" / "bad").iterdir())
-    assert not (tmp_path / "checkpoints" / "bad").exists()
+    assert not (tmp_path / "checkpoints" / "bad").exists() or not any((tmp_path / "checkpoints" / "bad").iterdir())
 
 
 def test_a_truncated_cifar_batch_is_one_line(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.callbacks.profile import profile_entry, record
-from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, resume_path, run_dir
+from lightning_prune.callbacks.run import final_checkpoint, from_rank_zero, on_rank_zero, resume_path, run_dir
+from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.errors import ConfigError
 from lightning_prune.models import vgg16_bn
 from lightning_prune.models.vgg import VGG
@@ -37,7 +38,6 @@ from lightning_prune.pruning.channel import (
 )
 from lightning_prune.pruning.layers import count_parameters
 from lightning_prune.results import atomic_write_bytes
-from lightning_prune.runs import read_checkpoint
 
 TASK = "channel"
 CSV_FILE = "channels.csv"
@@ -218,7 +218,7 @@ class ChannelPruning(L.Callback):
             on_rank_zero(trainer, lambda: self._export(trainer, pl_module))
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
+        ckpt = final_checkpoint(trainer)
         entry = profile_entry(pl_module.model, "channel-pruned", trainer, pl_module.device, checkpoint=ckpt)
         dense = self.dense_channels or self.channels
         _annotate(entry, pl_module.model.channels, dense, self.layers)

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_prune import results as R
-from lightning_prune.callbacks.run import on_rank_zero, run_dir, run_info
+from lightning_prune.callbacks.run import measured_checkpoint, on_rank_zero, run_dir, run_info
 from lightning_prune.errors import ConfigError
 from lightning_prune.profiling import ProfileSettings, evaluate, profile_model
 from lightning_prune.profiling.profile import take_batches
@@ -88,6 +88,9 @@ def record(trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[s
     pruning = getattr(trainer.lightning_module, "pruning", None)
     if pruning:
         results["pruning"] = dict(pruning)
+    checkpoint = measured_checkpoint(trainer)
+    if checkpoint is not None:
+        results["checkpoint"] = checkpoint
     for entry in entries:
         R.upsert_model(results, entry)
     results["artifacts"].update(artifacts or {})

@@ -10,7 +10,16 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_prune.checkpoint_io import (
+    LAST_CHECKPOINT,
+    checkpoint_record,
+    from_finished_run,
+    mark_finished,
+    unmark_finished,
+)
+from lightning_prune.errors import ConfigError
 from lightning_prune.results import atomic_write_bytes
 from lightning_prune.runs import Run
 
@@ -37,6 +46,32 @@ class RunInfo(L.Callback):
         self.sources = dict(sources or {})
         self.config_key = config_key
         self.checksums: list[str] = []
+        self.started = False  # the run got past its checks: a failure from here on keeps its folders
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Every process of the launch must write into the same run (the version is chosen before they connect)."""
+        chosen = gather(trainer, self.run.version)
+        if len(set(chosen)) > 1:
+            raise ConfigError(
+                f"run.version: the processes of this launch chose different versions ({chosen}); start them together "
+                "or give every node the same --run.version"
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+        if trainer.is_global_zero:
+            unmark_finished(self.run.checkpoint_dir)  # a resume into its own version trains again
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = self.started or not trainer.sanity_checking
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The fit ended normally: its final ``last.ckpt`` is the run's model from now on."""
+        if trainer.is_global_zero and (self.run.checkpoint_dir / LAST_CHECKPOINT).is_file():
+            mark_finished(self.run.checkpoint_dir)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Every rank must end training with the same parameters, masks and widths: checked, not assumed."""
@@ -51,6 +86,50 @@ class RunInfo(L.Callback):
         """What results.json says about the processes that ran."""
         return {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
                 "strategy": type(trainer.strategy).__name__, "state_checksums": list(self.checksums)}
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the newest weights, rewritten after every training epoch (after its validation).
+
+    Lightning 2.6's ``save_last`` writes ``last.ckpt`` only when a top-k checkpoint is saved in the
+    same step, so with a monitor it can hold an earlier epoch than the final one. This callback has
+    no monitor, so it saves every epoch whatever the metrics say, and once more at the end of
+    training if the last steps were not saved yet. ``run:`` references and exports read this file.
+
+    Args:
+        dirpath: The run's checkpoint folder.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(dirpath=dirpath, filename=Path(LAST_CHECKPOINT).stem, monitor=None, save_top_k=1,
+                         save_last=False, enable_version_counter=False, save_on_train_epoch_end=True)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath or ".") / LAST_CHECKPOINT
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step and self._last_global_step_saved != trainer.global_step:
+            trainer.save_checkpoint(self.path)
+            self._last_global_step_saved = trainer.global_step
+
+
+def final_checkpoint(trainer: L.Trainer) -> str | None:
+    """The ``last.ckpt`` a fit wrote (its final model at fit end), or None without a :class:`LastCheckpoint`."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    return str(callback.path) if callback is not None and callback.path.is_file() else None
+
+
+def measured_checkpoint(trainer: L.Trainer) -> dict[str, Any] | None:
+    """The file whose model a result measures: a fit's final ``last.ckpt``, or the checkpoint ``test`` loaded.
+
+    Path, SHA-256, epoch and step, and whether it comes from a fit that finished (None: not a run's file).
+    """
+    fitting = trainer.state.fn == "fit"
+    path = final_checkpoint(trainer) if fitting else trainer.ckpt_path
+    if not path or not Path(path).is_file():
+        return None
+    return {**checkpoint_record(path), "finished": True if fitting else from_finished_run(path)}
 
 
 def run_info(trainer: L.Trainer) -> RunInfo | None:

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import results as R
 from lightning_prune.callbacks.profile import record
-from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, run_dir
+from lightning_prune.callbacks.run import final_checkpoint, from_rank_zero, on_rank_zero, run_dir
 from lightning_prune.callbacks.unstructured import export_and_profile_sparse
 from lightning_prune.errors import ConfigError
 from lightning_prune.pruning.layers import prunable_modules
@@ -263,7 +263,7 @@ class StagedPruning(L.Callback):
             on_rank_zero(trainer, lambda: self._export(trainer, pl_module, notes, achieved))
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, notes: list[str], achieved: float) -> None:
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
+        ckpt = final_checkpoint(trainer)
         entries, artifacts = export_and_profile_sparse(trainer, pl_module.model, pl_module.device, ckpt)
         if ckpt:
             artifacts["checkpoint"] = ckpt

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks.profile import profile_entry, record
-from lightning_prune.callbacks.run import from_rank_zero, on_rank_zero, run_dir
+from lightning_prune.callbacks.run import final_checkpoint, from_rank_zero, on_rank_zero, run_dir
 from lightning_prune.errors import ConfigError
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.sensitivity import (
@@ -338,7 +338,7 @@ class MagnitudePruning(L.Callback):
             on_rank_zero(trainer, lambda: self._export(trainer, pl_module))
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
+        ckpt = final_checkpoint(trainer)
         entries, artifacts = export_and_profile_sparse(trainer, pl_module.model, pl_module.device, ckpt)
         if self.dense_entry is not None:
             entries.insert(0, self.dense_entry)

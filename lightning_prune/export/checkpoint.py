@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG, scaled_channels
 from lightning_prune.models.vgg import POOL_AFTER, VGG16_CHANNELS
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import is_masked, restore_masks
-from lightning_prune.runs import read_checkpoint
 
 MODEL_PREFIX = "model."
 # Pruning callbacks whose state in a checkpoint names the task that produced it.

@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
+from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
 from lightning_prune.errors import ConfigError
 from lightning_prune.export.artifact import update_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
 from lightning_prune.export.errors import ExportError
 from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint, handoff_figures
+from lightning_prune.export.publish import check_out, discard, publish, staging
 from lightning_prune.results import atomic_write_bytes
 
 HANDOFF_FILE = "handoff.json"
@@ -79,14 +81,27 @@ def _formats(values: list[str] | None) -> list[str]:
 
 
 def _checkpoint(ref: str, checkpoints: str) -> Path:
-    if not ref.startswith("run:"):
-        return Path(ref)
-    from lightning_prune.runs import resolve_reference
+    from lightning_prune.references import resolve
 
     try:
-        return resolve_reference(ref, checkpoints_dir=checkpoints)
+        resolved = resolve(ref, checkpoints_dir=checkpoints)
     except ConfigError as err:
         raise ExportError(f"--run: {err}") from err
+    for note in resolved.notes:
+        print(f"note: --run: {note}", file=sys.stderr)
+    return resolved.path
+
+
+def variant_name(path: Path) -> str:
+    """``<experiment>_v<N>`` for a run's ``last.ckpt`` (``_<stem>`` added for its other checkpoints), else the stem.
+
+    Two runs never share a name, so exports of several runs (or versions) into one folder never mix.
+    """
+    experiment, version = _run_parts(path)
+    if version is None:
+        return experiment
+    name = f"{experiment}_v{version.removeprefix('version_')}"
+    return name if path.stem == "last" else f"{name}_{path.stem}"
 
 
 def _run_parts(path: Path) -> tuple[str, str | None]:
@@ -108,23 +123,38 @@ def default_out(path: Path, logs: Path) -> Path:
 
 
 def recorded(path: Path, logs: Path) -> dict[str, Any]:
-    """Task and test accuracy that the run's results.json recorded for this checkpoint, if any."""
-    experiment, version = _run_parts(path)
-    folder = logs / experiment
-    found = sorted((folder / version).glob("results.json") if version else folder.glob("version_*/results.json"))
-    for results_path in reversed(found):
+    """What the experiment's results.json files say about this exact file (same path and SHA-256).
+
+    ``measured_in``: the results.json whose figures describe this file; ``recorded_accuracy``: its
+    test accuracy. A results.json that names the path with another hash measured an earlier content
+    of it; the export says so rather than pass those figures on.
+    """
+    record = checkpoint_record(path)
+    experiment, _ = _run_parts(path)
+    info: dict[str, Any] = {"checkpoint": {**record, "finished": from_finished_run(path)}, "measured_in": None}
+    for results_path in sorted((logs / experiment).glob("version_*/results.json"), reverse=True):
         try:
             results = json.loads(results_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            measured = results.get("checkpoint") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
             continue
-        for entry in results.get("models", []):
-            ckpt = entry.get("checkpoint")
-            if ckpt and Path(ckpt).resolve() == path.resolve():
-                return {"task": results.get("task"), "recorded_accuracy": entry.get("accuracy"),
-                        "recorded_in": str(results_path)}
-        if version and results.get("task"):
-            return {"task": results["task"], "recorded_in": str(results_path)}
-    return {}
+        if not measured.get("path") or Path(measured["path"]).resolve() != path.resolve():
+            continue
+        if measured.get("sha256") != record["sha256"]:
+            info.setdefault("notes", []).append(
+                f"{results_path} measured another content of {path} (epoch {measured.get('epoch')}); "
+                "its figures are not this file's")
+            continue
+        entry = next((m for m in results.get("models", []) if isinstance(m, dict)), {})
+        pruned = [m for m in results.get("models", []) if isinstance(m, dict) and m.get("variant") != "dense"]
+        info.update(task=results.get("task"), measured_in=str(results_path),
+                    recorded_accuracy=(pruned[0] if pruned else entry).get("accuracy"))
+        break
+    if info["measured_in"] is None:
+        info.setdefault("notes", []).append(f"no results.json under {logs / experiment} measured {path}")
+    if info["checkpoint"]["finished"] is False:
+        info.setdefault("notes", []).append(f"{path} is from a run that did not finish")
+    return info
 
 
 def datamodule(args: argparse.Namespace, ck: CheckpointModel):
@@ -172,7 +202,11 @@ def _take(loader, images: int | None = None, batches: int | None = None) -> list
 
 
 def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str]) -> dict[str, Any]:
-    """Export the checkpoint ``path`` (named ``ref`` on the command line) into ``out``; returns its handoff entry."""
+    """Export the checkpoint ``path`` (named ``ref`` on the command line) into ``out``; returns its handoff entry.
+
+    The files are written into a staging folder of ``out`` and stay there (``figures["staging"]``)
+    until :func:`main` publishes every variant at once.
+    """
     ck = load_checkpoint_model(path, "--run")
     dm = datamodule(args, ck)
     dm.setup("test")
@@ -183,22 +217,29 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
         calibration = list(images[: args.calibration_images].split(dm.batch_size))
     mean, std = dm.mean_std()
     info = recorded(path, args.logs)
+    for note in info.pop("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     metadata = {
         "dataset": dm.dataset,
         "preprocessing": {"input": "float32 NCHW RGB 32x32, pixels scaled to [0, 1], then (x - mean) / std",
                           "mean": list(mean), "std": list(std)},
         **info,
     }
-    variant = _run_parts(path)[0]
+    variant = variant_name(path)
     print(f"export: {ref} -> {out}/{variant}.* ({', '.join(formats)}{', int8' if args.quantize else ''})",
           file=sys.stderr)
-    result = export_checkpoint(ck, out, formats, test[0][0], variant, metadata, calibration, args.atol)
-    latency = [x for x, _ in test[: max(1, args.latency_batches)]]
-    figures = handoff_figures(result, test, latency)
-    figures["dataset"] = dm.dataset
-    figures["reference"] = ref
-    measured = {k: figures.get(k) for k in ("float_top1", "int8_top1", "onnx_top1") if k in figures}
-    update_sidecar(result.files["sidecar"], {"accuracy": {"test_images": figures["eval_images"], **measured}})
+    stage = staging(out, variant)
+    try:
+        result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration, args.atol)
+        latency = [x for x, _ in test[: max(1, args.latency_batches)]]
+        figures = handoff_figures(result, test, latency)
+        measured = {k: figures.get(k) for k in ("float_top1", "int8_top1", "onnx_top1") if k in figures}
+        update_sidecar(result.files["sidecar"], {"accuracy": {"test_images": figures["eval_images"], **measured}})
+    except BaseException:
+        discard(stage)
+        raise
+    figures.update(dataset=dm.dataset, reference=ref, checkpoint=info["checkpoint"], measured_in=info["measured_in"],
+                   staging=stage)
     return figures
 
 
@@ -255,13 +296,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's count
         paths = [_checkpoint(ref, args.checkpoints) for ref in args.run]
-        names = [_run_parts(p)[0] for p in paths]
+        names = [variant_name(p) for p in paths]
         if len(set(names)) < len(names):
             raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")
         if args.out is None and len(paths) > 1:
             raise ExportError("--out: name one folder when exporting several runs")
-        out = args.out or default_out(paths[0], args.logs)
-        entries = [export_run(args, ref, p, out, formats) for ref, p in zip(args.run, paths)]
+        out = check_out(args.out or default_out(paths[0], args.logs))
+        entries: list[dict[str, Any]] = []
+        try:
+            for ref, p in zip(args.run, paths):
+                entries.append(export_run(args, ref, p, out, formats))
+        except BaseException:
+            for entry in entries:
+                discard(entry["staging"])
+            raise
+        for entry in entries:  # every variant checked: only now do their files replace the earlier ones
+            moved = publish(entry.pop("staging"), out, entry["variant"])
+            entry["files"] = {k: str(moved.get(v, v)) for k, v in entry["files"].items()}
         path = write_handoff(out, entries, argv)
     except ConfigError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -38,7 +38,7 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A local state dict, or a Lightning checkpoint whose ``model.`` keys hold one."""
-    from lightning_prune.runs import read_checkpoint
+    from lightning_prune.checkpoint_io import read_checkpoint
 
     obj = read_checkpoint(path, "model.pretrained", weights_only=True)
     if "state_dict" in obj:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lightning_prune.report import plots, readme, tables
-from lightning_prune.report.collect import Run, load_runs, seed_groups
+from lightning_prune.report.collect import Run, load_runs, seed_groups, unfinished, without_seed
 from lightning_prune.report.handoff import handoff_section
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
@@ -111,8 +111,10 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
     runs = load_runs(logs, unreadable)
     check_references(runs, references, logs)
     groups = seed_groups(runs)
-    chosen = runs if all_runs else [merge_runs(group) for group in groups]
-    shown = len(runs) if all_runs else sum(len(group) for group in groups)
+    chosen = [r for r in runs if r.finished] if all_runs else [merge_runs(group) for group in groups]
+    shown = len(chosen) if all_runs else sum(len(group) for group in groups)
+    set_apart = [(r, "its model comes from a fit that did not finish (killed or failed)") for r in unfinished(runs)]
+    set_apart += [(r, "it records no seed, so it is not counted as one") for r in without_seed(runs, groups)]
     plot_dir = out.parent / "report_plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -165,6 +167,9 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
             lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", ""]
             lines += [f"- {n}" for n in notes] + [""]
         lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]
+    if set_apart:
+        lines += ["## Runs left out of the tables", ""]
+        lines += [f"- `{r.path}`: {why}" for r, why in set_apart] + [""]
     broken = [r for r in chosen if r.problems]
     if broken or unreadable:
         lines += ["## Runs with missing or invalid fields", ""]

@@ -38,6 +38,17 @@ class Run:
     def created(self) -> str:
         return self.data.get("created", "")
 
+    @property
+    def seed(self) -> int | None:
+        seed = self.data.get("seed")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+    @property
+    def finished(self) -> bool:
+        """False when the model it measured comes from a fit that did not finish (killed or failed)."""
+        checkpoint = self.data.get("checkpoint")
+        return not (isinstance(checkpoint, dict) and checkpoint.get("finished") is False)
+
 
 def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Run]:
     """Every parseable results.json under ``logs``; schema problems are kept, not fatal.
@@ -62,7 +73,9 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
                 unreadable.append((path, "not a JSON object"))
             continue
         problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
-        data.setdefault("models", [])
+        if not isinstance(data.get("models"), list):
+            data["models"] = []  # the problem is listed; the tables see no models
+        data["models"] = [m for m in data["models"] if isinstance(m, dict)]
         runs.append(Run(path, data, problems))
     return runs
 
@@ -71,21 +84,38 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
 
     Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
-    runs with the same seed the newer counts. Each group ends with its newest run.
+    runs with the same seed the newer counts, and runs that record no seed count only when no run of
+    the group records one (:func:`without_seed` lists the others). Runs of unfinished models are
+    left out (:func:`unfinished` lists them). Each group ends with its newest run.
     """
     by_key: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        by_key.setdefault((run.experiment, run.task), []).append(run)
+        if run.finished:
+            by_key.setdefault((run.experiment, run.task), []).append(run)
     groups = []
     for members in by_key.values():
         members.sort(key=lambda r: (r.created, run_version(r.path)))
         newest = members[-1]
         key = newest.data.get("config_key")
         same = [r for r in members if key is not None and r.data.get("config_key") == key] or [newest]
-        by_seed = {r.data.get("seed"): r for r in same}  # later runs replace earlier ones of the same seed
+        seeded = [r for r in same if r.seed is not None]
+        by_seed = {r.seed: r for r in seeded or same[-1:]}  # later runs replace earlier ones of the same seed
         groups.append(sorted(by_seed.values(), key=lambda r: (r.created, run_version(r.path))))
     groups.sort(key=lambda g: (g[-1].dataset, TASK_ORDER.get(g[-1].task, 99), g[-1].experiment))
     return groups
+
+
+def unfinished(runs: list[Run]) -> list[Run]:
+    """Runs whose model comes from a fit that did not finish: listed apart, never a table row or a reference."""
+    return [r for r in runs if not r.finished]
+
+
+def without_seed(runs: list[Run], groups: list[list[Run]]) -> list[Run]:
+    """Runs that record no seed while another run of their experiment does: not counted as a seed."""
+    shown = {id(r) for group in groups for r in group}
+    seeded = {(r.experiment, r.task) for r in runs if r.seed is not None}
+    return [r for r in runs
+            if r.finished and r.seed is None and id(r) not in shown and (r.experiment, r.task) in seeded]
 
 
 def run_version(path: Path) -> int:
