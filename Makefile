@@ -38,13 +38,13 @@ budget: $(STAMP)
 	$(PY) -m lightning_prune.budget --seeds $(SEEDS)
 	$(CLI) report --logs logs --out REPORT.md
 
-# The result tables of README.md and docs/discussion.md, regenerated from the latest runs: their
-# results.json files are kept in docs/results (small; checkpoints stay out), and a test checks both
-# files against them. The runs: `make demo SEEDS=3`, `make budget SEEDS=3`, and the CIFAR-10-subset
-# 1b comparison (`make subset-1b`).
+# The result tables of docs/results.md, docs/deploy.md and docs/discussion.md, regenerated from the
+# latest runs: their results.json files are kept in docs/results (small; checkpoints stay out), and a
+# test checks these files against them. The runs: `make demo SEEDS=3`, `make budget SEEDS=3`, and the
+# CIFAR-10-subset 1b comparison (`make subset-1b`).
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
-	$(CLI) report --logs docs/results --out docs/REPORT.md --readme README.md docs/discussion.md
+	$(CLI) report --logs docs/results --out docs/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md
 
 # Task 1b on the real CIFAR-10 subset (../shared/data/cifar10-subset): the never-pruned run of the
 # 20-epoch budget (fit, then test: its profile), then GraSP, SNIP and |GraSP|, for seeds 0..SEEDS-1.

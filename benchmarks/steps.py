@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.measure import Meter, layer_macs, suffix_macs
+from lightning_prune.artifacts import export_sparse
 from lightning_prune.data import NUM_CLASSES, ImageDataModule
 from lightning_prune.models import VGG, scaled_channels, vgg16_bn
 from lightning_prune.profiling import ProfileSettings, evaluate, profile_model
@@ -31,13 +32,12 @@ from lightning_prune.pruning.channel import prune_channels
 from lightning_prune.pruning.layers import count_parameters, layer_table, prunable_modules
 from lightning_prune.pruning.saliency import grasp_scores, masks_from_scores, snip_scores, split_batch
 from lightning_prune.pruning.sensitivity import DEFAULT_SPARSITIES, naive_sensitivity_scan, sensitivity_scan
-from lightning_prune.pruning.sparse import export_sparse
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning
 
 REPO = Path(__file__).resolve().parent.parent
 # configs/cifar10/channel.yaml composes configs/tasks/channel.yaml, which holds the ratios
 CHANNEL_CONFIGS = (REPO / "configs" / "tasks" / "channel.yaml", REPO / "configs" / "cifar10" / "channel.yaml")
-FALLBACK_RATIO = 0.5  # channel_benchmark.py's keep ratio, when the config cannot be read
+FALLBACK_RATIO = 0.5  # the keep ratio used when the config cannot be read
 _DATA: dict[tuple, ImageDataModule] = {}
 
 
@@ -90,7 +90,7 @@ def _find_ratios(node) -> dict | None:
 
 
 def channel_ratios_from_config(paths: tuple[Path, ...] = CHANNEL_CONFIGS) -> dict[str, float] | float:
-    """The per-conv keep ratios of the CIFAR-10 channel config (``channel_benchmark.py``'s 0.5 if unreadable)."""
+    """The per-conv keep ratios of the CIFAR-10 channel config (0.5 if unreadable)."""
     import yaml
 
     for path in paths:
@@ -442,7 +442,7 @@ def channel_speedup(ctx: Context, meter: Meter) -> dict:
 
 
 def task0_profile(ctx: Context, meter: Meter) -> dict:
-    """What ``ProfileCallback`` does after ``test`` with configs/cifar10/baseline.yaml's settings."""
+    """What the ``Recorder`` does after ``test`` with configs/cifar10/baseline.yaml's settings."""
     dm = ctx.dm(batch_size=ctx.s.task0_batch_size, val_size=0)
     model = ctx.model()
     _warm_up(model, next(iter(dm.test_dataloader()))[0][:8])

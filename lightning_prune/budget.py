@@ -20,9 +20,10 @@ from pathlib import Path
 import yaml
 
 from lightning_prune.demo import run_step
+from lightning_prune.names import PRUNING_CONFIGS
 from lightning_prune.runs import grid_experiment
 
-METHODS = ("unstructured", "grasp", "snip", "grasp_abs", "channel")
+METHODS = PRUNING_CONFIGS
 GRID = (0.7, 0.8, 0.9)
 
 

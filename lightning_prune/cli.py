@@ -6,35 +6,33 @@ every option can be set on the command line (``--prune.target_sparsity=0.8``) an
 
 - ``run``: the run's identity (experiment name, version) and the roots of its folders;
 - ``checkpoint``: ``ModelCheckpoint`` (its folder is the run's own);
-- ``profile``: ``ProfileCallback``, whose settings every profile of the run uses;
+- ``profile``: the ``Recorder``, whose settings every profile of the run uses and which writes results.json;
 - ``sweep``: the sensitivity scan of task 1a (optional);
 - ``prune``: the task's pruning callback (optional).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_prune.callbacks.profile import ProfileCallback
+from lightning_prune.callbacks.recorder import Recorder
 from lightning_prune.callbacks.run import LastCheckpoint, RunInfo
-from lightning_prune.callbacks.unstructured import SensitivityScan
+from lightning_prune.callbacks.sensitivity import SensitivityScan
 from lightning_prune.checkpoint_io import read_checkpoint
+from lightning_prune.config_files import checkpoint_task, config_key, config_task, expand_configs
 from lightning_prune.data import ImageDataModule
 from lightning_prune.errors import ConfigError
 from lightning_prune.module import ImageClassifier
-from lightning_prune.names import callback_task
+from lightning_prune.parser import OneLineParser
 from lightning_prune.references import is_reference, resolve
 from lightning_prune.runs import (
     RUN_ENV,
@@ -68,84 +66,6 @@ class RunSpec:
     checkpoints: str = "checkpoints"
 
 
-def composed(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
-    """``path`` preceded by the files its ``defaults`` list names (relative to it), depth first.
-
-    ``--config`` files given one after another merge key by key; this turns one experiment file
-    into that stack, so shared settings live once (base, dataset, task) and the experiment file
-    states only what differs.
-    """
-    if not path.is_file():
-        return [path]  # jsonargparse names the missing file
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from err
-    bases = data.get("defaults") if isinstance(data, dict) else None
-    stack: list[Path] = []
-    for base in [bases] if isinstance(bases, str) else bases or []:
-        base_path = Path(os.path.normpath(path.parent / str(base)))
-        if not base_path.is_file():
-            raise ConfigError(f"--config {path}: defaults names {base}, which is not a file")
-        if base_path.resolve() in seen:
-            raise ConfigError(f"--config {path}: defaults loop through {base}")
-        stack += composed(base_path, (*seen, path.resolve()))
-    return [*stack, path]
-
-
-def expand_configs(argv: list[str]) -> list[str]:
-    """Each ``--config FILE`` becomes the stack of files it builds on; a file already applied is not applied again."""
-    out: list[str] = []
-    applied: set[Path] = set()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        for path in composed(Path(value)):
-            key = path.resolve()
-            if key not in applied:
-                applied.add(key)
-                out += ["--config", str(path)]
-    return out
-
-
-def config_key(cfg: Any) -> str:
-    """What a run computes, minus its seed and where it writes: runs with the same key differ only in seed."""
-    settings = cfg.clone().as_dict()
-    for key in ("seed_everything", "run", "config", "defaults", "ckpt_path"):
-        settings.pop(key, None)
-    settings.get("trainer", {}).pop("logger", None)
-    settings.get("trainer", {}).pop("default_root_dir", None)
-    settings.get("checkpoint", {}).pop("dirpath", None)
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_task(cfg: Any) -> str | None:
-    """The task the config's pruning callback records (``baseline`` without one; None if it names none)."""
-    prune = cfg.get("prune")
-    if not prune:
-        return "baseline"
-    init_args = prune.get("init_args") or {}
-    return callback_task(prune.get("class_path"), init_args.get("method"))
-
-
-def checkpoint_task(ckpt: dict) -> str | None:
-    """The task that pruned a checkpoint's model (``baseline`` when it holds no pruning at all)."""
-    recorded = (ckpt.get("pruning") or {}).get("task")
-    if recorded:
-        return recorded
-    masked = any(key.endswith("weight_mask") for key in (ckpt.get("state_dict") or {}))
-    return None if masked else "baseline"
-
-
 @dataclass
 class Session:
     """One CLI call's run: reserved by this process (``created``) or joined, and whether it got past its checks."""
@@ -172,7 +92,7 @@ class PruneCLI(LightningCLI):
                             help="config files this one builds on, relative to it (applied before it)")
         parser.add_class_arguments(RunSpec, "run")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ProfileCallback, "profile")
+        parser.add_lightning_class_args(Recorder, "profile")
         parser.add_lightning_class_args(SensitivityScan, "sweep", subclass_mode=True, required=False)
         parser.add_lightning_class_args(Callback, "prune", subclass_mode=True, required=False)
 
@@ -207,7 +127,9 @@ class PruneCLI(LightningCLI):
             raise ConfigError("checkpoint.save_last: every fit writes last.ckpt itself (its newest weights, every "
                               "epoch, whatever the monitor says); leave save_last unset")
         self._check_resume_task(cfg)
-        if is_reference(cfg.model.pretrained):
+        if self.sources.get("ckpt_path"):
+            cfg.model.pretrained = False  # the checkpoint holds the weights (and, narrow or masked, the shapes)
+        elif is_reference(cfg.model.pretrained):
             cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
         run = self._reserve(spec, cfg)
         cfg.trainer.default_root_dir = str(run.log_dir)
@@ -295,7 +217,8 @@ class PruneCLI(LightningCLI):
 def run_cli(args: list[str] | None) -> None:
     session = Session()
     try:
-        PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True}, session=session)
+        PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True},
+                 parser_class=OneLineParser, session=session)
     except BaseException:
         if session.created and not session.started:
             release(session.run)  # refused before training: nothing of it may look like a run

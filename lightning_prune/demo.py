@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_prune.cli import main as cli_main
+from lightning_prune.names import PRUNING_CONFIGS
 from lightning_prune.report.cli import main as report_main
 
 DEMO_CONFIGS = Path("configs/demo")
-DEMO_EXPERIMENTS = ("digits_baseline", "digits_unstructured", "digits_grasp", "digits_snip", "digits_grasp_abs",
-                    "digits_channel")
-DEMO_FILES = ("baseline", "unstructured", "grasp", "snip", "grasp_abs", "channel")
+DEMO_FILES = ("baseline", *PRUNING_CONFIGS)
+DEMO_EXPERIMENTS = tuple(f"digits_{name}" for name in DEMO_FILES)
 BASELINE_RUN = "run:digits_baseline"  # the newest digits_baseline run: the one this demo just trained
 
 

@@ -113,6 +113,11 @@ class ImageClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def replace_model(self, model: torch.nn.Module) -> None:
+        """Channel surgery's narrower network; ``hparams["channels"]`` follows, so checkpoints rebuild it."""
+        self.model = model
+        self.hparams["channels"] = list(model.channels)
+
     def claim_pruning(self, description: dict[str, Any]) -> None:
         """Record what prunes this model; a resumed checkpoint pruned otherwise is an error naming both values."""
         old = self.pruning or {}

@@ -1,6 +1,6 @@
-"""The project's vocabulary, defined once: tasks, the methods that prune under each, and their variants.
+"""The project's vocabulary, defined once: tasks, the methods that prune under each, variants, what a target counts.
 
-Callbacks, results.json, export, the report, the budget grid and the schema all use these names.
+Callbacks, results.json, the export, the report, the budget grid and the schema all use these names.
 """
 
 from __future__ import annotations
@@ -9,13 +9,42 @@ from typing import Literal, get_args
 
 Task = Literal["baseline", "unstructured", "grasp", "snip", "channel"]
 TASKS: tuple[str, ...] = get_args(Task)
+TASK_ORDER = {task: i for i, task in enumerate(TASKS)}
 
+# 1b: StagedPruning's criteria, and the task results.json files each under (|GraSP| is a GraSP variant).
 StagedMethod = Literal["grasp", "snip", "grasp_abs"]
 STAGED_METHODS: tuple[str, ...] = get_args(StagedMethod)
-STAGED_TASK: dict[str, str] = {"grasp": "grasp", "snip": "snip", "grasp_abs": "grasp"}  # results.json's task
+STAGED_TASK: dict[str, str] = {"grasp": "grasp", "snip": "snip", "grasp_abs": "grasp"}
+REMOVES: dict[str, str] = {"grasp": "highest", "snip": "lowest", "grasp_abs": "lowest"}  # which scores go
 
-# The pruning callback of each task (StagedPruning's task depends on its method).
+# What pruned a model (results.json and checkpoint["pruning"]: "method"), by task.
+METHODS: dict[str, tuple[str, ...]] = {
+    "baseline": ("none",),
+    "unstructured": ("magnitude",),
+    "grasp": ("grasp", "grasp_abs"),
+    "snip": ("snip",),
+    "channel": ("lasso",),
+}
+
+# The model variants a run profiles (results.json "variant").
+DENSE, MASKED, SPARSE_COO, DENSIFIED, NARROW = (
+    "dense", "pruned-masked", "pruned-sparse-coo", "pruned-densified-once", "channel-pruned")
+TASK_VARIANT: dict[str, str] = {"baseline": DENSE, "unstructured": MASKED, "grasp": MASKED, "snip": MASKED,
+                                "channel": NARROW}
+
+# What each task's ``target_sparsity`` counts (the report's header states it).
+TARGET_MEANING: dict[str, str] = {
+    "unstructured": "share of conv and linear weights zeroed",
+    "grasp": "share of conv and linear weights zeroed",
+    "snip": "share of conv and linear weights zeroed",
+    "channel": "share of the dense model's parameters removed (channels cut out, hidden linear weights zeroed)",
+}
+
+# The pruning callback of each task (StagedPruning's task follows its method).
 CALLBACK_TASK: dict[str, str] = {"MagnitudePruning": "unstructured", "ChannelPruning": "channel"}
+
+# How an exported model's weights are stored (handoff.json "structure"), read off the weights themselves.
+Structure = Literal["dense", "masked", "narrow", "narrow+masked"]
 
 
 def callback_task(class_path: str | None, method: str | None = None) -> str | None:
@@ -26,3 +55,7 @@ def callback_task(class_path: str | None, method: str | None = None) -> str | No
     if name == "StagedPruning":
         return STAGED_TASK.get(method or "grasp")
     return CALLBACK_TASK.get(name)
+
+# The experiment file of each method in a config set (configs/<set>/<name>.yaml), in the order they depend on
+# each other: the budget grid and the demo run them.
+PRUNING_CONFIGS: tuple[str, ...] = ("unstructured", "grasp", "snip", "grasp_abs", "channel")

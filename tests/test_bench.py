@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.bench import main
 from benchmarks.steps import STEPS
 
@@ -14,6 +16,7 @@ TINY = ["--data", "digits", "--isolation", "none", "--threads", "1", "--sweep-im
         "--speedup-rounds", "1"]
 
 
+@pytest.mark.slow
 def test_bench_json_is_complete_and_sane(tmp_path):
     code = main(["--widths", "0.0625", "--budget-widths", "--out", str(tmp_path), *TINY])
     report = json.loads((tmp_path / "bench-cpu.json").read_text())
@@ -47,6 +50,7 @@ def test_bench_json_is_complete_and_sane(tmp_path):
     assert all(b["ok"] for b in report["budgets"])
 
 
+@pytest.mark.slow
 def test_budget_exceeded_exits_nonzero_naming_the_step(tmp_path, capsys):
     code = main(["--widths", "0.0625", "0.125", "--steps", "snip", "grasp", "--budget-widths", "0.125",
                  "--budget", "grasp_over_snip=0.001", "--growth", "--out", str(tmp_path), *TINY])

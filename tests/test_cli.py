@@ -13,12 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_prune.cli import main
 from lightning_prune.module import ImageClassifier
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
+from tests.helpers import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_BASELINE = str(CONFIGS / "demo" / "baseline.yaml")
 
 
+@pytest.mark.slow
 def test_fit_then_test_writes_a_valid_profile(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = tiny_cli_args(tmp_path, "tiny_baseline")
@@ -103,9 +104,31 @@ def test_every_config_parses(config, capsys):
     assert (printed["prune"] is None) == (task == "baseline") and method in (None, task)
 
 
-def test_configs_state_nothing_twice():
-    """Shared settings live in base, dataset and task files; the experiments stay short."""
-    lines = sum(len(p.read_text().splitlines()) for p in CONFIGS.rglob("*.yaml"))
-    assert lines < 440, lines
+def test_configs_are_one_level_deep():
+    """An experiment names a dataset file and a task file (which name only base.yaml), never another experiment."""
     for config in EXPERIMENTS:
-        assert "defaults" in yaml.safe_load(config.read_text()), config
+        defaults = yaml.safe_load(config.read_text())["defaults"]
+        groups = [Path(d).parent.name for d in defaults]
+        assert groups in (["datasets"], ["datasets", "tasks"]), (config, defaults)
+    for group in ("datasets", "tasks"):
+        for path in (CONFIGS / group).glob("*.yaml"):
+            assert yaml.safe_load(path.read_text()).get("defaults") in (None, ["../base.yaml"]), path
+
+
+def _composed(config: Path, capsys) -> dict:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("folder", ["demo", "cifar10", "cifar100", "cifar10-subset"])
+def test_the_1b_methods_of_a_set_share_schedule_and_budget(folder, capsys):
+    """GraSP, SNIP and |GraSP| differ in their criterion alone, so their comparison is fair."""
+    found = [_composed(p, capsys) for p in sorted((CONFIGS / folder).glob("*.yaml"))
+             if p.stem in ("grasp", "snip", "grasp_abs")]
+    for printed in found:
+        printed["prune"]["init_args"].pop("method")
+        printed["prune"]["init_args"].pop("temperature")  # SNIP has none
+        for key in ("run", "config", "defaults"):
+            printed.pop(key, None)
+    assert len(found) >= 2 and all(f == found[0] for f in found)

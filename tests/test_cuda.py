@@ -129,7 +129,8 @@ def test_nvml_energy_domain(gpu_model, gpu_batches):
 
 
 def test_sparse_coo_layers_on_cuda(gpu_model, gpu_batches, tmp_path):
-    from lightning_prune.pruning.sparse import SPARSE_TYPES, export_sparse, load_sparse_model
+    from lightning_prune.artifacts import export_sparse
+    from lightning_prune.pruning.sparse import SPARSE_TYPES, load_sparse_model
 
     apply_magnitude_pruning(gpu_model, dict.fromkeys(prunable_modules(gpu_model), 0.8))
     export = export_sparse(gpu_model, tmp_path)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lightning_prune import demo
 from lightning_prune.models.vgg import scaled_channels
-from tests.conftest import TINY_CLASSIFIER, TINY_WIDTH
+from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH
+
+pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 TINY = [

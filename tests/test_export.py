@@ -38,7 +38,9 @@ from lightning_prune.profiling.static import count_macs
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning
 from lightning_prune.report.handoff import handoff_section, handoff_table
-from tests.conftest import TINY_CLASSIFIER, TINY_WIDTH
+from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH
+
+pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
 
 EXPERIMENT = "tiny_unstructured"
 VARIANT = f"{EXPERIMENT}_v0"  # an export names each run by experiment and version
@@ -93,7 +95,7 @@ def test_checkpoint_holds_masks_and_loads_without_lightning(run_dirs):
     state = torch.load(run_dirs["ckpt"], weights_only=False)["state_dict"]
     assert "model.features.0.weight_mask" in state and "model.features.0.weight" not in state
     ck = load_checkpoint_model(run_dirs["ckpt"])
-    assert ck.method == "unstructured" and ck.task is None  # masks, but no pruning callback's state
+    assert ck.structure == "masked" and ck.task is None and ck.method is None  # masks, but no pruning record
     assert ck.masked_layers == list(prunable_modules(ck.model))
     # The same network as Lightning's own loader (on_load_checkpoint re-creates the masks).
     lit = ImageClassifier.load_from_checkpoint(run_dirs["ckpt"]).eval()
@@ -108,7 +110,7 @@ def test_cli_writes_every_file_and_handoff_json(run_dirs):
     assert {"handoff.json", "handoff.md"} <= names
     doc = json.loads((out / "handoff.json").read_text())
     (entry,) = doc["variants"]
-    assert entry["variant"] == VARIANT and entry["method"] == "unstructured"
+    assert entry["variant"] == VARIANT and entry["structure"] == "masked"
     assert entry["eval_images"] == 64 and entry["batch_size"] == 32
     assert entry["sparsity"] == pytest.approx(SPARSITY, abs=0.01)
     for key in ("float_top1", "int8_top1", "onnx_top1"):
@@ -202,7 +204,7 @@ def test_channel_pruned_model_rebuilds_from_the_sidecar_alone(tmp_path):
     result = export_checkpoint(ckpt, tmp_path / "out", ["state_dict"], x, variant="narrow")
     doc = json.loads((tmp_path / "out" / "narrow.json").read_text())
     assert doc["architecture"]["channels"] == narrow and doc["architecture"]["classifier_width"] == TINY_CLASSIFIER
-    assert doc["metadata"]["method"] == "channel" and result.matches["state_dict"].max_abs_diff == 0.0
+    assert doc["metadata"]["structure"] == "narrow" and result.matches["state_dict"].max_abs_diff == 0.0
     arch = doc["architecture"]  # nothing from training: only the sidecar's three numbers
     rebuilt = vgg16_bn(arch["num_classes"], arch["channels"], classifier_width=arch["classifier_width"])
     rebuilt.load_state_dict(torch.load(tmp_path / "out" / "narrow.pt", weights_only=True), strict=True)
@@ -222,7 +224,8 @@ def test_dense_export_reloads_bit_for_bit(tmp_path, tiny_model):
     for key, value in tiny_model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
     meta = read_sidecar(tmp_path / "dense.pt")["metadata"]
-    assert meta["method"] == "dense" and meta["task"] == "baseline" and meta["sparsity"] == 0.0
+    assert meta["structure"] == "dense" and meta["method"] == "none" and meta["task"] == "baseline"
+    assert meta["sparsity"] == 0.0
     assert meta["source_checkpoint"] == str(ckpt)
 
 

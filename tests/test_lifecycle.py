@@ -22,7 +22,9 @@ from lightning_prune.export.cli import main as export_main
 from lightning_prune.references import resolve
 from lightning_prune.report.cli import build_report
 from lightning_prune.runs import current_launch, grid_experiment
-from tests.conftest import last_checkpoint, run_cli_expecting_error, tiny_cli_args
+from tests.helpers import last_checkpoint, run_cli_expecting_error, tiny_cli_args
+
+pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "demo"
@@ -187,14 +189,14 @@ def test_exports_are_whole_and_name_each_run_apart(tmp_path, monkeypatch, capsys
         assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "exp")]) == 0
     common = ["--eval-batches", "1", "--latency-batches", "1", "--calibration-images", "32",
               "--logs", str(tmp_path / "logs"), "--checkpoints", str(tmp_path / "checkpoints")]
-    out = tmp_path / "deploy"
-    assert export_main(["--run", "run:exp/version_0", "--out", str(out), "--quantize", *common]) == 0
-    assert export_main(["--run", "run:exp/version_1", "--out", str(out), *common]) == 0
+    out, plain = tmp_path / "deploy", ["--format", "state_dict"]
+    assert export_main(["--run", "run:exp/version_0", "--out", str(out), "--quantize", *plain, *common]) == 0
+    assert export_main(["--run", "run:exp/version_1", "--out", str(out), *plain, *common]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["exp_v0.int8.pt", "exp_v0.json", "exp_v0.onnx", "exp_v0.pt", "exp_v1.json", "exp_v1.onnx",
-                     "exp_v1.pt", "handoff.json", "handoff.md"]
+    assert names == ["exp_v0.int8.pt", "exp_v0.json", "exp_v0.pt", "exp_v1.json", "exp_v1.pt", "handoff.json",
+                     "handoff.md"]
     # A re-export without --quantize leaves no int8 file behind that handoff.json does not list.
-    assert export_main(["--run", "run:exp/version_0", "--out", str(out), *common]) == 0
+    assert export_main(["--run", "run:exp/version_0", "--out", str(out), *plain, *common]) == 0
     handoff = json.loads((out / "handoff.json").read_text())
     listed = {Path(f).name for v in handoff["variants"] for f in v["files"].values()}
     assert listed | {"handoff.json", "handoff.md"} == {p.name for p in out.iterdir()}
@@ -236,7 +238,7 @@ def test_refused_runs_leave_no_folder(tmp_path, monkeypatch, capsys):
     sweep = ["--sweep.init_args.sparsities=[0.0,0.5]", "--sweep.init_args.progress=false", "--model.pretrained=false"]
     refusals = [
         (UNSTRUCTURED, [*sweep, "--prune.target_sparsity=1.5"], "target_sparsity"),
-        (SNIP, ["--prune.method=GRASP"], "StagedPruning.method"),
+        (SNIP, ["--prune.method=GRASP"], "prune.method"),
         (SNIP, ["--prune.fractions=[0.5,0.5,1.0]"], "strictly increasing"),
         (BASELINE, ["--data.val_size=100000"], "val_size"),
         (BASELINE, ["--model.channels=[4,4]"], "model.channels"),

@@ -1,10 +1,14 @@
-"""README's result tables are what the report makes of the results.json files kept in docs/results."""
+"""The docs' result tables are what the report makes of the results.json files kept in docs/results;
+README.md stays a short entrance whose links all resolve."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+
+import pytest
 
 from lightning_prune.report import readme
 from lightning_prune.report.cli import main as report_main
@@ -12,25 +16,64 @@ from lightning_prune.report.collect import load_runs, seed_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-DISCUSSION = ROOT / "docs" / "discussion.md"
-KEPT = ROOT / "docs" / "results"
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "results.md"
+KEPT = DOCS / "results"
+PAGES = sorted(DOCS.glob("*.md"))
+# the pages whose tables `make results-docs` rewrites (the Makefile names the same files)
+BLOCK_PAGES = [p for p in PAGES if readme.BLOCK.search(p.read_text())]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target), images too
 
 
-def test_readme_tables_equal_the_report_of_the_kept_runs():
-    names = [m["name"] for m in readme.BLOCK.finditer(README.read_text())]
+def block_names(path: Path) -> list[str]:
+    return [m["name"] for m in readme.BLOCK.finditer(path.read_text())]
+
+
+def test_the_generated_tables_live_in_the_docs_pages():
+    names = {name for page in BLOCK_PAGES for name in block_names(page)}
     assert {"digits", "digits-budget", "digits-stages", "cifar10", "cifar10-stages", "cifar10-budget",
-            "handoff"} <= set(names), names
+            "handoff"} <= names, names
+    assert {"digits", "digits-budget", "digits-stages", "cifar10", "cifar10-stages", "cifar10-budget"} <= set(
+        block_names(RESULTS))
+    assert {"digits-budget", "cifar10-stages"} <= set(block_names(DOCS / "discussion.md"))
+    assert block_names(README) == [], "README.md is the entrance: its tables live in docs/"
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile[makefile.index("results-docs:"):].split("\n\n")[0]
+    assert all(page.relative_to(ROOT).as_posix() in target for page in BLOCK_PAGES), target
+
+
+@pytest.mark.parametrize("page", BLOCK_PAGES, ids=lambda p: p.name)
+def test_docs_tables_equal_the_report_of_the_kept_runs(page):
     assert readme.results_files(KEPT), "docs/results holds no results.json"
-    assert readme.update(README, KEPT, write=False) == [], "README tables are stale: run `make results-docs`"
-    assert {m["name"] for m in readme.BLOCK.finditer(DISCUSSION.read_text())} >= {"digits-budget", "cifar10-stages"}
-    assert readme.update(DISCUSSION, KEPT, write=False) == [], "discussion tables are stale: `make results-docs`"
+    assert readme.update(page, KEPT, write=False) == [], f"{page.name} tables are stale: run `make results-docs`"
+
+
+def test_readme_is_a_short_entrance():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines (at most 250)"
+    head = "\n".join(lines[:20])
+    assert "make demo" in head and "make test" in head
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_relative_links_point_to_existing_files(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+    text = re.sub(r"`[^`\n]*`", "", text)  # nor does inline code (a link's text may be code: it stays a link)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # a URL or an anchor on the same page
+        path = target.split("#")[0]
+        if not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{page.name}: links to missing files: {broken}"
 
 
 def test_a_changed_number_is_caught_and_rewritten(tmp_path, capsys):
     kept = tmp_path / "results"
     shutil.copytree(KEPT, kept)
-    copy = tmp_path / "README.md"
-    copy.write_text(README.read_text())
+    copy = tmp_path / "results.md"
+    copy.write_text(RESULTS.read_text())
     first = next(p for p in readme.results_files(kept) if p.parts[-3] == "digits_unstructured")
     data = json.loads(first.read_text())
     data["models"][-1]["accuracy"]["test_top1"] = 12.34
@@ -38,7 +81,7 @@ def test_a_changed_number_is_caught_and_rewritten(tmp_path, capsys):
     assert report_main(["--logs", str(kept), "--check-readme", str(copy)]) == 1
     assert "stale tables: digits" in capsys.readouterr().out
     assert report_main(["--logs", str(kept), "--out", str(tmp_path / "R.md"), "--readme", str(copy)]) == 0
-    assert copy.read_text() != README.read_text() and readme.update(copy, kept, write=False) == []
+    assert copy.read_text() != RESULTS.read_text() and readme.update(copy, kept, write=False) == []
 
 
 def test_snapshot_keeps_every_seed_and_the_newest_export(tmp_path):

@@ -9,17 +9,8 @@ from torch.func import functional_call
 from torch.nn.utils import prune
 
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.saliency import (
-    apply_masks,
-    current_masks,
-    ensure_masks,
-    gradient_and_hg,
-    grasp_scores,
-    mask_sparsity,
-    masks_from_scores,
-    snip_scores,
-    split_batch,
-)
+from lightning_prune.pruning.saliency import gradient_and_hg, grasp_scores, masks_from_scores, snip_scores, split_batch
+from lightning_prune.pruning.unstructured import apply_masks, current_masks, ensure_masks, mask_sparsity
 
 
 @pytest.fixture
@@ -53,6 +44,7 @@ def _weight_grad(model, batches, temperature, weights):
     return dict(zip(weights, grads))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 200.0])
 def test_hg_matches_finite_differences(model64, batches64, temperature):
     g, hg = gradient_and_hg(model64, batches64, temperature)
@@ -72,6 +64,7 @@ def test_hg_matches_finite_differences(model64, batches64, temperature):
         torch.testing.assert_close(scores[name], -theta[name] * hg[name])
 
 
+@pytest.mark.slow
 def test_scores_follow_a_positive_rescaling_of_the_loss(model64, batches64):
     # The same chunks twice double the summed loss: g -> 2g, H -> 2H, so GraSP's S -> 4S and SNIP's -> 2S;
     # positive factors leave the ranking, hence the masks, unchanged. (With dropout on while scoring the
@@ -115,6 +108,7 @@ def test_masks_hit_the_exact_sparsity(tiny_model, sparsity):
             assert (gone.min() >= kept.max()) if remove == "highest" else (gone.max() <= kept.min())
 
 
+@pytest.mark.slow
 def test_pruned_weights_never_return(model64, batches64):
     masks = None
     for sparsity in (0.45, 0.675, 0.9):
@@ -133,6 +127,7 @@ def test_pruned_weights_never_return(model64, batches64):
         masks_from_scores(scores, 0.5, "highest", masks)
 
 
+@pytest.mark.slow
 def test_scoring_leaves_the_model_alone(model64, batches64):
     model = model64
     ensure_masks(model)
@@ -155,6 +150,7 @@ def test_scoring_leaves_the_model_alone(model64, batches64):
         assert not scores["features.7"][~mask].any()  # pruned weights score 0 (theta = 0)
 
 
+@pytest.mark.slow
 def test_masks_argument_equals_a_masked_model(model64, batches64):
     gen = torch.Generator().manual_seed(7)
     masks = {n: torch.rand(m.weight.shape, generator=gen) > 0.3 for n, m in prunable_modules(model64).items()}
@@ -187,6 +183,7 @@ def test_split_batch():
     assert len(split_batch((x[:1], y[:1]), 4)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 200.0])
 def test_grasp_scores_of_a_conv_filter_sum_to_its_squared_gradient(model64, batches64, temperature):
     """BatchNorm after every conv makes the loss invariant to each filter's scale (Euler's theorem on the

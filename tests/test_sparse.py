@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
+from lightning_prune.artifacts import export_sparse
 from lightning_prune.profiling import profile_model
 from lightning_prune.pruning.layers import count_parameters, layer_table, prunable_modules, weight_sparsity
 from lightning_prune.pruning.sparse import (
     SparseConv2d,
     SparseLinear,
-    export_sparse,
     load_sparse_model,
     sparse_weights,
     to_sparse_model,

@@ -15,9 +15,9 @@ from lightning_prune.cli import main
 from lightning_prune.data import ImageDataModule
 from lightning_prune.module import ImageClassifier
 from lightning_prune.pruning.layers import prunable_modules, weight_sparsity
-from lightning_prune.pruning.saliency import current_masks, mask_sparsity
+from lightning_prune.pruning.unstructured import current_masks, mask_sparsity
 from lightning_prune.results import validate
-from tests.conftest import TINY_CLASSIFIER, tiny_cli_args
+from tests.helpers import TINY_CLASSIFIER, run_cli_expecting_error, tiny_cli_args
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "grasp.yaml")
 RISING = [0.10, 0.25, 0.30, 0.45, 0.50, 0.65, 0.70, 0.70]
@@ -70,6 +70,7 @@ def _check_nested(masks: list[dict[str, torch.Tensor]]) -> None:
         assert all(not (after[n] & ~before[n]).any() for n in before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "script", "epochs"),
     [
@@ -80,27 +81,29 @@ def _check_nested(masks: list[dict[str, torch.Tensor]]) -> None:
 def test_stages_fire_at_the_scripted_accuracies(tmp_path, tiny_channels, method, script, epochs):
     pruning = _pruning(method=method)
     model, log = _fit(tmp_path, tiny_channels, script, pruning, max_epochs=7)
-    assert [e["epoch"] for e in pruning.events] == epochs
-    assert [e["reason"] for e in pruning.events] == ["accuracy"] * 3
-    assert [e["sparsity"] for e in pruning.events] == pytest.approx([0.45, 0.675, 0.9], abs=1e-5)
+    assert [e["epoch"] for e in pruning.schedule.events] == epochs
+    assert [e["reason"] for e in pruning.schedule.events] == ["accuracy"] * 3
+    assert [e["sparsity"] for e in pruning.schedule.events] == pytest.approx([0.45, 0.675, 0.9], abs=1e-5)
     sparsity = [mask_sparsity(m) for m in log.masks]
     assert sparsity[epochs[0] - 1] == 0 and sparsity[epochs[0]] == pytest.approx(0.45, abs=1e-5)
     _check_nested(log.masks)
     assert weight_sparsity(model.model) >= 0.9 - 1e-5
-    assert pruning.never_triggered() == []
+    assert pruning.schedule.never_triggered() == []
 
 
+@pytest.mark.slow
 def test_fallback_epochs_and_stages_that_never_fire(tmp_path, tiny_channels):
     pruning = _pruning(method="grasp", fallback_epochs=[2, 3, None])
     with pytest.warns(UserWarning, match=r"stage 3 .* never triggered: best val top-1 10.0 %, no fallback epoch"):
         _fit(tmp_path, tiny_channels, [0.10], pruning, max_epochs=5)
-    assert [(e["epoch"], e["reason"]) for e in pruning.events] == [(2, "fallback"), (3, "fallback")]
+    assert [(e["epoch"], e["reason"]) for e in pruning.schedule.events] == [(2, "fallback"), (3, "fallback")]
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_stage(tmp_path, tiny_channels):
     first = _pruning(method="grasp")
     _, log = _fit(tmp_path, tiny_channels, RISING, first, max_epochs=4)
-    assert [e["epoch"] for e in first.events] == [2]
+    assert [e["epoch"] for e in first.schedule.events] == [2]
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     stage1 = {n: m.cpu() for n, m in current_masks(ImageClassifier.load_from_checkpoint(ckpt).model).items()}
     assert mask_sparsity(stage1) == pytest.approx(0.45, abs=1e-5)
@@ -108,7 +111,7 @@ def test_resume_continues_at_the_right_stage(tmp_path, tiny_channels):
     resumed = _pruning(method="grasp")
     model, log = _fit(tmp_path, tiny_channels, RISING, resumed, max_epochs=7, ckpt_path=ckpt)
     # stage 2 fires at the first epoch after resuming: judged on the accuracy kept in the callback state
-    assert [e["epoch"] for e in resumed.events] == [2, 4, 6]
+    assert [e["epoch"] for e in resumed.schedule.events] == [2, 4, 6]
     assert mask_sparsity(log.masks[0]) == pytest.approx(0.675, abs=1e-5)  # epoch 4 starts with stage 2
     _check_nested([stage1, *log.masks])
     final = current_masks(model.model)
@@ -119,20 +122,30 @@ def test_resume_continues_at_the_right_stage(tmp_path, tiny_channels):
     assert weight_sparsity(reloaded) >= 0.9 - 1e-5
 
 
-def test_bad_options_name_the_option(tiny_channels):
-    from lightning_prune.errors import ConfigError
-
+def test_bad_schedules_name_the_list(tiny_channels):
     for kwargs, words in (
-        ({"method": "magnitude"}, "StagedPruning.method"),
         ({"accuracy_triggers": [40, 20, 60]}, "accuracy_triggers"),
         ({"fractions": [0.5, 0.5, 1.0]}, "fractions"),
         ({"fallback_epochs": [1, 2]}, "fallback_epochs"),
-        ({"target_sparsity": 1.0}, "target_sparsity"),
     ):
-        with pytest.raises(ConfigError, match=words):
-            StagedPruning(**kwargs).check()
+        with pytest.raises(ValueError, match=words):
+            StagedPruning(**kwargs).schedule.check()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("option", "words"), [
+    ("--prune.method=magnitude", "prune.method: must be one of 'grasp', 'snip', 'grasp_abs', got 'magnitude'"),
+    ("--prune.target_sparsity=1.0", "prune.target_sparsity: 1.0 is not allowed"),
+    ("--prune.fractions=[0.5,0.5,1.0]", "StagedPruning.fractions: fractions of target_sparsity in (0, 1], strictly"),
+])
+def test_bad_options_are_one_line_naming_the_option(tmp_path, monkeypatch, capsys, option, words):
+    monkeypatch.chdir(tmp_path)
+    err = run_cli_expecting_error(["fit", "--config", DEMO, *tiny_cli_args(tmp_path, "bad"), option], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0], err[-1500:]
+
+
+@pytest.mark.slow
 def test_cli_fit_writes_results(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     groups = {

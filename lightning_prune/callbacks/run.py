@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +82,18 @@ class RunInfo(L.Callback):
         if trainer.is_global_zero:
             record = json.dumps(self.distributed(trainer), indent=2) + "\n"
             atomic_write_bytes(self.run.log_dir / DISTRIBUTED_FILE, record.encode())
+
+    def describe(self, trainer: L.Trainer) -> dict[str, Any]:
+        """What results.json says about the run: its identity, sources, processes, configuration and seed."""
+        fields = {"run": {"experiment": self.run.experiment, "version": self.run.version,
+                          "checkpoint_dir": str(self.run.checkpoint_dir)},
+                  "sources": dict(self.sources), "distributed": self.distributed(trainer)}
+        if self.config_key:
+            fields["config_key"] = self.config_key
+        seed = os.environ.get("PL_GLOBAL_SEED", "")
+        if seed.lstrip("-").isdigit():
+            fields["seed"] = int(seed)
+        return fields
 
     def distributed(self, trainer: L.Trainer) -> dict[str, Any]:
         """What results.json says about the processes that ran."""

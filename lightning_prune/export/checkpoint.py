@@ -21,8 +21,6 @@ from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import is_masked, restore_masks
 
 MODEL_PREFIX = "model."
-# Pruning callbacks whose state in a checkpoint names the task that produced it.
-CALLBACK_TASKS = {"MagnitudePruning": "unstructured", "ChannelPruning": "channel"}
 
 
 @dataclass
@@ -35,6 +33,7 @@ class CheckpointModel:
         hparams: The LightningModule's saved hyperparameters (empty for a bare state dict).
         data_hparams: The datamodule's saved hyperparameters (dataset, data_dir, ...), if any.
         callbacks: The callbacks' saved states, by state key (``ChannelPruning``, ``ModelCheckpoint{...}``).
+        pruning: What pruned the model (``checkpoint["pruning"]``: task, method, target), if anything did.
     """
 
     model: VGG
@@ -42,6 +41,7 @@ class CheckpointModel:
     hparams: dict[str, Any] = field(default_factory=dict)
     data_hparams: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def masked_layers(self) -> list[str]:
@@ -61,21 +61,20 @@ class CheckpointModel:
         return all(scaled_channels(c / full) != channels for c, full in zip(channels, VGG16_CHANNELS))
 
     @property
-    def method(self) -> str:
-        """``dense``, ``unstructured`` (masks), ``channel`` (narrow widths) or ``channel+unstructured``."""
-        parts = (["channel"] if self.channel_pruned else []) + (["unstructured"] if self.masked_layers else [])
+    def structure(self) -> str:
+        """How the weights are stored: ``dense``, ``masked``, ``narrow`` (channel-pruned) or ``narrow+masked``."""
+        parts = (["narrow"] if self.channel_pruned else []) + (["masked"] if self.masked_layers else [])
         return "+".join(parts) or "dense"
 
     @property
     def task(self) -> str | None:
-        """The task named by a pruning callback's saved state; ``baseline`` for a dense run without one."""
-        for name in self.callbacks:
-            for prefix, task in CALLBACK_TASKS.items():
-                if name.startswith(prefix):
-                    return task
-            if name.startswith("StagedPruning"):
-                return "staged"
-        return "baseline" if self.method == "dense" else None
+        """The task the checkpoint's pruning record names; ``baseline`` for an unpruned model; None if unknown."""
+        return self.pruning.get("task") or ("baseline" if self.structure == "dense" else None)
+
+    @property
+    def method(self) -> str | None:
+        """What pruned it (``magnitude``, ``grasp``, ``snip``, ``grasp_abs``, ``lasso``); ``none`` when unpruned."""
+        return self.pruning.get("method") or ("none" if self.structure == "dense" else None)
 
 
 def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
@@ -128,4 +127,5 @@ def load_checkpoint_model(path: str | Path, option: str = "--run") -> Checkpoint
         hparams=dict(ckpt.get("hyper_parameters") or {}),
         data_hparams=dict(ckpt.get("datamodule_hyper_parameters") or {}),
         callbacks={str(k): v for k, v in (ckpt.get("callbacks") or {}).items()},
+        pruning=dict(ckpt.get("pruning") or {}),
     )

@@ -32,9 +32,9 @@ from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_m
 from lightning_prune.export.errors import ExportError
 from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint, handoff_figures
 from lightning_prune.export.publish import check_out, discard, publish, staging
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.results import atomic_write_bytes
 
-HANDOFF_FILE = "handoff.json"
 HANDOFF_TABLE = "handoff.md"
 DATASETS = ("digits", "cifar10", "cifar100")
 
@@ -243,7 +243,7 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     return figures
 
 
-def environment() -> dict[str, str]:
+def export_environment() -> dict[str, str]:
     versions = {}
     for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
         try:
@@ -256,8 +256,6 @@ def environment() -> dict[str, str]:
 
 def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str]) -> Path:
     """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``."""
-    from lightning_prune.report.handoff import handoff_table
-
     path = out / HANDOFF_FILE
     old: list[dict[str, Any]] = []
     if path.is_file():
@@ -269,7 +267,7 @@ def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str]) -> 
     doc = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["lightning-prune", "export", *argv]),
-        "environment": environment(),
+        "environment": export_environment(),
         "variants": [e for e in old if e.get("variant") not in names] + entries,
     }
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
@@ -317,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    from lightning_prune.report.handoff import handoff_table
-
     print(handoff_table([json.loads(path.read_text())]))
     print(f"hand-off written to {path.parent.resolve()} ({HANDOFF_FILE}, {HANDOFF_TABLE})", file=sys.stderr)
     return 0

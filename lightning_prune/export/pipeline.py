@@ -205,7 +205,7 @@ def export_checkpoint(
         atol: Largest absolute logit difference accepted.
     """
     ck = checkpoint if isinstance(checkpoint, CheckpointModel) else load_checkpoint_model(checkpoint)
-    info = {"task": ck.task, "method": ck.method, "source_checkpoint": str(ck.path),
+    info = {"task": ck.task, "method": ck.method, "structure": ck.structure, "source_checkpoint": str(ck.path),
             "masked_layers": ck.masked_layers, **(metadata or {})}
     return export_model(ck.model, out_dir, variant or ck.path.stem, formats, check_batch, info,
                         calibration_batches, atol)
@@ -229,6 +229,7 @@ def handoff_figures(
         "variant": result.variant,
         "task": result.metadata.get("task"),
         "method": result.metadata.get("method"),
+        "structure": result.metadata.get("structure"),
         "sparsity": result.metadata.get("sparsity"),
         "source_checkpoint": result.metadata.get("source_checkpoint"),
         "channels": list(model.channels),

@@ -8,16 +8,16 @@ gradients, BatchNorm running statistics and train/eval mode are never touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
 
+from lightning_prune.names import REMOVES
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.unstructured import copy_model, is_masked, keep_fresh_on_load, make_permanent
+from lightning_prune.pruning.unstructured import copy_model, current_masks, is_masked, make_permanent
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Masks = Mapping[str, torch.Tensor]
@@ -196,63 +196,11 @@ def masks_from_scores(
     return out
 
 
-def ensure_masks(model: nn.Module) -> list[str]:
-    """Give every unmasked conv/linear layer an all-ones ``torch.nn.utils.prune`` mask.
-
-    With masks everywhere from the start, the parameter list (``weight_orig``) is the same before
-    and after any pruning stage, so optimizer state saved in a checkpoint resumes in order, and
-    later stages only overwrite the mask buffers.
-    """
-    added = []
-    for name, module in prunable_modules(model).items():
-        if not is_masked(module):
-            prune.custom_from_mask(module, "weight", torch.ones_like(module.weight, dtype=torch.bool))
-            keep_fresh_on_load(module)
-            added.append(name)
-    return added
-
-
-def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Apply keep-masks with ``torch.nn.utils.prune.custom_from_mask`` (or overwrite an existing mask).
-
-    Overwriting keeps ``weight_orig`` the same parameter object, so the optimizer needs no rebuild.
-    The caller keeps masks monotone (:func:`masks_from_scores` does).
-    """
-    modules = prunable_modules(model)
-    unknown = sorted(set(masks) - set(modules))
-    if unknown:
-        raise ValueError(f"masks name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(modules)}")
-    for name, mask in masks.items():
-        module = modules[name]
-        if is_masked(module):
-            with torch.no_grad():
-                module.weight_mask.copy_(mask.to(module.weight_mask.device, module.weight_mask.dtype))
-            module.weight = module.weight_orig * module.weight_mask
-        else:
-            prune.custom_from_mask(module, "weight", mask.to(module.weight.device))
-            keep_fresh_on_load(module)
-
-
-def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks of every conv/linear layer (all ones where unmasked), on the model's device."""
-    return {
-        name: (module.weight_mask.bool() if is_masked(module) else torch.ones_like(module.weight, dtype=torch.bool))
-        for name, module in prunable_modules(model).items()
-    }
-
-
 def split_batch(batch: Batch, chunks: int) -> list[Batch]:
     """One calibration batch as ``chunks`` roughly equal pieces (the authors' code uses two halves)."""
     x, y = batch
     chunks = max(1, min(int(chunks), len(y)))
     return list(zip(x.chunk(chunks), y.chunk(chunks)))
-
-
-def mask_sparsity(masks: Masks, names: Sequence[str] | None = None) -> float:
-    """Fraction of zeros over the given masks (all of them by default)."""
-    names = list(masks) if names is None else names
-    total = sum(masks[n].numel() for n in names)
-    return sum(int((~masks[n].bool()).sum()) for n in names) / total if total else 0.0
 
 
 def stage_diagnostics(
@@ -295,3 +243,28 @@ def stage_diagnostics(
         "filter_sum_ratio": float(filter_sums.abs().sum() / filter_abs.sum().clamp_min(1e-300)),
         "filter_sum_mean": float(filter_sums.mean()),
     }
+
+
+def prune_by_saliency(
+    model: nn.Module, batches: Iterable[Batch], method: str, sparsity: float, temperature: float = 200.0,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Score the (masked) network and mask it further to ``sparsity`` overall; returns the masks and diagnostics.
+
+    ``method``: ``grasp`` removes the highest ``-theta * Hg``, ``grasp_abs`` the lowest ``|theta * Hg|``,
+    ``snip`` the lowest ``|g * theta|``; one global threshold over all conv and linear weights.
+    The masks come back on the CPU (ready to broadcast); ``model`` is not modified.
+    """
+    if method not in REMOVES:
+        raise ValueError(f"method must be one of {', '.join(REMOVES)}, got {method!r}")
+    masks = current_masks(model)
+    batches = list(batches)
+    if method == "snip":
+        scores = snip_scores(model, batches, masks)
+    else:
+        scores = grasp_scores(model, batches, temperature, masks)
+        if method == "grasp_abs":
+            scores = {name: s.abs() for name, s in scores.items()}
+    new = masks_from_scores(scores, sparsity, REMOVES[method], masks)
+    weights = {name: m.weight_orig if is_masked(m) else m.weight for name, m in prunable_modules(model).items()}
+    diagnostics = stage_diagnostics(weights, masks, new, scores)
+    return {name: mask.cpu() for name, mask in new.items()}, diagnostics

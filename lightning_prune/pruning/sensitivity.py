@@ -8,10 +8,7 @@ never modified: the masked weight is passed to the layer's functional form.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +18,6 @@ from torch.nn.utils import prune
 
 from lightning_prune.pruning.layers import effective_weight, prunable_modules
 from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, is_masked
-from lightning_prune.results import atomic_write_bytes
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
 CPU_PASS_MB = 8.0  # largest activation of one pass on the CPU: beyond the caches, more images run slower each
@@ -280,47 +276,3 @@ def naive_sensitivity_scan(
     finally:
         model.train(was_training)
     return result
-
-
-def save_curves_csv(curves: dict[str, list[float]], sparsities: Sequence[float], path: str | Path) -> Path:
-    """One row per layer, one column per sparsity level (top-1 %)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["layer", *(f"{s:g}" for s in sparsities)])
-    for name, accs in curves.items():
-        writer.writerow([name, *(f"{a:.4f}" for a in accs)])
-    atomic_write_bytes(path, buffer.getvalue().encode())
-    return Path(path)
-
-
-def read_curves_csv(path: str | Path) -> tuple[list[float], dict[str, list[float]]]:
-    """(levels, curves) from :func:`save_curves_csv`'s file."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][0] != "layer":
-        raise ValueError(f"{path} is not a sensitivity CSV (first column must be 'layer')")
-    levels = [float(s) for s in rows[0][1:]]
-    return levels, {row[0]: [float(a) for a in row[1:]] for row in rows[1:] if row}
-
-
-def plot_curves(curves: dict[str, list[float]], sparsities: Sequence[float], title: str = ""):
-    """Accuracy vs sparsity, one line per layer (matplotlib figure; the caller saves or logs it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
-    colors = plt.get_cmap("tab20")
-    markers = "osD^v<>p"
-    for i, (name, accs) in enumerate(curves.items()):
-        ax.plot(sparsities, accs, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
-                color=colors(i % 20), label=name)
-    ax.set_xlabel("sparsity of the pruned layer (fraction of its weights removed)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "Sensitivity: one layer magnitude-pruned at a time")
-    ax.set_xlim(min(sparsities) - 0.02, max(sparsities) + 0.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="layer")
-    fig.tight_layout()
-    return fig

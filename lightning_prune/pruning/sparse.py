@@ -9,12 +9,8 @@ load, which shows what the per-call conversion costs.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +18,6 @@ from torch import nn
 
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import copy_model, get_masks, make_permanent
-from lightning_prune.results import atomic_torch_save, atomic_write_bytes
 
 MASKS_FILE = "masks.pt"
 SPARSE_FILE = "sparse_coo.pt"
@@ -197,58 +192,3 @@ def verify_coo(sparse: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Ten
         _, counts = torch.cat([unique, expected]).unique(return_counts=True)
         result[name] = int((counts == 1).sum()) + len(stored) - len(unique)
     return result
-
-
-@dataclass
-class SparseExport:
-    """What ``export_sparse`` wrote and the model variants built from it."""
-
-    masks_path: Path
-    sparse_path: Path
-    check_path: Path
-    mismatches: dict[str, int]
-    permanent: nn.Module  # masks folded in: dense weights with exact zeros
-    sparse: nn.Module  # COO weights, reloaded from the file
-    densified: nn.Module  # the same file densified once at load
-    layers: list[str] = field(default_factory=list)
-
-    @property
-    def total_mismatches(self) -> int:
-        return sum(self.mismatches.values())
-
-
-def export_sparse(model: nn.Module, out_dir: str | Path) -> SparseExport:
-    """Make pruning permanent, save the masks and the COO model, reload both and check them.
-
-    Files: ``masks.pt`` (``{layer: bool mask}``), ``sparse_coo.pt`` (the sparse model's whole state
-    dict, pruned weights as COO; load with :func:`load_sparse_model`), ``coo_check.json`` (per-layer
-    mismatches between COO indices and mask non-zeros, expected 0). ``model`` is not modified.
-    """
-    out_dir = Path(out_dir)
-    masks = get_masks(model)
-    if not masks:
-        raise ValueError("export_sparse: the model has no pruning masks")
-    permanent = make_permanent(copy_model(model))
-    sparse = to_sparse_model(permanent, masks=masks)
-    masks_path, sparse_path, check_path = out_dir / MASKS_FILE, out_dir / SPARSE_FILE, out_dir / CHECK_FILE
-    atomic_torch_save(masks, masks_path)
-    atomic_torch_save({k: v.cpu() for k, v in sparse.state_dict().items()}, sparse_path)
-    saved_masks = torch.load(masks_path, map_location="cpu", weights_only=True)
-    with warnings.catch_warnings():  # "validating sparse tensor invariants": wanted here, no news
-        warnings.simplefilter("ignore", UserWarning)
-        saved = torch.load(sparse_path, map_location="cpu", weights_only=True)
-    pruned = {n: m for n, m in saved_masks.items() if not bool(m.all())}
-    mismatches = verify_coo(sparse_weights(saved), pruned)
-    check = {"mismatches": sum(mismatches.values()), "layers": mismatches}
-    atomic_write_bytes(check_path, (json.dumps(check, indent=2) + "\n").encode())
-    device = next(permanent.parameters()).device
-    return SparseExport(
-        masks_path=masks_path,
-        sparse_path=sparse_path,
-        check_path=check_path,
-        mismatches=mismatches,
-        permanent=permanent,
-        sparse=load_sparse_model(permanent, saved).to(device),
-        densified=load_sparse_model(permanent, saved, densify_once=True).to(device),
-        layers=list(pruned),
-    )

@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lightning_prune.report import plots, readme, tables
-from lightning_prune.report.collect import Run, load_runs, seed_groups, unfinished, without_seed
+from lightning_prune.report.collect import RunResults, load_runs, seed_groups, unfinished, without_seed
 from lightning_prune.report.handoff import handoff_section
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
 
 
-def drop_note(reference: Run | None) -> str:
+def drop_note(reference: RunResults | None) -> str:
     against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
     return (
         "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
@@ -54,7 +54,7 @@ SWEEP_SPLITS = {
 }
 
 
-def sweep_notes(runs: list[Run]) -> list[str]:
+def sweep_notes(runs: list[RunResults]) -> list[str]:
     """Which images each 1a sensitivity sweep measured."""
     lines = []
     for run in runs:
@@ -64,12 +64,12 @@ def sweep_notes(runs: list[Run]) -> list[str]:
     return lines
 
 
-def reference_model(runs: list[Run], references: Sequence[str] = ()) -> dict | None:
+def reference_model(runs: list[RunResults], references: Sequence[str] = ()) -> dict | None:
     run = tables.baseline_run(runs, references)
     return run.data["models"][0] if run else None
 
 
-def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Path]:
+def sensitivity_plots(runs: list[RunResults], plot_dir: Path, dataset: str) -> list[Path]:
     """Copy each run's sensitivity PNG beside the report so the report is self-contained."""
     copied = []
     for run in runs:
@@ -82,9 +82,9 @@ def sensitivity_plots(runs: list[Run], plot_dir: Path, dataset: str) -> list[Pat
     return copied
 
 
-def check_references(runs: list[Run], references: Sequence[str], logs: Path) -> None:
+def check_references(runs: list[RunResults], references: Sequence[str], logs: Path) -> None:
     """Every named reference must be a baseline experiment under the logs (checked before anything is written)."""
-    baselines = sorted({r.experiment for r in runs if r.task == "baseline"})
+    baselines = sorted({r.experiment for r in runs if r.task == tables.BASELINE})
     unknown = [name for name in references if name not in baselines]
     if unknown:
         raise ValueError(

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import jsonschema
 
+from lightning_prune.names import TASK_ORDER
 from lightning_prune.results import RESULTS_FILE, schema
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Run:
+class RunResults:
     """One results.json and where it came from (``logs/<experiment>/version_N``)."""
 
     path: Path
@@ -50,7 +51,7 @@ class Run:
         return not (isinstance(checkpoint, dict) and checkpoint.get("finished") is False)
 
 
-def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Run]:
+def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[RunResults]:
     """Every parseable results.json under ``logs``; schema problems are kept, not fatal.
 
     Files that cannot be read at all are left out of the runs and appended to ``unreadable`` as
@@ -76,11 +77,11 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
         if not isinstance(data.get("models"), list):
             data["models"] = []  # the problem is listed; the tables see no models
         data["models"] = [m for m in data["models"] if isinstance(m, dict)]
-        runs.append(Run(path, data, problems))
+        runs.append(RunResults(path, data, problems))
     return runs
 
 
-def seed_groups(runs: list[Run]) -> list[list[Run]]:
+def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
     """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
 
     Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
@@ -88,7 +89,7 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     the group records one (:func:`without_seed` lists the others). Runs of unfinished models are
     left out (:func:`unfinished` lists them). Each group ends with its newest run.
     """
-    by_key: dict[tuple[str, str], list[Run]] = {}
+    by_key: dict[tuple[str, str], list[RunResults]] = {}
     for run in runs:
         if run.finished:
             by_key.setdefault((run.experiment, run.task), []).append(run)
@@ -105,12 +106,12 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
     return groups
 
 
-def unfinished(runs: list[Run]) -> list[Run]:
+def unfinished(runs: list[RunResults]) -> list[RunResults]:
     """Runs whose model comes from a fit that did not finish: listed apart, never a table row or a reference."""
     return [r for r in runs if not r.finished]
 
 
-def without_seed(runs: list[Run], groups: list[list[Run]]) -> list[Run]:
+def without_seed(runs: list[RunResults], groups: list[list[RunResults]]) -> list[RunResults]:
     """Runs that record no seed while another run of their experiment does: not counted as a seed."""
     shown = {id(r) for group in groups for r in group}
     seeded = {(r.experiment, r.task) for r in runs if r.seed is not None}
@@ -124,6 +125,3 @@ def run_version(path: Path) -> int:
         if part.startswith("version_") and part[8:].isdigit():
             return int(part[8:])
     return -1
-
-
-TASK_ORDER = {"baseline": 0, "unstructured": 1, "grasp": 2, "snip": 3, "channel": 4}

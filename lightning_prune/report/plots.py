@@ -9,13 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lightning_prune.report.collect import Run  # noqa: E402
+from lightning_prune.report.collect import RunResults  # noqa: E402
 from lightning_prune.report.tables import method, removed_share, task_label  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def _points(runs: list[Run]):
+def _points(runs: list[RunResults]):
     for run in runs:
         for m in run.data["models"]:
             p, a = m.get("profile") or {}, m.get("accuracy") or {}
@@ -36,7 +36,7 @@ def _std(value) -> float:
     return float(getattr(value, "std", 0.0))
 
 
-def accuracy_series(runs: list[Run], reference: dict | None = None) -> dict[str, list[tuple[float, ...]]]:
+def accuracy_series(runs: list[RunResults], reference: dict | None = None) -> dict[str, list[tuple[float, ...]]]:
     """Per method, its points (% removed, top-1, std of each over seeds), sorted by the share removed.
 
     Grid runs of one method (``python -m lightning_prune.budget``) join into one curve. Variants of
@@ -53,7 +53,7 @@ def accuracy_series(runs: list[Run], reference: dict | None = None) -> dict[str,
     return {label: sorted(found.values()) for label, found in series.items()}
 
 
-def accuracy_vs_sparsity(runs: list[Run], path: Path, reference: dict | None = None) -> Path | None:
+def accuracy_vs_sparsity(runs: list[RunResults], path: Path, reference: dict | None = None) -> Path | None:
     """Test top-1 against the parameters removed: one curve per method, error bars over seeds."""
     dense = (reference or {}).get("profile", {}).get("nonzero_params")
     series = accuracy_series(runs, reference)
@@ -76,7 +76,7 @@ def accuracy_vs_sparsity(runs: list[Run], path: Path, reference: dict | None = N
     return path
 
 
-def relative_bars(runs: list[Run], path: Path, reference: dict | None) -> Path | None:
+def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) -> Path | None:
     """Latency and serialized size of each variant divided by the baseline's."""
     if not reference:
         return None

@@ -1,12 +1,12 @@
-"""README tables that cannot go stale: generated from the results.json files kept under ``docs/results``.
+"""Documentation tables that cannot go stale: generated from the results.json files kept under ``docs/results``.
 
-README.md marks each generated table with ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``;
-NAME is a dataset (its results table), ``DATASET-budget`` (the accuracy-budget table, at the report's
-default ``--max-drop``), ``DATASET-stages`` (the 1b stages and their diagnostics) or ``handoff`` (the
-exports kept beside them).
+A docs page (docs/results.md, docs/deploy.md, docs/discussion.md) marks each generated table with
+``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; NAME is a dataset (its results table),
+``DATASET-budget`` (the accuracy-budget table, at the report's default ``--max-drop``),
+``DATASET-stages`` (the 1b stages and their diagnostics) or ``handoff`` (the exports kept beside them).
 ``lightning-prune report --snapshot docs/results`` copies the runs the report shows into the
-repository (results.json and handoff.json only, small), ``--readme README.md`` rewrites the marked
-tables from them, and ``--check-readme`` fails when a table differs from what the kept results give.
+repository (results.json and handoff.json only, small), ``--readme FILE ...`` rewrites the marked
+tables from them, and ``--check-readme FILE ...`` fails when a table differs from what the kept results give.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from lightning_prune.report import tables
-from lightning_prune.report.collect import Run, load_runs, run_version, seed_groups
+from lightning_prune.report.collect import RunResults, load_runs, run_version, seed_groups
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import RESULTS_FILE, atomic_write_bytes
@@ -25,7 +25,7 @@ from lightning_prune.runs import GRID_SUFFIX
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
-def snapshot(groups: list[list[Run]], logs: Path, target: Path) -> list[Path]:
+def snapshot(groups: list[list[RunResults]], logs: Path, target: Path) -> list[Path]:
     """Copy every shown run's results.json (all its seeds) to ``target``, keeping the layout below ``logs``,
     and each shown experiment's newest export record (handoff.json: the hand-off table's source)."""
     if target.exists():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from lightning_prune.report.collect import Run
+from lightning_prune.report.collect import RunResults
 
 
 class Stat(float):
@@ -68,7 +68,7 @@ def merge_schedules(schedules: list[dict]) -> dict:
     return merged
 
 
-def merge_runs(runs: list[Run]) -> Run:
+def merge_runs(runs: list[RunResults]) -> RunResults:
     """One run standing for several seeds: its models' figures are Stats over the seeds (by variant)."""
     if len(runs) == 1:
         return runs[0]

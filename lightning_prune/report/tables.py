@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lightning_prune.names import DENSE, MASKED, NARROW
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
-from lightning_prune.report.collect import Run
+from lightning_prune.report.collect import RunResults
 from lightning_prune.report.seeds import Stat
 from lightning_prune.runs import GRID_SUFFIX
 
+BASELINE = "baseline"
 MISSING = "—"
 COLUMNS = (
     "task", "variant", "size (MB)", "sparsity (within the model)", "params removed (vs dense)", "params non-zero",
@@ -45,14 +47,14 @@ def scaled(value, factor: float):
     return Stat([v * factor for v in values]) if values else value * factor
 
 
-def baseline_run(runs: list[Run], references: Sequence[str] = ()) -> Run | None:
+def baseline_run(runs: list[RunResults], references: Sequence[str] = ()) -> RunResults | None:
     """The reference run of a dataset: the baseline run named in ``references``, else the most recent one."""
-    baselines = [r for r in runs if r.task == "baseline" and r.data["models"]]
+    baselines = [r for r in runs if r.task == BASELINE and r.data["models"]]
     named = [r for r in baselines if r.experiment in references]
     return max(named or baselines, key=lambda r: r.created or "", default=None)
 
 
-def baseline_top1(runs: list[Run], references: Sequence[str] = ()) -> float | None:
+def baseline_top1(runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
     """The reference accuracy: the dense model of the dataset's baseline run."""
     run = baseline_run(runs, references)
     if run is None:
@@ -81,7 +83,7 @@ def removed_share(profile: dict, dense_params: float | None):
     return Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
 
 
-def row(run: Run, model: dict, reference: float | None, label: str | None = None,
+def row(run: RunResults, model: dict, reference: float | None, label: str | None = None,
         dense_params: float | None = None) -> list[str]:
     """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
@@ -122,40 +124,40 @@ def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def method(run: Run) -> str:
+def method(run: RunResults) -> str:
     """The task, or the 1b method when it differs from its task (``grasp_abs`` is recorded as ``grasp``)."""
     return str((run.data.get("schedule") or {}).get("method") or run.task)
 
 
-def task_label(run: Run, runs: list[Run]) -> str:
+def task_label(run: RunResults, runs: list[RunResults]) -> str:
     """The task (or method), with the experiment name when several shown runs share it."""
     shared = sum(method(r) == method(run) for r in runs) > 1
     return f"{method(run)} ({run.experiment})" if shared else method(run)
 
 
-def dense_params(run: Run, runs: list[Run], references: Sequence[str] = ()) -> float | None:
+def dense_params(run: RunResults, runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
     """Parameters of the unpruned model: the run's own dense entry, else the dataset's baseline."""
     for m in run.data["models"]:
         params = (m.get("profile") or {}).get("params")
-        if m.get("variant") == "dense" and isinstance(params, (int, float)):
+        if m.get("variant") == DENSE and isinstance(params, (int, float)):
             return float(params)
     base = baseline_run(runs, references)
     params = (base.data["models"][0].get("profile") or {}).get("params") if base else None
-    if isinstance(params, (int, float)) and run.task not in ("channel",):
+    if isinstance(params, (int, float)) and run.task != "channel":
         return float(params)
     return None
 
 
-def dense_top1(run: Run) -> float | None:
+def dense_top1(run: RunResults) -> float | None:
     """The run's own unpruned model, the fairest reference for what pruning cost."""
     for m in run.data["models"]:
         top1 = (m.get("accuracy") or {}).get("test_top1")
-        if m.get("variant") == "dense" and isinstance(top1, (int, float)):
+        if m.get("variant") == DENSE and isinstance(top1, (int, float)):
             return top1  # a Stat when merged over seeds: drops are then taken seed by seed
     return None
 
 
-def results_table(runs: list[Run], references: Sequence[str] = ()) -> str:
+def results_table(runs: list[RunResults], references: Sequence[str] = ()) -> str:
     """One row per variant; the drop is against the run's own dense model, else the baseline run."""
     baseline = baseline_top1(runs, references)
     rows = []
@@ -167,7 +169,7 @@ def results_table(runs: list[Run], references: Sequence[str] = ()) -> str:
     return markdown(COLUMNS, rows)
 
 
-def schedule_table(runs: list[Run]) -> str | None:
+def schedule_table(runs: list[RunResults]) -> str | None:
     """Task 1b: when each stage fired and why (accuracy trigger or fallback epoch), and what it removed."""
     rows = []
     for run in runs:
@@ -190,14 +192,14 @@ def schedule_table(runs: list[Run]) -> str | None:
     return markdown(header, rows)
 
 
-def layer_table(runs: list[Run]) -> str | None:
+def layer_table(runs: list[RunResults]) -> str | None:
     """Per-layer sparsity (%) or channels kept, one column per pruned variant."""
     columns: list[tuple[str, dict[str, str]]] = []
     order: list[str] = []
     for run in runs:
         for m in run.data["models"]:
             layers = m.get("layers")
-            if not layers or m.get("variant") == "dense" or run.task == "baseline":
+            if not layers or m.get("variant") == DENSE or run.task == BASELINE:
                 continue
             cells = {}
             for layer in layers:
@@ -223,7 +225,7 @@ def layer_table(runs: list[Run]) -> str | None:
     return markdown(header, [[name, *[c.get(name, MISSING) for _, c in unique]] for name in order])
 
 
-def environment_table(runs: list[Run]) -> str:
+def environment_table(runs: list[RunResults]) -> str:
     rows = []
     for run in runs:
         env = run.data.get("environment") or {}
@@ -234,7 +236,7 @@ def environment_table(runs: list[Run]) -> str:
     return markdown(["experiment", "task", "finished", "device", "torch", "lightning", "command", "results"], rows)
 
 
-def energy_notes(runs: list[Run]) -> list[str]:
+def energy_notes(runs: list[RunResults]) -> list[str]:
     notes = {m.get("profile", {}).get("energy_note") for r in runs for m in r.data["models"]}
     return sorted(n for n in notes if isinstance(n, str) and n)
 
@@ -244,7 +246,7 @@ def _operator_cell(op: dict) -> str:
     return f"`{op.get('name', '?')}`" + (f" {share:.0%}" if isinstance(share, (int, float)) else "")
 
 
-def operator_table(runs: list[Run], top: int = 4) -> str | None:
+def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
     """Per variant: where one forward pass spent its time, and which sparse/densifying operators ran.
 
     Built from each profile's ``operators`` list (torch.profiler); runs without it are skipped.
@@ -272,10 +274,10 @@ def operator_table(runs: list[Run], top: int = 4) -> str | None:
     return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
 
 
-PRUNED_VARIANTS = ("pruned-masked", "channel-pruned")  # the variant a budget point is judged by, per task
+PRUNED_VARIANTS = (MASKED, NARROW)  # the variant a budget point is judged by, per task
 
 
-def budget_table(runs: list[Run], max_drop: float, references: Sequence[str] = ()) -> str | None:
+def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[str] = ()) -> str | None:
     """Per method, the highest target sparsity whose top-1 drop (mean over seeds) stays within ``max_drop``.
 
     Built from the runs that record a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
@@ -284,7 +286,7 @@ def budget_table(runs: list[Run], max_drop: float, references: Sequence[str] = (
     Shown only when some method was run at two targets or more.
     """
     baseline = baseline_top1(runs, references)
-    points: dict[str, list[tuple[float, Run, dict, object]]] = {}
+    points: dict[str, list[tuple[float, RunResults, dict, object]]] = {}
     grid = [r for r in runs if GRID_SUFFIX.search(r.experiment)]  # the grid's runs, when there are any
     for run in grid or runs:
         target = (run.data.get("pruning") or {}).get("target_sparsity")

@@ -1,0 +1,102 @@
+"""What every pruning callback shares, so that each one holds only its decision (as Lightning's ``ModelPruning``).
+
+A pruning callback checks its options once (``setup``), claims the model in ``on_fit_start`` (its
+``describe()`` goes into every checkpoint; a resumed checkpoint pruned otherwise is refused), keeps
+its progress as state (``state_keys``), and at fit end hands the recorder what to profile and
+record (:class:`Handover`). It writes no file: the :class:`~lightning_prune.callbacks.recorder.Recorder`
+does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import lightning as L
+from torch import nn
+
+from lightning_prune.errors import ConfigError
+
+C = TypeVar("C", bound=L.Callback)
+
+
+@dataclass
+class Handover:
+    """What a pruning callback gives the recorder at fit end.
+
+    Args:
+        variant: The fitted model's variant (``pruned-masked`` or ``channel-pruned``).
+        masked: The model carries ``torch.nn.utils.prune`` masks: the recorder exports the masks and
+            COO weights and profiles the sparse variants too.
+        extra: Top-level results.json fields (``sweep``, ``schedule``, ``notes``, ...).
+        annotate: Adds per-model fields to the fitted model's entry (given it and the dense entry).
+        files: Text files for the run's folder, by name.
+        curves: The sensitivity sweep's ``(curves, levels, title)``, drawn and saved by the recorder.
+        record: Profile the models and write results.json; False: write only ``files`` and ``curves``.
+    """
+
+    variant: str
+    masked: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    annotate: Callable[[dict, dict | None], None] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    curves: tuple[dict[str, list[float]], list[float], str] | None = None
+    record: bool = True
+
+
+def find(trainer: L.Trainer, kind: type[C]) -> C | None:
+    """The trainer's callback of type ``kind`` (the one place callbacks look each other up)."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+class PruningCallback(L.Callback):
+    """Base of the task callbacks: option check, claim, state and hand-over; subclasses decide what to prune."""
+
+    state_keys: ClassVar[tuple[str, ...]] = ()  # attributes saved in checkpoints (the callback's progress)
+    profile_dense: bool = False  # the recorder profiles the unpruned model at fit setup
+
+    @property
+    def task(self) -> str:
+        raise NotImplementedError
+
+    def check(self, trainer: L.Trainer, model: nn.Module) -> None:
+        """Raise ``ValueError`` (starting with the option's name) for options that no type can check."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this callback prunes to: kept in every checkpoint, and a resumed fit must agree."""
+        raise NotImplementedError
+
+    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
+        """What to profile and record at fit end; None: nothing."""
+        raise NotImplementedError
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        try:
+            self.check(trainer, pl_module.model)
+        except ValueError as err:
+            raise ConfigError(f"{type(self).__name__}.{err}") from err
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.claim_pruning(self.describe())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.state_keys}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key in self.state_keys:
+            if key in state_dict:
+                setattr(self, key, state_dict[key])
+
+
+def log_text(trainer: L.Trainer, tag: str, text: str) -> None:
+    """``add_text`` on every logger that has it (TensorBoard)."""
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text(tag, text, global_step=trainer.global_step)
+
+
+def log_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

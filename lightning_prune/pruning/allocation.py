@@ -1,0 +1,151 @@
+"""How a global sparsity target is split over the layers (task 1a): the per-layer sparsities to prune to.
+
+``sensitivity``: at the least loss predicted by each layer's sensitivity curve (the marginal cost of
+every further weight removed), or per layer the highest sparsity within ``max_drop`` points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, layer_sizes
+
+Curves = Mapping[str, Sequence[float]]
+
+
+def _sorted_curves(curves: Curves, levels: Sequence[float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Levels ascending with each curve reordered alike; level 0 is the unpruned accuracy."""
+    order = np.argsort(levels)
+    xs = np.asarray(levels, dtype=float)[order]
+    if len(xs) == 0 or xs[0] != 0:
+        raise ValueError(f"sensitivity sparsities must include 0 (the unpruned accuracy), got {list(levels)}")
+    ys = {}
+    for name, accs in curves.items():
+        if len(accs) != len(levels):
+            raise ValueError(f"curve of {name} has {len(accs)} points for {len(levels)} levels")
+        ys[name] = np.asarray(accs, dtype=float)[order]
+    return xs, ys
+
+
+def predicted_drop(curves: Curves, levels: Sequence[float], sparsities: Mapping[str, float]) -> float:
+    """Sum of the per-layer accuracy drops read off the interpolated curves (points of top-1)."""
+    xs, ys = _sorted_curves(curves, levels)
+    return float(sum(y[0] - np.interp(sparsities.get(n, 0.0), xs, y) for n, y in ys.items()))
+
+
+def choose_by_max_drop(
+    curves: Curves, levels: Sequence[float], max_drop: float, step: float = 0.01
+) -> dict[str, float]:
+    """Per layer, the highest sparsity up to which the interpolated drop stays within ``max_drop`` points."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
+        raise ValueError(f"max_drop: must be a number of top-1 points >= 0, got {max_drop!r}")
+    xs, ys = _sorted_curves(curves, levels)
+    grid = np.append(np.arange(0.0, xs[-1], step), xs[-1])
+    chosen = {}
+    for name, y in ys.items():
+        over = np.flatnonzero(y[0] - np.interp(grid, xs, y) > max_drop + 1e-9)
+        last = (over[0] - 1) if len(over) else len(grid) - 1
+        chosen[name] = float(round(grid[max(last, 0)], 6))
+    return chosen
+
+
+def check_reachable(target: float, top: float, sizes: Mapping[str, int], layers: Sequence[str]) -> int:
+    """Weights to remove for ``target``; ValueError when layers swept up to ``top`` cannot give that many."""
+    total = sum(sizes.values())
+    need = math.ceil(target * total - 1e-9)
+    reachable = sum(round(top * sizes[n]) for n in layers)
+    if reachable < need:
+        raise ValueError(
+            f"target_sparsity={target} cannot be reached: the sweep stops at sparsity {top:g} per layer and covers "
+            f"{sum(sizes[n] for n in layers):,} of {total:,} prunable weights, so at most {reachable / total:.4f} "
+            "overall; lower the target or sweep higher sparsity levels"
+        )
+    return need
+
+
+def choose_for_target(
+    curves: Curves,
+    levels: Sequence[float],
+    sizes: Mapping[str, int],
+    target: float,
+    step: float = 0.01,
+) -> dict[str, float]:
+    """Per-layer sparsities that remove ``target`` of all prunable weights at the least predicted loss.
+
+    Greedy on the marginal cost: at each step, over all layers and all higher sparsities on a grid,
+    take the move with the smallest predicted accuracy loss per removed weight (ties: the move that
+    removes most), so large layers that tolerate pruning absorb most of the budget. A layer never
+    goes past the highest swept level (no extrapolation); layers without a curve stay dense.
+    """
+    check_sparsity(target, "target_sparsity")
+    xs, ys = _sorted_curves(curves, levels)
+    unknown = [n for n in ys if n not in sizes]
+    if unknown:
+        raise ValueError(
+            f"sensitivity curves name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(sizes)}"
+        )
+    top = xs[-1]
+    need = check_reachable(target, top, sizes, list(ys))
+    grid = np.unique(np.round(np.concatenate([np.arange(step, top, step), xs[1:]]), 6))
+    drop = {n: y[0] - np.interp(grid, xs, y) for n, y in ys.items()}
+    counts = {n: np.round(grid * sizes[n]).astype(np.int64) for n in ys}  # weights removed at each grid point
+    state = dict.fromkeys(ys, (0.0, 0, 0.0))  # sparsity, removed, drop
+    removed = 0
+    while removed < need:
+        best = None
+        for name in ys:
+            _, k, d = state[name]
+            n = sizes[name]
+            ok = counts[name] > k
+            if not ok.any():
+                continue
+            ks, ds, ss = counts[name][ok], drop[name][ok], grid[ok]
+            finish = removed - k + ks >= need
+            if finish.any():  # stop at the first point that reaches the target, trimmed to the exact count
+                i = int(np.argmax(finish))
+                ks, ss = ks[: i + 1].copy(), ss[: i + 1].copy()
+                ks[i] = k + need - removed
+                ss[i] = ks[i] / n
+                ds = np.interp(ss, xs, ys[name][0] - ys[name])
+            gain = ks - k
+            costs = (ds - d) / gain
+            j = int(np.lexsort((-gain, costs))[0])
+            key = (float(costs[j]), -int(gain[j]))
+            if best is None or key < best[0]:
+                best = (key, name, float(ss[j]), int(ks[j]), float(ds[j]))
+        if best is None:  # cannot happen after the reachability check
+            raise ValueError(f"target_sparsity={target} cannot be reached with the swept levels")
+        _, name, s, k, d = best
+        removed += k - state[name][1]
+        state[name] = (s, k, d)
+    return {n: float(s) for n, (s, _, _) in state.items()}
+
+
+def choose_sparsities(
+    model: nn.Module,
+    sparsities: Mapping[str, float] | None = None,
+    target_sparsity: float | None = None,
+    max_drop: float | None = None,
+    curves: Curves | None = None,
+    levels: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """One of: an explicit ``{layer: sparsity}`` map, a ``target_sparsity`` or a ``max_drop`` rule."""
+    given = [k for k, v in (("sparsities", sparsities), ("target_sparsity", target_sparsity), ("max_drop", max_drop))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"set exactly one of sparsities, target_sparsity, max_drop (got {', '.join(given) or 'none'})"
+        )
+    if sparsities is not None:
+        check_layer_names(list(sparsities), model, "sparsities")
+        return {n: check_sparsity(s, f"sparsities.{n}") for n, s in sparsities.items()}
+    if curves is None or levels is None:
+        raise ValueError(f"{given[0]} needs sensitivity curves (a sweep of every layer)")
+    check_layer_names(list(curves), model, "sensitivity curves")
+    if target_sparsity is not None:
+        return choose_for_target(curves, levels, layer_sizes(model), target_sparsity)
+    return choose_by_max_drop(curves, levels, max_drop)

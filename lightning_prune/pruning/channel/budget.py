@@ -1,0 +1,120 @@
+"""A parameter budget: how much of the dense VGG a set of keep ratios removes, and the ratios for a target.
+
+Pure arithmetic on the widths, hence the same answer on every DDP rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from lightning_prune.models.vgg import VGG
+from lightning_prune.pruning.channel.ratios import Ratios, keep_count, prunable_convs, resolve_ratios
+
+
+def vgg_parameter_count(channels: Sequence[int], num_classes: int, classifier_width: int) -> int:
+    """Parameters of ``vgg16_bn(num_classes, channels, classifier_width=...)``, from shapes alone.
+
+    Each conv has a 3x3 weight and a bias, each BatchNorm a weight and a bias (running statistics
+    are buffers); the classifier takes the last conv's 1x1 map. Cheap enough to search widths with.
+    """
+    total, in_ch = 0, 3
+    for out_ch in channels:
+        total += in_ch * out_ch * 9 + out_ch + 2 * out_ch
+        in_ch = out_ch
+    w = classifier_width
+    return total + (in_ch * w + w) + (w * w + w) + (w * num_classes + num_classes)
+
+
+def zeroed_linear_weights(channels: Sequence[int], classifier_width: int, linear_sparsity: float | None) -> int:
+    """Weights :func:`~lightning_prune.pruning.channel.linear.prune_linear` zeroes in the hidden linears.
+
+    Its rounding: ``round(amount * numel)`` per layer.
+    """
+    if not linear_sparsity:
+        return 0
+    sizes = (channels[-1] * classifier_width, classifier_width * classifier_width)
+    return sum(round(linear_sparsity * n) for n in sizes)
+
+
+def check_target_sparsity(target: float | None, option: str = "target_sparsity") -> None:
+    """A share of parameters to remove lies in (0, 1): 0 removes nothing, 1 would remove everything."""
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1):
+        raise ValueError(f"{option} must be a fraction of the dense model's parameters to remove in (0, 1) "
+                         f"or null, got {target!r}")
+
+
+def narrow_channels(ratios: Mapping[int, float], channels: Sequence[int]) -> list[int]:
+    """The widths :func:`prune_channels` leaves: keeping ratio r of conv i's inputs narrows conv i-1."""
+    narrow = list(channels)
+    for i, r in ratios.items():
+        narrow[i - 1] = keep_count(r, channels[i - 1])
+    return narrow
+
+
+def params_removed_share(
+    ratios: Mapping[int, float], channels: Sequence[int], num_classes: int, classifier_width: int,
+    linear_sparsity: float | None,
+) -> float:
+    """Fraction of the dense model's parameters gone after channel pruning and zeroing the hidden linears."""
+    narrow = narrow_channels(ratios, channels)
+    kept = vgg_parameter_count(narrow, num_classes, classifier_width)
+    kept -= zeroed_linear_weights(narrow, classifier_width, linear_sparsity)
+    return 1 - kept / vgg_parameter_count(channels, num_classes, classifier_width)
+
+
+def scale_ratios(ratios: Mapping[int, float], channels: Sequence[int], factor: float) -> dict[int, float]:
+    """Every ratio times ``factor``, clipped to keep 1 to channels-1 channels (a conv with one input stays)."""
+    scaled = {}
+    for i, r in ratios.items():
+        c = channels[i - 1]
+        scaled[i] = r if c < 2 else min(max(r * factor, 1 / c), (c - 1) / c)
+    return scaled
+
+
+def ratios_for_target(
+    ratios: Mapping[int, float],
+    channels: Sequence[int],
+    num_classes: int,
+    classifier_width: int,
+    linear_sparsity: float | None,
+    target: float,
+    steps: int = 100,
+) -> dict[int, float]:
+    """The configured keep ratios scaled by the largest common factor that removes >= ``target`` of the parameters.
+
+    One factor keeps the configured per-layer profile (early convs keep more). The share removed
+    only falls as the factor grows, so a bisection finds it; pure arithmetic on the widths, hence
+    the same answer on every DDP rank. An unreachable target (even one channel per pruned conv
+    removes too little) is an error naming the highest share reachable.
+    """
+    check_target_sparsity(target)
+
+    def removed(factor: float) -> float:
+        return params_removed_share(scale_ratios(ratios, channels, factor), channels, num_classes, classifier_width,
+                             linear_sparsity)
+
+    best = removed(0.0)
+    if best < target:
+        raise ValueError(f"target_sparsity={target} cannot be reached with these ratios: keeping one channel per "
+                         f"pruned conv removes at most {best:.4f} of the parameters; lower target_sparsity, prune "
+                         "more convs (ratios) or raise linear_sparsity")
+    lo = 0.0
+    hi = max((channels[i - 1] - 1) / channels[i - 1] / r for i, r in ratios.items()) if ratios else 1.0
+    if removed(hi) >= target:  # even the widest clipped widths meet it
+        return scale_ratios(ratios, channels, hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if removed(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return scale_ratios(ratios, channels, lo)
+
+
+def ratios_to_prune(ratios: Ratios, model: VGG, target: float | None, linear_sparsity: float | None) -> Ratios:
+    """The ratios to prune ``model`` with: as given, or scaled to remove ``target`` of its parameters."""
+    if target is None:
+        return ratios
+    scaled = ratios_for_target(resolve_ratios(ratios, model), model.channels, model.num_classes,
+                               model.classifier_width, linear_sparsity, target)
+    return {name: scaled[i] for name, i in prunable_convs(model).items() if i in scaled}
