@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget subset-1b
+.PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget evidence evidence-baseline \
+	evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget int8-paths
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,23 +41,30 @@ budget: $(STAMP)
 
 # The result tables of docs/results.md, docs/deploy.md and docs/discussion.md, regenerated from the
 # latest runs: their results.json files are kept in docs/results (small; checkpoints stay out), and a
-# test checks these files against them. The runs: `make demo SEEDS=3`, `make budget SEEDS=3`, and the
-# CIFAR-10-subset 1b comparison (`make subset-1b`).
+# test checks these files against them. The runs: `make demo SEEDS=3`, `make budget SEEDS=3` (digits) and
+# `make evidence` (the CIFAR-10 subset); figures go to docs/figures.
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
-	$(CLI) report --logs docs/results --out docs/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md
+	cp logs/evidence/timing.json docs/results/evidence-timing.json 2>/dev/null || true
+	$(CLI) report --logs docs/results --out docs/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
 
-# Task 1b on the real CIFAR-10 subset (../shared/data/cifar10-subset): the never-pruned run of the
-# 20-epoch budget (fit, then test: its profile), then GraSP, SNIP and |GraSP|, for seeds 0..SEEDS-1.
-subset-1b: $(STAMP)
-	for seed in $$(seq 0 $$(($(SEEDS) - 1))); do \
-		$(CLI) fit --config configs/cifar10-subset/dense.yaml --seed_everything=$$seed && \
-		$(CLI) test --config configs/cifar10-subset/dense.yaml --ckpt_path run:cifar10subset_dense \
-			--seed_everything=$$seed && \
-		for exp in grasp snip grasp_abs; do \
-			$(CLI) fit --config configs/cifar10-subset/$$exp.yaml --seed_everything=$$seed || exit 1; \
-		done || exit 1; \
-	done
+# The evidence on the real CIFAR-10 subset (../shared/data/cifar10-subset): the plateau baseline, every method
+# beside its controls, the compression ladder and the budget grid, SEEDS seeds (3; the headline comparisons 5),
+# two runs at a time on one thread each; it resumes where it stopped. docs/results.md states its wall time.
+# One group alone: make evidence-baseline | evidence-1a | evidence-2 | evidence-1b | evidence-ladder | evidence-budget
+EVIDENCE_SEEDS = $(if $(filter command line,$(origin SEEDS)),$(SEEDS),3)
+EVIDENCE = $(PY) -m lightning_prune.evidence --seeds $(EVIDENCE_SEEDS) --headline-seeds $(shell echo $$(( $(EVIDENCE_SEEDS) > 5 ? $(EVIDENCE_SEEDS) : 5 )))
+evidence: $(STAMP)
+	$(EVIDENCE)
+evidence-baseline: $(STAMP)
+	$(EVIDENCE) --groups baseline dense
+evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget: $(STAMP)
+	$(EVIDENCE) --groups $(subst evidence-,,$@)
+
+# Which PyTorch int8 path (docs/deploy.md): eager torch.ao against torchao's PT2E, with ONNX Runtime beside them.
+int8-paths: $(STAMP)
+	$(VENV)/bin/pip install --quiet torchao
+	$(PY) -m benchmarks.int8_paths
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots

@@ -131,6 +131,10 @@ class PruneCLI(LightningCLI):
             cfg.model.pretrained = False  # the checkpoint holds the weights (and, narrow or masked, the shapes)
         elif is_reference(cfg.model.pretrained):
             cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
+        prune_args = (cfg.get("prune") or {}).get("init_args") or {}
+        if is_reference(prune_args.get("layerwise_from")):  # the 1b control copies another run's layers
+            prune_args["layerwise_from"] = self._resolve("prune.layerwise_from", prune_args["layerwise_from"],
+                                                         spec.checkpoints)
         run = self._reserve(spec, cfg)
         cfg.trainer.default_root_dir = str(run.log_dir)
         self._place_logger(cfg, run)

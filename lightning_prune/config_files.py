@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,18 @@ def expand_configs(argv: list[str]) -> list[str]:
 
 
 def config_key(cfg: Any) -> str:
-    """What a run computes, minus its seed and where it writes: runs with the same key differ only in seed."""
+    """What a run computes, minus its seed and where it writes: runs with the same key differ only in seed.
+
+    The run it starts from counts by experiment, not version (``run:E/version_3`` is ``run:E``): the seeds of
+    a 1a run prune the baselines of their own seeds, and are still one configuration.
+    """
     settings = cfg.clone().as_dict()
     for key in ("seed_everything", "run", "config", "defaults", "ckpt_path"):
         settings.pop(key, None)
     settings.get("trainer", {}).pop("logger", None)
     settings.get("trainer", {}).pop("default_root_dir", None)
     settings.get("checkpoint", {}).pop("dirpath", None)
-    text = json.dumps(settings, sort_keys=True, default=str)
+    text = re.sub(r"/version_\d+", "", json.dumps(settings, sort_keys=True, default=str))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ from lightning_prune.names import PRUNING_CONFIGS
 from lightning_prune.report.cli import main as report_main
 
 DEMO_CONFIGS = Path("configs/demo")
-DEMO_FILES = ("baseline", *PRUNING_CONFIGS)
+DEMO_FILES = ("baseline", *PRUNING_CONFIGS, "compound")
 DEMO_EXPERIMENTS = tuple(f"digits_{name}" for name in DEMO_FILES)
 BASELINE_RUN = "run:digits_baseline"  # the newest digits_baseline run: the one this demo just trained
 
@@ -34,6 +34,8 @@ def steps(configs: Path = DEMO_CONFIGS) -> list[tuple[str, list[str]]]:
         ("task 1b: staged SNIP for comparison", ["fit", "--config", str(configs / "snip.yaml")]),
         ("task 1b: staged |GraSP| (lowest |theta * Hg| removed)", ["fit", "--config", str(configs / "grasp_abs.yaml")]),
         ("task 2: LASSO channel pruning", ["fit", "--config", str(configs / "channel.yaml")]),
+        ("tasks 2 then 1a: the channel-pruned model pruned by magnitude (the compression ladder's chain)",
+         ["fit", "--config", str(configs / "compound.yaml")]),
     ]
 
 
@@ -62,16 +64,16 @@ def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report
     """Run every step (stopping at the first failure), then write the report from ``logs/``.
 
     With ``seeds`` > 1 the whole chain runs once per seed (0, 1, ...): each seed's tasks prune that
-    seed's baseline, and the report shows mean ± std over the seeds.
+    seed's baseline, each seed's runs are exported, and the report shows mean ± 95 % CI over the seeds.
     """
     started = time.perf_counter()
     todo = []
     for seed in range(seeds):
         chosen = [f"--seed_everything={seed}"] if seeds > 1 else []
-        todo += [(f"{title} (seed {seed})" if seeds > 1 else title, [*argv, *chosen, *overrides])
-                 for title, argv in steps(configs)]
-    if handoff:
-        todo += handoff_steps()
+        label = f" (seed {seed})" if seeds > 1 else ""
+        todo += [(title + label, [*argv, *chosen, *overrides]) for title, argv in steps(configs)]
+        if handoff:  # this seed's runs are the newest: export them before the next seed's replace them
+            todo += [(title + label, argv) for title, argv in handoff_steps()]
     for title, argv in todo:
         print(f"\n=== {title}\n$ lightning-prune {' '.join(argv)}", flush=True)
         step_started = time.perf_counter()

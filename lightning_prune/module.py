@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_prune.errors import ConfigError
-from lightning_prune.models import scaled_channels, vgg16_bn
+from lightning_prune.models import scaled_channels, vgg16_bn, vgg_from_state
+from lightning_prune.models.pretrained import read_pretrained
 from lightning_prune.models.vgg import VGG16_CHANNELS
 from lightning_prune.pruning.unstructured import restore_masks
 
@@ -62,11 +63,21 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"model.channels: {len(VGG16_CHANNELS)} conv widths >= 1 (null: VGG16's times "
                               f"width_multiplier), got {len(channels)}: {list(channels)}")
         self.save_hyperparameters(ignore=["pretrained"])
-        self.hparams["channels"] = list(channels)
-        self.model = vgg16_bn(num_classes, channels, pretrained, classifier_width)
+        # The pruning steps the pretrained weights went through (channel pruning before this 1a, say).
+        self.lineage: list[dict[str, Any]] = []
+        if isinstance(pretrained, str):  # a file: its own widths, narrow or not, and its lineage
+            state, self.lineage = read_pretrained(pretrained)
+            self.model = vgg_from_state(num_classes, state, pretrained)
+        else:
+            self.model = vgg16_bn(num_classes, channels, pretrained, classifier_width)
+        self.hparams["channels"] = list(self.model.channels)
+        self.hparams["classifier_width"] = self.model.classifier_width
         # What pruned this model (task, method, target): saved in checkpoints, so a resumed fit or a
         # test of the checkpoint knows what it holds, whatever the config says.
         self.pruning: dict[str, Any] | None = None
+        # The fit's learning curve, one entry per validation (the Recorder appends it): saved in checkpoints,
+        # so results.json of a tested checkpoint shows how its model was trained.
+        self.history: list[dict[str, float]] = []
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
@@ -133,10 +144,14 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pruning"] = self.pruning
+        checkpoint["history"] = self.history
+        checkpoint["lineage"] = self.lineage
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Re-create pruning masks the checkpoint holds, and name the option when shapes do not fit."""
         self.pruning = checkpoint.get("pruning")
+        self.history = list(checkpoint.get("history") or [])
+        self.lineage = list(checkpoint.get("lineage") or [])
         restore_masks(self.model, checkpoint.get("state_dict", {}), prefix="model.")
         own = self.state_dict()
         for key, value in checkpoint.get("state_dict", {}).items():

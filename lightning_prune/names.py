@@ -11,20 +11,31 @@ Task = Literal["baseline", "unstructured", "grasp", "snip", "channel"]
 TASKS: tuple[str, ...] = get_args(Task)
 TASK_ORDER = {task: i for i, task in enumerate(TASKS)}
 
+# 1a: how MagnitudePruning splits a target over the layers (``sensitivity``; the controls ``global``, ``uniform``).
+Allocation = Literal["sensitivity", "global", "uniform"]
+ALLOCATIONS: tuple[str, ...] = get_args(Allocation)
+
 # 1b: StagedPruning's criteria, and the task results.json files each under (|GraSP| is a GraSP variant).
-StagedMethod = Literal["grasp", "snip", "grasp_abs"]
+# ``random`` is the layer-wise shuffle control: another run's per-layer sparsities, random masks (its task is
+# that run's). ``Schedule``: in stages as accuracy rises, or once at initialisation (GraSP's protocol).
+StagedMethod = Literal["grasp", "snip", "grasp_abs", "random"]
 STAGED_METHODS: tuple[str, ...] = get_args(StagedMethod)
 STAGED_TASK: dict[str, str] = {"grasp": "grasp", "snip": "snip", "grasp_abs": "grasp"}
+Schedule = Literal["staged", "oneshot"]
 REMOVES: dict[str, str] = {"grasp": "highest", "snip": "lowest", "grasp_abs": "lowest"}  # which scores go
 
 # What pruned a model (results.json and checkpoint["pruning"]: "method"), by task.
 METHODS: dict[str, tuple[str, ...]] = {
     "baseline": ("none",),
     "unstructured": ("magnitude",),
-    "grasp": ("grasp", "grasp_abs"),
-    "snip": ("snip",),
-    "channel": ("lasso",),
+    "grasp": ("grasp", "grasp_abs", "random"),
+    "snip": ("snip", "random"),
+    "channel": ("lasso", "l1", "random"),
 }
+
+# 2: how ChannelPruning picks each conv's kept channels (``lasso``; the controls ``l1``, ``random``).
+Selection = Literal["lasso", "l1", "random"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 # The model variants a run profiles (results.json "variant").
 DENSE, MASKED, SPARSE_COO, DENSIFIED, NARROW = (

@@ -36,7 +36,7 @@ def shrink(src: Path, dst: Path) -> None:
         overrides["trainer"]["max_epochs"] = 3
     elif src.stem == "channel" or "images_per_class" in prune:
         overrides["prune"] = {"init_args": {"images_per_class": 4, "samples": 200}}
-    if src.stem == "unstructured":
+    if src.stem in ("unstructured", "compound"):
         overrides["sweep"] = {"init_args": {"sparsities": [0.0, 0.5, 0.95], "progress": False}}
     dst.write_text(yaml.safe_dump(overrides))
 
@@ -50,8 +50,8 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     assert demo.main(["--configs", str(configs), "--", *TINY]) == 0
 
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
-    assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "grasp", "grasp_abs", "snip",
-                                                           "unstructured")]
+    assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "compound", "grasp", "grasp_abs",
+                                                           "snip", "unstructured")]
     baseline = "checkpoints/digits_baseline/version_0/last.ckpt"  # the fit; the profiling test is version_1
     assert results["digits_baseline"]["sources"]["ckpt_path"] == baseline
     for task in ("unstructured", "channel"):
@@ -77,7 +77,17 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     # Every run handed on: ONNX matching PyTorch in ONNX Runtime, int8 with its accuracy, in the report.
     handoff = text.split("## Hand-off: int8 and ONNX")[1].split("\n## ")[0]
     rows = [line for line in handoff.splitlines() if line.startswith("| digits_")]
-    assert len(rows) == 6 and all("yes" in row for row in rows), handoff
+    assert len(rows) == 7 and all("yes" in row for row in rows), handoff
+    # The chain (channel pruning, then magnitude pruning) starts from the channel run's narrow widths ...
+    chain = results["digits_compound"]
+    assert [step["task"] for step in chain["lineage"]] == ["channel"] and chain["pruning"]["task"] == "unstructured"
+    assert chain["models"][0]["profile"]["params"] == results["digits_channel"]["models"][1]["profile"]["params"]
+    # ... and the ladder goes from the dense .pt to its compressed int8 ONNX file, five rungs.
+    ladder = text.split("## digits: the compression ladder")[1].split("\n## ")[0]
+    rungs = [line.split(" | ")[0] for line in ladder.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rungs[1:] == ["| 1. dense fp32", "| 2. channel-pruned", "| 3. + unstructured", "| 4. + int8",
+                         "| 5. + compression"]
+    assert "Goal (40x smaller" in ladder
     plots = {p.name for p in (tmp_path / "report_plots").glob("*.png")}
     assert {"digits_accuracy_vs_sparsity.png", "digits_latency_size.png",
             "digits_digits_unstructured_sensitivity.png"} <= plots

@@ -175,19 +175,22 @@ def test_int8_file_keeps_zeros_and_widths(run_dirs):
 
 def test_handoff_table_and_report_section(run_dirs):
     lines = handoff_section(run_dirs["root"] / "logs")
-    header = ("| variant | float top-1 | int8 top-1 | int8 size | ONNX size | ONNX Runtime latency | "
-              "latency float / int8 (PyTorch) | outputs match |")
+    header = ("| variant | weights | float top-1 | int8 top-1 (PyTorch / ONNX) | size: ONNX / int8 ONNX / compressed | "
+              "ONNX Runtime latency (fp32) | ONNX Runtime latency (int8) | latency float / int8 (PyTorch) | "
+              "outputs match |")
     assert lines[0].startswith("## ") and header in lines
     entry = json.loads((run_dirs["out"] / "handoff.json").read_text())["variants"][0]
     row = next(line for line in lines if line.startswith(f"| {VARIANT} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == f"{entry['float_top1']:.2f}" and cells[2] == f"{entry['int8_top1']:.2f}"
-    assert cells[3] == f"{entry['int8_size_mb']:.2f} MB" and cells[4] == f"{entry['onnx_size_mb']:.2f} MB"
-    assert cells[5].endswith("ms (bs 32)") and cells[7].startswith("yes (ONNX")
-    assert cells[6] == f"{entry['float_latency_ms']:.1f} / {entry['int8_latency_ms']:.1f} ms"
+    assert cells[1] == "masked" and cells[2] == f"{entry['float_top1']:.2f}"
+    assert cells[3] == f"{entry['int8_top1']:.2f} / {entry['int8_onnx_top1']:.2f}"
+    sizes = " / ".join(f"{entry[k]:.3f}" for k in ("onnx_size_mb", "int8_onnx_size_mb", "compressed_mb"))
+    assert cells[4] == f"{sizes} MB" and entry["compressed_mb"] < entry["int8_onnx_size_mb"] < entry["onnx_size_mb"]
+    assert cells[5].endswith("ms (bs 32)") and cells[6].endswith("ms (bs 32)") and cells[8].startswith("yes (ONNX")
+    assert cells[7] == f"{entry['float_latency_ms']:.1f} / {entry['int8_latency_ms']:.1f} ms"
     assert handoff_section(run_dirs["root"] / "checkpoints") == []
     assert handoff_table([{"variant": "v", "outputs_match": {"onnx": {"match": False, "max_abs_diff": 0.5}}}]) \
-        .endswith("| v | — | — | — | — | — | — | **no** (ONNX, max diff 5.0e-01) |")
+        .endswith("| v | — | — | — / — | — / — / — MB | — | — | — | **no** (ONNX, max diff 5.0e-01) |")
 
 
 def _lightning_like_checkpoint(module: ImageClassifier, path: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_prune.report import readme
+from lightning_prune.report import prose, readme
 from lightning_prune.report.cli import main as report_main
 from lightning_prune.report.collect import load_runs, seed_groups
 
@@ -31,11 +31,12 @@ def block_names(path: Path) -> list[str]:
 
 def test_the_generated_tables_live_in_the_docs_pages():
     names = {name for page in BLOCK_PAGES for name in block_names(page)}
-    assert {"digits", "digits-budget", "digits-stages", "cifar10", "cifar10-stages", "cifar10-budget",
-            "handoff"} <= names, names
-    assert {"digits", "digits-budget", "digits-stages", "cifar10", "cifar10-stages", "cifar10-budget"} <= set(
+    assert {"digits", "digits-stages", "digits-ladder", "cifar10", "cifar10-controls", "cifar10-stages",
+            "cifar10-budget", "cifar10-curves", "cifar10-layers-1a", "cifar10-ladder", "handoff"} <= names, names
+    assert {"digits", "cifar10", "cifar10-controls", "cifar10-stages", "cifar10-budget", "cifar10-curves"} <= set(
         block_names(RESULTS))
-    assert {"digits-budget", "cifar10-stages"} <= set(block_names(DOCS / "discussion.md"))
+    assert {"handoff", "cifar10-ladder", "digits-ladder"} <= set(block_names(DOCS / "deploy.md"))
+    assert {"cifar10-controls"} <= set(block_names(DOCS / "discussion.md"))
     assert block_names(README) == [], "README.md is the entrance: its tables live in docs/"
     makefile = (ROOT / "Makefile").read_text()
     target = makefile[makefile.index("results-docs:"):].split("\n\n")[0]
@@ -84,7 +85,7 @@ def test_a_changed_number_is_caught_and_rewritten(tmp_path, capsys):
     assert copy.read_text() != RESULTS.read_text() and readme.update(copy, kept, write=False) == []
 
 
-def test_snapshot_keeps_every_seed_and_the_newest_export(tmp_path):
+def test_snapshot_keeps_every_seed_and_every_export_and_the_table_shows_the_newest(tmp_path):
     logs = tmp_path / "logs"
     shutil.copytree(KEPT, logs)
     shown = {p.relative_to(logs) for p in readme.results_files(logs)}
@@ -96,6 +97,41 @@ def test_snapshot_keeps_every_seed_and_the_newest_export(tmp_path):
     copied = readme.snapshot(seed_groups(load_runs(logs)), logs, target)
     assert {p.relative_to(target) for p in readme.results_files(target)} == shown  # every seed, nothing else
     exports = [p.relative_to(target).as_posix() for p in copied if p.name == "handoff.json"]
-    assert [e for e in exports if e.startswith("digits_channel/")] == ["digits_channel/version_7/export/handoff.json"]
+    assert {"digits_channel/version_0/export/handoff.json", "digits_channel/version_7/export/handoff.json"} <= set(
+        exports)  # every seed's export: the ladder merges them
     handoff = readme.render(target)["handoff"]
-    assert "| new_export | 90.00 |" in handoff and "old_export" not in handoff
+    assert "| new_export | — | 90.00 |" in handoff and "old_export" not in handoff
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_number_in_the_prose_lacks_a_source(page):
+    """Every decimal and percentage outside code, generated blocks and quotes is a generated ``v:`` value."""
+    assert prose.bare_numbers(page.read_text()) == []
+
+
+def test_bare_numbers_finds_typed_figures_and_spares_versions_settings_and_values():
+    text = ("GraSP lost 32.91 points, 76 % of parameters; torch 2.14.1 and Lightning 2.6 at 90 %; "
+            "`2.25 s` in code; <!-- v:x/y/top1 -->55.10<!-- /v --> and <!-- lit -->49x<!-- /lit --> 0.5x")
+    assert prose.bare_numbers(text) == ["32.91", "76 %", "0.5"]
+
+
+def test_a_changed_figure_in_the_prose_is_caught(tmp_path):
+    """A ``v:`` value (from a kept results.json or a kept JSON file) that differs from its source is stale."""
+    kept = tmp_path / "results"
+    shutil.copytree(KEPT, kept)
+    first = next(p for p in readme.results_files(kept) if p.parts[-3] == "digits_unstructured")
+    top1 = prose.values(kept)("digits_unstructured/pruned-masked/top1")
+    (tmp_path / "bench.json").write_text(json.dumps({"summary": {"1": {"speedup": 2.489}}, "wall": 7200}))
+    page = tmp_path / "page.md"
+    page.write_text(f"Top-1 <!-- v:digits_unstructured/pruned-masked/top1 -->{top1}<!-- /v -->, "
+                    "speed-up <!-- v:json:bench.json:summary.1.speedup:.2f -->2.49<!-- /v -->x in "
+                    "<!-- v:json:bench.json:wall:.1f:/3600 -->2.0<!-- /v --> h.\n")
+    assert readme.update(page, kept, write=False) == []
+    data = json.loads(first.read_text())
+    data["models"][-1]["accuracy"]["test_top1"] = 12.34
+    first.write_text(json.dumps(data))
+    (tmp_path / "bench.json").write_text(json.dumps({"summary": {"1": {"speedup": 3.0}}, "wall": 7200}))
+    assert readme.update(page, kept, write=False) == ["v:digits_unstructured/pruned-masked/top1",
+                                                      "v:json:bench.json:summary.1.speedup:.2f"]
+    readme.update(page, kept)
+    assert "3.00<!-- /v -->x" in page.read_text() and top1 not in page.read_text()

@@ -115,12 +115,21 @@ def test_random_init_runs_are_compared_with_the_latest_baseline(tmp_path):
     text = build_report(logs, tmp_path / "REPORT.md")
     snip = next(line for line in text.splitlines() if line.startswith("| snip |")).strip("| ").split(" | ")
     assert snip[-1] == "6.00"  # 70.0 - 64.0, not 47.0 - 64.0
-    assert "against the baseline run `same_budget_dense`" in text
+    assert "the baseline run `same_budget_dense`" in text
     assert "| baseline (short_baseline) | dense |" in text and "| baseline (same_budget_dense) | dense |" in text
     # A named reference wins over recency.
     text = build_report(logs, tmp_path / "REPORT.md", references=["short_baseline"])
     snip = next(line for line in text.splitlines() if line.startswith("| snip |")).strip("| ").split(" | ")
-    assert snip[-1] == "-17.00" and "against the baseline run `short_baseline`" in text
+    assert snip[-1] == "-17.00" and "the baseline run `short_baseline`" in text
+    # Else a run from random weights is compared with the baseline trained for as many epochs, however old.
+    for name, epoch in (("short_baseline", 19), ("same_budget_dense", 39), ("snip", 19)):
+        path = logs / name / "version_0" / "results.json"
+        data = json.loads(path.read_text())
+        data["checkpoint"] = {"path": "x", "sha256": "0", "epoch": epoch, "global_step": 1, "finished": True}
+        path.write_text(json.dumps(data))
+    text = build_report(logs, tmp_path / "REPORT.md")
+    snip = next(line for line in text.splitlines() if line.startswith("| snip |")).strip("| ").split(" | ")
+    assert snip[-1] == "-17.00"  # 47.0 - 64.0: the 20-epoch baseline, not the newer 40-epoch one
 
 
 def test_unknown_reference_is_one_clear_error(tmp_path, capsys):
@@ -161,7 +170,7 @@ def test_1b_stages_say_why_they_fired_and_what_they_removed(tmp_path):
     assert stages[0][-2:] == ["2.0%", "0.011 |"]
 
 
-def test_1b_stages_merge_over_seeds_with_their_spread(tmp_path):
+def test_1b_stages_merge_over_seeds_with_their_95_percent_interval(tmp_path):
     logs = tmp_path / "logs"
     for seed, (epoch, reason, top) in enumerate([(3, "accuracy", 0.50), (6, "fallback", 0.60), (4, "accuracy", 0.55)]):
         path = _write(logs, "digits_grasp", seed, "grasp", f"2026-01-0{seed + 1}T00:00:00+00:00",
@@ -175,12 +184,12 @@ def test_1b_stages_merge_over_seeds_with_their_spread(tmp_path):
         path.write_text(json.dumps(data))
     text = build_report(logs, tmp_path / "REPORT.md")
     stage = next(line for line in text.splitlines() if line.startswith("| grasp | 1 |")).strip("| ").split(" | ")
-    assert stage[2] == "4.3 ± 1.5 (n=3)"  # epochs 3, 6, 4
+    assert stage[2] == "4.3 ± 3.8 (n=3)"  # epochs 3, 6, 4: sd 1.53, t(0.975, 2) = 4.30, so 4.30 * 1.53 / sqrt 3
     assert stage[3].startswith("accuracy x2, fallback x1")
-    assert stage[7] == "55.0% ± 5.0% (n=3)"  # top-10% magnitude removed, per seed 50 / 60 / 55 %
+    assert stage[7] == "55.0% ± 12.4% (n=3)"  # top-10% magnitude removed, per seed 50 / 60 / 55 %
 
 
-def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
+def test_runs_that_differ_only_in_seed_show_mean_and_95_percent_interval(tmp_path):
     logs = tmp_path / "logs"
     for version, (seed, top1) in enumerate([(0, 90.0), (1, 92.0), (2, 94.0)]):
         path = _write(logs, "cifar10_unstructured", version, "unstructured", f"2026-01-0{version + 1}T00:00:00+00:00",
@@ -196,44 +205,51 @@ def test_runs_that_differ_only_in_seed_show_mean_and_std(tmp_path):
     text = build_report(logs, tmp_path / "REPORT.md")
     row = next(line for line in text.splitlines() if line.startswith("| unstructured | pruned-masked |"))
     cells = row.strip("| ").split(" | ")
-    assert cells[11] == "92.00 ± 2.00 (n=3)"  # test top-1 over the three seeds
-    assert cells[-1] == "3.00 ± 2.00 (n=3)"  # drop against the runs' own dense model, per seed
+    assert cells[11] == "92.00 ± 4.97 (n=3)"  # test top-1 over the three seeds: sd 2, t(0.975, 2) * 2 / sqrt 3
+    assert cells[-1] == "3.00 ± 4.97 (n=3)"  # drop against the runs' own dense model, per seed
     assert "from 3 run(s)" in text and "1 older run(s) hidden" in text and "10.00" not in text
     merged = [merge_runs(g) for g in seed_groups(load_runs(logs))]
     [(x, y, xerr, yerr)] = [pt for pt in accuracy_series(merged)["unstructured"] if pt[0] > 0]
-    assert (x, y, yerr) == (90.0, 92.0, 2.0)  # the plot's error bar is the std over the seeds
+    assert (x, y) == (90.0, 92.0) and yerr == pytest.approx(4.968, abs=1e-3)  # error bar: the 95 % half-width
 
 
-def test_budget_table_picks_the_highest_sparsity_within_the_drop(tmp_path):
+def test_budget_table_picks_the_highest_target_whose_interval_stays_within_the_drop(tmp_path):
     from lightning_prune.budget import grid_steps
 
     logs = tmp_path / "logs"
-    for i, (method, target, top1) in enumerate([("unstructured", 0.7, 93.0), ("unstructured", 0.8, 90.5),
-                                                ("unstructured", 0.9, 85.0), ("grasp", 0.7, 60.0),
-                                                ("grasp", 0.9, 40.0), ("channel", 0.7, 92.0),
-                                                ("channel", 0.9, 80.0)]):
-        models = [_model("channel-pruned" if method == "channel" else "pruned-masked", top1, target, None)]
-        if method in ("unstructured", "channel"):
-            models.insert(0, _model("dense", 94.0, 0.0, None))
-        path = _write(logs, f"cifar10_{method}_t{round(100 * target)}", 0, method, f"2026-01-0{i + 1}T00:00:00+00:00",
-                      models)
+    points = [("unstructured", 0.7, [93.0, 93.2, 92.8]), ("unstructured", 0.8, [90.5, 90.7, 90.3]),
+              ("unstructured", 0.9, [85.0, 85.5, 84.5]), ("grasp", 0.7, [60.0, 61.0, 59.0]),
+              ("grasp", 0.9, [40.0, 41.0, 39.0]), ("channel", 0.7, [92.0, 88.0, 91.0]),
+              ("channel", 0.9, [80.0, 80.5, 79.5])]
+    version = 0
+    for method, target, top1s in points:
+        for seed, top1 in enumerate(top1s):
+            models = [_model("channel-pruned" if method == "channel" else "pruned-masked", top1, target, None)]
+            if method in ("unstructured", "channel"):
+                models.insert(0, _model("dense", 94.0, 0.0, None))
+            path = _write(logs, f"cifar10_{method}_t{round(100 * target)}", seed, method,
+                          f"2026-01-01T00:00:{version:02d}+00:00", models)
+            data = json.loads(path.read_text())
+            data.update(seed=seed, config_key=f"{method}{target}",
+                        pruning={"task": method, "method": "lasso" if method == "channel" else method,
+                                 "target_sparsity": target})
+            path.write_text(json.dumps(data))
+            version += 1
+    for seed in range(3):
+        path = _write(logs, "cifar10_baseline", seed, "baseline", f"2026-01-09T00:00:0{seed}+00:00",
+                      [_model("dense", 94.0, 0.0, None)])
         data = json.loads(path.read_text())
-        data["pruning"] = {"task": method, "method": method, "target_sparsity": target}
+        data.update(seed=seed, config_key="base")
         path.write_text(json.dumps(data))
-    _write(logs, "cifar10_baseline", 0, "baseline", "2026-01-09T00:00:00+00:00", [_model("dense", 94.0, 0.0, None)])
-    other = _write(logs, "cifar10_unstructured", 0, "unstructured", "2026-01-09T00:00:00+00:00",
-                   [_model("dense", 94.0, 0.0, None), _model("pruned-masked", 94.0, 0.9, None)])
-    data = json.loads(other.read_text())  # a 90 % run outside the grid: not a budget point
-    data["pruning"] = {"task": "unstructured", "method": "unstructured", "target_sparsity": 0.9}
-    other.write_text(json.dumps(data))
     text = build_report(logs, tmp_path / "REPORT.md", max_drop=5.0)
     section = text.split("### cifar10: the accuracy budget")[1].split("\n### ")[0]
     rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in section.splitlines()
             if line.startswith(("| unstructured", "| grasp", "| channel"))}
-    removed = f"{1 - int(1000 * (1 - 0.8)) / 1000:.1%}"  # the fixture's non-zero count, rounded down
-    assert rows["unstructured"][1:4] == ["80%", "70%, 80%, 90%", removed] and rows["unstructured"][5] == "3.50"
-    assert rows["channel"][1:4] == ["70%", "70%, 90%", "70.0%"] and rows["channel"][5] == "2.00"
-    assert rows["grasp"][1] == "none (least drop at 70%)" and rows["grasp"][5] == "34.00"
+    assert rows["unstructured"][1:3] == ["80%", "70%, 80%, 90%"]  # drops 3.5 +- 0.5: within 5 points
+    assert rows["unstructured"][5] == "3.50 ± 0.50 (n=3)"
+    # channel at 70 %: mean drop 3.7, but its interval reaches 8.8 points: the budget is not established
+    assert rows["channel"][1] == "not established (least drop at 70%)" and rows["channel"][5] == "3.67 ± 5.17 (n=3)"
+    assert rows["grasp"][1] == "not established (least drop at 70%)" and rows["grasp"][5].startswith("34.00 ± ")
     steps = grid_steps(Path(__file__).resolve().parents[1] / "configs" / "demo", ["snip"], [0.7, 0.9], 2)
     assert [s[3:] for s in steps] == [
         [f"--prune.target_sparsity={t}", f"--run.experiment=digits_snip_t{round(100 * t)}", f"--seed_everything={s}"]

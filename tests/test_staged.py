@@ -134,7 +134,8 @@ def test_bad_schedules_name_the_list(tiny_channels):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("option", "words"), [
-    ("--prune.method=magnitude", "prune.method: must be one of 'grasp', 'snip', 'grasp_abs', got 'magnitude'"),
+    ("--prune.method=magnitude", "prune.method: must be one of 'grasp', 'snip', 'grasp_abs', 'random', got "
+                                 "'magnitude'"),
     ("--prune.target_sparsity=1.0", "prune.target_sparsity: 1.0 is not allowed"),
     ("--prune.fractions=[0.5,0.5,1.0]", "StagedPruning.fractions: fractions of target_sparsity in (0, 1], strictly"),
 ])

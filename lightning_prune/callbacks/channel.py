@@ -20,7 +20,7 @@ from lightning_prune.callbacks.run import from_rank_zero, resume_path
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.models import vgg16_bn
 from lightning_prune.models.vgg import VGG
-from lightning_prune.names import NARROW
+from lightning_prune.names import NARROW, Selection
 from lightning_prune.options import KeepRatio, PositiveInt, Sparsity, plain
 from lightning_prune.pruning.channel import (
     check_target_sparsity,
@@ -55,6 +55,9 @@ class ChannelPruning(PruningCallback):
         linear_sparsity: Fraction of the hidden linear layers' weights zeroed too (kept zero while
             fine-tuning); null: none.
         seed: Seed of the calibration images and sampled positions.
+        selection: How each conv's kept channels are chosen: ``lasso`` (He et al.), or the controls ``l1``
+            (the producer's filters of largest L1 norm, Li et al. 2017) and ``random``, at the same ratios.
+        reconstruct: Refit the kept channels' weights by least squares (He et al.); false: keep their weights.
         progress: Show a progress bar over the layers.
         profile_dense: Profile the dense model before the surgery (the ``dense`` row of the results).
     """
@@ -64,12 +67,13 @@ class ChannelPruning(PruningCallback):
 
     def __init__(self, ratios: KeepRatio | dict[str, KeepRatio] = 0.5, target_sparsity: Sparsity | None = None,
                  images_per_class: PositiveInt = 50, samples: PositiveInt | None = 5000, positions: PositiveInt = 10,
-                 linear_sparsity: Sparsity | None = None, seed: int = 0, progress: bool = True,
-                 profile_dense: bool = True) -> None:
+                 linear_sparsity: Sparsity | None = None, seed: int = 0, selection: Selection = "lasso",
+                 reconstruct: bool = True, progress: bool = True, profile_dense: bool = True) -> None:
         self.ratios, self.target_sparsity, self.linear_sparsity = plain(ratios), plain(target_sparsity), plain(
             linear_sparsity)
         self.images_per_class, self.samples, self.positions = plain(images_per_class), plain(samples), plain(positions)
         self.seed, self.progress, self.profile_dense = seed, progress, profile_dense
+        self.selection, self.reconstruct = selection, reconstruct
         self.channels: list[int] | None = None  # the narrow widths once pruned (saved in checkpoints)
         self.dense_channels: list[int] | None = None
         self.layers: list[dict] = []
@@ -88,8 +92,8 @@ class ChannelPruning(PruningCallback):
             ratios_to_prune(self.ratios, model, self.target_sparsity, self.linear_sparsity)
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.task, "method": "lasso", "ratios": self.ratios, "linear_sparsity": self.linear_sparsity,
-                "target_sparsity": self.target_sparsity}
+        return {"task": self.task, "method": self.selection, "reconstruct": self.reconstruct, "ratios": self.ratios,
+                "linear_sparsity": self.linear_sparsity, "target_sparsity": self.target_sparsity}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.channels is not None:
@@ -115,7 +119,8 @@ class ChannelPruning(PruningCallback):
         images, _ = trainer.datamodule.calibration_batch(self.images_per_class, seed=self.seed)
         ratios = ratios_to_prune(self.ratios, model, self.target_sparsity, self.linear_sparsity)
         narrow, reports, seconds = prune_vgg(model, images.to(trainer.strategy.root_device), ratios, self.samples,
-                                             self.positions, self.seed, self.linear_sparsity, self.progress)
+                                             self.positions, self.seed, self.linear_sparsity, self.progress,
+                                             self.selection, self.reconstruct)
         return {"channels": list(narrow.channels), "layers": [r.row() for r in reports], "ratios": ratios,
                 "seconds": seconds, "state_dict": {k: v.cpu() for k, v in narrow.state_dict().items()}}
 

@@ -85,6 +85,19 @@ class Recorder(L.Callback):
             model = pl_module.model.to(trainer.strategy.root_device)
             self.dense_entry = on_rank_zero(trainer, lambda: self.profile(trainer, model, DENSE))
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """One point of the learning curve (epoch, validation top-1 and loss, learning rate) per validation."""
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or trainer.state.fn != "fit" or "val/top1" not in metrics or not hasattr(
+                pl_module, "history"):
+            return
+        point = {"epoch": trainer.current_epoch, "val_top1": 100 * float(metrics["val/top1"])}
+        if "val/loss" in metrics:
+            point["val_loss"] = float(metrics["val/loss"])
+        if trainer.optimizers:
+            point["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        pl_module.history.append(point)
+
     # ------------------------------------------------------------------ test
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Decide the task before the test loop runs, so a contradiction costs no time."""
@@ -132,6 +145,7 @@ class Recorder(L.Callback):
         files.update(self._files(trainer, out, handover))
         if checkpoint:
             files["checkpoint"] = checkpoint
+        self._layer_figure(trainer, entries)
         self.write(trainer, task, entries, files, handover.extra)
 
     def _sparse_variants(self, trainer: L.Trainer, model: nn.Module, out: Path, checkpoint: str | None,
@@ -173,6 +187,23 @@ class Recorder(L.Callback):
         plt.close(fig)
         return {"sensitivity_csv": str(csv_path), "sensitivity_plot": str(out / A.SENSITIVITY_PLOT)}
 
+    @staticmethod
+    def _layer_figure(trainer: L.Trainer, entries: list[dict]) -> None:
+        """Per-layer sparsity of the pruned model as a bar chart in TensorBoard (``prune/layer_sparsity``)."""
+        pruned = next((e for e in entries if e["variant"] != DENSE), None)
+        if pruned is None or not any(hasattr(getattr(lg, "experiment", None), "add_figure") for lg in trainer.loggers):
+            return
+        import matplotlib.pyplot as plt
+
+        from lightning_prune.report.plots import layer_bars
+
+        fig = layer_bars({pruned["variant"]: {r["name"]: r["sparsity"] for r in pruned["layers"]}})
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("prune/layer_sparsity", fig, global_step=trainer.global_step, close=False)
+        plt.close(fig)
+
     # ------------------------------------------------------------------ results.json
     def write(self, trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[str, str] | None = None,
               extra: dict[str, Any] | None = None) -> Path:
@@ -187,6 +218,12 @@ class Recorder(L.Callback):
         checkpoint = measured_checkpoint(trainer)
         if checkpoint is not None:
             results["checkpoint"] = checkpoint
+        history = getattr(trainer.lightning_module, "history", None)
+        if history:
+            results["history"] = list(history)
+        lineage = getattr(trainer.lightning_module, "lineage", None)
+        if lineage:
+            results["lineage"] = list(lineage)  # the pruning steps before this run's own, in order
         results["models"] = entries
         results["artifacts"] = dict(artifacts or {})
         results.update(extra or {})

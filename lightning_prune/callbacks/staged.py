@@ -11,20 +11,25 @@ The schedule is :class:`~lightning_prune.pruning.schedule.StageSchedule`; the sc
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.callbacks.base import Handover, PruningCallback, log_metrics, log_text
 from lightning_prune.callbacks.run import from_rank_zero
+from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.errors import ConfigError
-from lightning_prune.names import MASKED, STAGED_TASK, StagedMethod
+from lightning_prune.names import MASKED, STAGED_TASK, Schedule, StagedMethod
 from lightning_prune.options import Percent, PositiveFloat, PositiveInt, Sparsity, plain
-from lightning_prune.pruning.saliency import prune_by_saliency, split_batch
+from lightning_prune.pruning.layers import prunable_modules
+from lightning_prune.pruning.saliency import prune_by_saliency, split_batch, stage_diagnostics
 from lightning_prune.pruning.schedule import StageSchedule
+from lightning_prune.pruning.shuffle import layer_sparsities, plan_from_checkpoint, random_masks
 from lightning_prune.pruning.unstructured import apply_masks, current_masks, ensure_masks, mask_sparsity
 
 VAL_METRIC = "val/top1"
@@ -40,8 +45,13 @@ class StagedPruning(PruningCallback):
     and densified-once models are recorded (task ``grasp`` or ``snip``).
 
     Args:
-        method: ``grasp`` (remove the highest -theta*Hg), ``snip`` (remove the lowest |g*theta|) or
-            ``grasp_abs`` (remove the lowest |theta*Hg|, recorded under task ``grasp``).
+        method: ``grasp`` (remove the highest -theta*Hg), ``snip`` (remove the lowest |g*theta|),
+            ``grasp_abs`` (remove the lowest |theta*Hg|, recorded under task ``grasp``) or ``random`` (the
+            control: the per-layer sparsities of ``layerwise_from`` at each stage, random masks within each layer).
+        layerwise_from: For ``random``: the run whose per-layer sparsities to copy (``run:<experiment>`` or a
+            checkpoint); it must have the same schedule. Its task is this run's.
+        schedule: ``staged`` (the stages below, as accuracy rises) or ``oneshot`` (one stage to the whole
+            target at initialisation, before any training: GraSP's and SNIP's own protocol).
         target_sparsity: Share of conv and linear weights zeroed after the last stage.
         accuracy_triggers: Validation top-1 (%) at which each stage fires, ascending.
         fractions: Fraction of ``target_sparsity`` reached by each stage, strictly increasing, the last 1.0.
@@ -53,24 +63,39 @@ class StagedPruning(PruningCallback):
         export: Export masks and COO weights at fit end and profile the sparse variants.
     """
 
-    def __init__(self, method: StagedMethod = "grasp", target_sparsity: Sparsity = 0.9,
+    def __init__(self, method: StagedMethod = "grasp", layerwise_from: str | None = None,
+                 schedule: Schedule = "staged", target_sparsity: Sparsity = 0.9,
                  accuracy_triggers: list[Percent] = [20.0, 40.0, 60.0],  # noqa: B006 - jsonargparse shows it
                  fractions: list[float] = [0.5, 0.75, 1.0],  # noqa: B006
                  fallback_epochs: list[int | None] | None = None, calibration_per_class: PositiveInt = 10,
                  calibration_chunks: PositiveInt = 2, calibration_seed: int = 0, temperature: PositiveFloat = 200.0,
                  export: bool = True) -> None:
         self.method, self.target_sparsity = method, plain(target_sparsity)
-        self.schedule = StageSchedule(self.target_sparsity, plain(accuracy_triggers), plain(fractions),
-                                      plain(fallback_epochs))
+        self.layerwise_from, self.mode = layerwise_from, schedule
+        stages = ([0.0], [1.0], [0]) if schedule == "oneshot" else (accuracy_triggers, fractions, fallback_epochs)
+        self.schedule = StageSchedule(self.target_sparsity, *(plain(x) for x in stages))
+        self.plan: list[dict[str, float]] | None = None  # random: the per-layer sparsities of each stage
+        self.copied_task = self.copied_method = None
         self.per_class, self.chunks = int(calibration_per_class), int(calibration_chunks)
         self.seed, self.temperature, self.export = calibration_seed, float(temperature), export
 
     @property
     def task(self) -> str:
-        return STAGED_TASK[self.method]
+        return (self.copied_task or "grasp") if self.method == "random" else STAGED_TASK[self.method]
 
     def check(self, trainer: L.Trainer, model: nn.Module) -> None:
         self.schedule.check()
+        if (self.method == "random") != (self.layerwise_from is not None):
+            raise ValueError("layerwise_from: name the run whose per-layer sparsities method=random copies (and only "
+                             "for method=random)")
+        if self.method == "random" and self.plan is None:
+            checkpoint = read_checkpoint(self.layerwise_from, "prune.layerwise_from")
+            try:
+                self.plan = plan_from_checkpoint(checkpoint, self.schedule.stages)
+            except ValueError as err:
+                raise ValueError(f"layerwise_from: {err}") from err
+            copied = checkpoint.get("pruning") or {}
+            self.copied_task, self.copied_method = copied.get("task"), copied.get("method")
         if not hasattr(trainer.datamodule, "calibration_batch"):
             raise ValueError("datamodule: needs calibration_batch (lightning_prune.data.ImageDataModule)")
 
@@ -81,8 +106,9 @@ class StagedPruning(PruningCallback):
 
     def describe(self) -> dict[str, Any]:
         s = self.schedule
-        return {"task": self.task, "method": self.method, "target_sparsity": self.target_sparsity,
-                "accuracy_triggers": s.triggers, "fractions": s.fractions}
+        return {"task": self.task, "method": self.method, "schedule": self.mode, "layerwise_from": self.layerwise_from,
+                "copies": self.copied_method,
+                "target_sparsity": self.target_sparsity, "accuracy_triggers": s.triggers, "fractions": s.fractions}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and VAL_METRIC in trainer.callback_metrics:  # synced over the ranks
@@ -101,14 +127,21 @@ class StagedPruning(PruningCallback):
         calibration = trainer.datamodule.calibration_batch
 
         def score() -> tuple[dict, dict]:
+            if self.method == "random":  # seeded by the run's seed: each seed draws its own masks
+                generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) + self.seed + stage)
+                before = current_masks(model)
+                masks = random_masks(before, self.plan[stage], generator)
+                weights = {n: m.weight.detach() for n, m in prunable_modules(model).items()}
+                return masks, stage_diagnostics(weights, before, masks, None)
             batch = calibration(self.per_class, seed=self.seed + stage)
             return prune_by_saliency(model, split_batch(batch, self.chunks), self.method, s.sparsity(stage),
                                      self.temperature)
 
         new, diagnostics = from_rank_zero(trainer, score)
         apply_masks(model, new)
+        reason = "oneshot" if self.mode == "oneshot" else reason
         event = s.record(stage, trainer.current_epoch, trainer.global_step, reason, mask_sparsity(new),
-                         time.perf_counter() - start, diagnostics)
+                         time.perf_counter() - start, diagnostics, layer_sparsities(new))
         text = s.describe(event, self.method)
         rank_zero_info(text)
         log_text(trainer, "prune/stages", text)
@@ -123,7 +156,8 @@ class StagedPruning(PruningCallback):
         if not self.export:
             return None
         achieved = mask_sparsity(current_masks(pl_module.model))
-        schedule = {"method": self.method, **self.schedule.summary(achieved),
+        schedule = {"method": self.method, "schedule": self.mode, "layerwise_from": self.layerwise_from,
+                    **self.schedule.summary(achieved),
                     "temperature": self.temperature if self.method != "snip" else None,
                     "calibration_images": self.per_class * trainer.datamodule.num_classes}
         return Handover(MASKED, masked=True, extra={"schedule": schedule, "notes": self.schedule.notes(achieved)})

@@ -16,9 +16,15 @@ from lightning_prune.callbacks.base import Handover, PruningCallback, find, log_
 from lightning_prune.callbacks.run import from_rank_zero
 from lightning_prune.callbacks.sensitivity import SensitivityScan
 from lightning_prune.errors import ConfigError
-from lightning_prune.names import MASKED
+from lightning_prune.names import MASKED, Allocation
 from lightning_prune.options import NonNegativeFloat, Sparsity, plain
-from lightning_prune.pruning.allocation import check_reachable, choose_sparsities, predicted_drop
+from lightning_prune.pruning.allocation import (
+    check_reachable,
+    choose_global,
+    choose_sparsities,
+    choose_uniform,
+    predicted_drop,
+)
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import (
     apply_magnitude_pruning,
@@ -32,17 +38,21 @@ from lightning_prune.pruning.unstructured import (
 class MagnitudePruning(PruningCallback):
     """Prune by weight magnitude at fit start, keep the masks through fine-tuning, hand the model on at fit end.
 
-    Exactly one of ``sparsities`` (``{layer: sparsity}``), ``target_sparsity`` (split over layers by
-    the sensitivity curves at the least predicted loss) or ``max_drop`` (per layer, the highest
-    sparsity losing at most that many top-1 points). The curves come from the ``SensitivityScan``
-    callback (which can also read an earlier sweep's CSV). Recorded under task ``unstructured``:
-    the dense model, then the masked, COO and densified-once variants.
+    Exactly one of ``sparsities`` (``{layer: sparsity}``), ``target_sparsity`` (split over the layers
+    as ``allocation`` says) or ``max_drop`` (per layer, the highest sparsity losing at most that many
+    top-1 points). The curves come from the ``SensitivityScan`` callback (which can also read an
+    earlier sweep's CSV). Recorded under task ``unstructured``: the dense model, then the masked, COO
+    and densified-once variants.
 
     Args:
         sparsities: Per-layer sparsities, e.g. ``{"features.0": 0.3, "classifier.6": 0.5}``.
         target_sparsity: Share of conv and linear weights zeroed (0 <= t < 1), split over the layers by
             the sensitivity curves.
         max_drop: Per layer, the highest sparsity whose single-layer top-1 drop is at most this many points.
+        allocation: How ``target_sparsity`` is split over the layers: ``sensitivity`` (by the sweep's curves,
+            at the least predicted loss), or the controls ``global`` (one magnitude threshold over all
+            weights, Lightning's ``ModelPruning`` default) and ``uniform`` (every layer at the target),
+            which need no sweep.
         export: Write masks and torch.sparse COO weights at fit end and profile the sparse variants.
         profile_dense: Profile the dense model before pruning (the ``dense`` row of the results).
     """
@@ -51,9 +61,10 @@ class MagnitudePruning(PruningCallback):
     state_keys = ("chosen", "predicted")
 
     def __init__(self, sparsities: dict[str, Sparsity] | None = None, target_sparsity: Sparsity | None = None,
-                 max_drop: NonNegativeFloat | None = None, export: bool = True, profile_dense: bool = True) -> None:
+                 max_drop: NonNegativeFloat | None = None, allocation: Allocation = "sensitivity", export: bool = True,
+                 profile_dense: bool = True) -> None:
         self.sparsities, self.target_sparsity = plain(sparsities), plain(target_sparsity)
-        self.max_drop = plain(max_drop)
+        self.max_drop, self.allocation = plain(max_drop), allocation
         self.export, self.profile_dense = export, profile_dense
         self.chosen: dict[str, float] | None = None
         self.predicted: float | None = None
@@ -65,6 +76,10 @@ class MagnitudePruning(PruningCallback):
                              f"(0 <= t < 1) or max_drop (top-1 points >= 0); got {', '.join(given) or 'none'}")
         if self.sparsities is not None:
             return check_layer_names(list(self.sparsities), model, "sparsities")
+        if self.allocation != "sensitivity":
+            if self.target_sparsity is None:
+                raise ValueError(f"allocation={self.allocation!r} splits a target_sparsity; set target_sparsity")
+            return None
         scan = find(trainer, SensitivityScan)
         if scan is None:
             raise ValueError(f"{given[0]} needs sensitivity curves: add a SensitivityScan callback (its curves_csv "
@@ -74,7 +89,7 @@ class MagnitudePruning(PruningCallback):
             check_reachable(self.target_sparsity, max(scan.sparsities), sizes, scan.layers or list(sizes))
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.task, "method": "magnitude", "sparsities": self.sparsities,
+        return {"task": self.task, "method": "magnitude", "allocation": self.allocation, "sparsities": self.sparsities,
                 "target_sparsity": self.target_sparsity, "max_drop": self.max_drop}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -86,7 +101,7 @@ class MagnitudePruning(PruningCallback):
             return rank_zero_info("MagnitudePruning: masks restored from the checkpoint, fine-tuning goes on")
         if self.chosen is None:
             self.choose(trainer, model)
-        achieved = apply_magnitude_pruning(model, self.chosen)
+        achieved = apply_magnitude_pruning(model, self.chosen, whole_layers=self.allocation == "global")
         # Pruning renames weight -> weight_orig (parameter order changes): rebuild the optimizer so a
         # resumed fit, whose masks exist before the optimizer is built, restores its state in the same order.
         trainer.strategy.setup_optimizers(trainer)
@@ -99,6 +114,10 @@ class MagnitudePruning(PruningCallback):
 
     def choose(self, trainer: L.Trainer, model: nn.Module) -> None:
         """The per-layer sparsities: rank 0 decides from the curves every rank swept its share of."""
+        if self.allocation != "sensitivity" and self.sparsities is None:
+            split = choose_global if self.allocation == "global" else choose_uniform
+            self.chosen = from_rank_zero(trainer, lambda: split(model, self.target_sparsity))
+            return
         scan = find(trainer, SensitivityScan)
         curves, levels = (None, None) if self.sparsities is not None else (scan.run(trainer, model), scan.sparsities)
         try:
@@ -114,7 +133,7 @@ class MagnitudePruning(PruningCallback):
     def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
         """The masked model (exported and profiled unless ``export`` is off) and the sweep's curves."""
         scan = find(trainer, SensitivityScan)
-        if scan is None or scan.curves is None:
+        if scan is None or scan.curves is None or self.allocation != "sensitivity":
             return Handover(MASKED, masked=True) if self.export else None
         title = scan.title(getattr(trainer.datamodule, "dataset", ""))
         return Handover(MASKED, masked=True, extra={"sweep": scan.describe()}, record=self.export,

@@ -46,7 +46,7 @@ def architecture(model: VGG) -> dict[str, Any]:
     }
 
 
-SUFFIXES = (".int8.pt", ".pt", ".onnx", ".json")
+SUFFIXES = (".int8.onnx.xz", ".int8.onnx", ".int8.pt", ".pt", ".onnx", ".json")
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -16,7 +16,7 @@ import torch
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG, scaled_channels
-from lightning_prune.models.vgg import POOL_AFTER, VGG16_CHANNELS
+from lightning_prune.models.vgg import VGG16_CHANNELS, architecture_of
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import is_masked, restore_masks
 
@@ -42,6 +42,7 @@ class CheckpointModel:
     data_hparams: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     pruning: dict[str, Any] = field(default_factory=dict)
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def masked_layers(self) -> list[str]:
@@ -77,23 +78,12 @@ class CheckpointModel:
         return self.pruning.get("method") or ("none" if self.structure == "dense" else None)
 
 
-def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
-    return state.get(f"{name}.weight", state.get(f"{name}.weight_orig"))
-
-
 def architecture_from_state(state: dict[str, torch.Tensor], option: str = "--run") -> dict[str, Any]:
     """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes."""
-    channels, index = [], 0
-    for conv in range(len(VGG16_CHANNELS)):
-        w = _weight(state, f"features.{index}")
-        if w is None:
-            raise ExportError(f"{option}: not a lightning_prune VGG16-BN state dict (no features.{index}.weight)")
-        channels.append(int(w.shape[0]))
-        index += 4 if conv in POOL_AFTER else 3  # conv, BN, ReLU, and a max-pool after each block
-    first, last = _weight(state, "classifier.0"), _weight(state, "classifier.6")
-    if first is None or last is None:
-        raise ExportError(f"{option}: not a lightning_prune VGG16-BN state dict (no classifier.0/6 weights)")
-    return {"num_classes": int(last.shape[0]), "channels": channels, "classifier_width": int(first.shape[0])}
+    try:
+        return architecture_of(state)
+    except ValueError as err:
+        raise ExportError(f"{option}: {err}") from err
 
 
 def load_checkpoint_model(path: str | Path, option: str = "--run") -> CheckpointModel:
@@ -128,4 +118,5 @@ def load_checkpoint_model(path: str | Path, option: str = "--run") -> Checkpoint
         data_hparams=dict(ckpt.get("datamodule_hyper_parameters") or {}),
         callbacks={str(k): v for k, v in (ckpt.get("callbacks") or {}).items()},
         pruning=dict(ckpt.get("pruning") or {}),
+        lineage=[dict(step) for step in ckpt.get("lineage") or [] if isinstance(step, dict)],
     )

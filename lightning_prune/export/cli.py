@@ -147,7 +147,7 @@ def recorded(path: Path, logs: Path) -> dict[str, Any]:
             continue
         entry = next((m for m in results.get("models", []) if isinstance(m, dict)), {})
         pruned = [m for m in results.get("models", []) if isinstance(m, dict) and m.get("variant") != "dense"]
-        info.update(task=results.get("task"), measured_in=str(results_path),
+        info.update(task=results.get("task"), measured_in=str(results_path), seed=results.get("seed"),
                     recorded_accuracy=(pruned[0] if pruned else entry).get("accuracy"))
         break
     if info["measured_in"] is None:

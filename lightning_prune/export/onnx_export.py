@@ -54,8 +54,8 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Pa
     return Path(path)
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; ``threads`` defaults to torch's, so latencies compare."""
+def onnx_session(path: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session on a file (or its bytes); ``threads`` defaults to torch's, so latencies compare."""
     require("onnxruntime")
     import onnxruntime as ort
 
@@ -64,7 +64,8 @@ def onnx_session(path: str | Path, threads: int | None = None):
     options.inter_op_num_threads = 1
     # No busy-waiting between calls: spinning threads would steal the cores PyTorch is timed on next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def onnx_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:

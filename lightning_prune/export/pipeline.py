@@ -23,6 +23,14 @@ from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_m
 from lightning_prune.export.errors import ExportError
 from lightning_prune.export.measure import Forward, latency_ms, max_abs_diff, same_top1, size_mb, top1
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
+from lightning_prune.export.onnx_int8 import (
+    INT8_ONNX_SCHEME,
+    check_onnx_int8,
+    compress,
+    compressed_size_mb,
+    load_compressed,
+    quantize_onnx,
+)
 from lightning_prune.export.quantize import (
     Int8Check,
     QuantizedVGG,
@@ -34,7 +42,7 @@ from lightning_prune.export.quantize import (
 )
 from lightning_prune.models import VGG
 from lightning_prune.profiling.static import count_macs
-from lightning_prune.pruning.layers import weight_sparsity
+from lightning_prune.pruning.layers import count_parameters, weight_sparsity
 
 FORMATS = ("state_dict", "onnx")
 ATOL = 1e-4
@@ -86,6 +94,7 @@ class ExportResult:
     matches: dict[str, Match] = field(default_factory=dict)
     int8: QuantizedVGG | None = None
     int8_check: Int8Check | None = None
+    int8_onnx: Any = None  # the ONNX Runtime session of the int8 ONNX model, if written
     metadata: dict[str, Any] = field(default_factory=dict)
     _session: Any = None
 
@@ -175,8 +184,27 @@ def export_model(
         images = sum(len(b) for b in calibration)
         result.metadata["int8"] = {"backend": backend, "scheme": INT8_SCHEME, "calibration_images": images,
                                    **result.int8_check.as_dict()}
+        if "onnx" in formats:
+            _int8_onnx(result, out / f"{variant}.int8.onnx", calibration, x, names)
     describe()
     return result
+
+
+def _int8_onnx(result: ExportResult, path: Path, calibration: list[torch.Tensor], x: torch.Tensor,
+               names: dict[str, str]) -> None:
+    """int8 ONNX from the float ONNX, checked (zeros, zero points, widths), and its compressed file, reloaded."""
+    quantize_onnx(result.files["onnx"], path, calibration)
+    check = check_onnx_int8(result.files["onnx"], path)
+    if not check.ok:
+        raise ExportError(f"int8 onnx: quantization changed the pruned structure ({check.as_dict()})")
+    result.files["int8_onnx"], names["int8_onnx"] = path, path.name
+    result.files["compressed"] = compress(path)
+    names["compressed"] = result.files["compressed"].name
+    session, unpacked = onnx_session(path), load_compressed(result.files["compressed"])
+    result.matches["compressed"] = _match(onnx_runner(session), onnx_runner(unpacked), x, 0.0, "compressed int8 onnx")
+    result.int8_onnx = session
+    result.metadata["int8_onnx"] = {"scheme": INT8_ONNX_SCHEME, "calibration_images": sum(len(b) for b in calibration),
+                                    **check.as_dict()}
 
 
 def export_checkpoint(
@@ -206,7 +234,8 @@ def export_checkpoint(
     """
     ck = checkpoint if isinstance(checkpoint, CheckpointModel) else load_checkpoint_model(checkpoint)
     info = {"task": ck.task, "method": ck.method, "structure": ck.structure, "source_checkpoint": str(ck.path),
-            "masked_layers": ck.masked_layers, **(metadata or {})}
+            "lineage": [step.get("task") for step in ck.lineage], "masked_layers": ck.masked_layers,
+            **(metadata or {})}
     return export_model(ck.model, out_dir, variant or ck.path.stem, formats, check_batch, info,
                         calibration_batches, atol)
 
@@ -225,11 +254,16 @@ def handoff_figures(
     """
     model = result.float_model
     float_top1, images = top1(model, eval_batches)
+    params, nonzero = count_parameters(model)
     fig: dict[str, Any] = {
         "variant": result.variant,
         "task": result.metadata.get("task"),
         "method": result.metadata.get("method"),
         "structure": result.metadata.get("structure"),
+        "lineage": result.metadata.get("lineage") or [],
+        "seed": result.metadata.get("seed"),
+        "params": params,
+        "nonzero_params": nonzero,
         "sparsity": result.metadata.get("sparsity"),
         "source_checkpoint": result.metadata.get("source_checkpoint"),
         "channels": list(model.channels),
@@ -253,6 +287,14 @@ def handoff_figures(
         fig["int8_size_mb"] = size_mb(result.files["int8"])
         fig["int8_top1"], _ = top1(result.int8, eval_batches)
         fig["int8"] = result.metadata.get("int8")
+    if "state_dict" in result.files:
+        fig["float_compressed_mb"] = compressed_size_mb(result.files["state_dict"])
+    if result.int8_onnx is not None:
+        forwards["int8_onnx"] = onnx_runner(result.int8_onnx)
+        fig["int8_onnx_size_mb"] = size_mb(result.files["int8_onnx"])
+        fig["compressed_mb"] = size_mb(result.files["compressed"])
+        fig["int8_onnx_top1"], _ = top1(forwards["int8_onnx"], eval_batches)
+        fig["int8_onnx"] = result.metadata.get("int8_onnx")
     for name, (mean, std) in latency_ms(forwards, latency_batches, warmup).items():
         fig[f"{name}_latency_ms"], fig[f"{name}_latency_ms_std"] = mean, std
     return fig

@@ -6,8 +6,8 @@ qconfig (fbgemm/onednn kernels). Why: in torch 2.14 it is the one path that prod
 really runs int8 kernels on CPU (``quantized::conv2d_relu``, ``quantized::linear``) and saves int8
 weights, with no extra package. The PT2E flow now lives in ``torchao`` (another dependency) and
 its output runs as float "dequantize -> op -> quantize" graphs unless lowered by ``torch.compile``.
-``torch.ao.quantization`` warns that it is deprecated; those warnings are silenced here, and
-``torchao``'s PT2E quantizer is the migration path when it is removed.
+``torch.ao.quantization`` warns that it is deprecated, and the warning is left visible: torchao's PT2E
+flow was measured as its replacement (docs/deploy.md) and needs ``torch.compile`` to run int8 kernels.
 
 Pruning survives: weights use the x86 qconfig's per-channel *symmetric* int8 observer, so every
 zero point is 0 and an exact 0.0 weight quantizes to int 0; BN folding (fusion) multiplies each
@@ -39,11 +39,9 @@ PREFERRED_BACKENDS = ("x86", "fbgemm", "qnnpack")
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence torch.ao.quantization's deprecation and observer warnings (documented above)."""
+    """Silence the observers' per-call UserWarnings; the deprecation of torch.ao.quantization stays visible."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
         yield
 
 

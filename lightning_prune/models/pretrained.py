@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,14 +39,26 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A local state dict, or a Lightning checkpoint whose ``model.`` keys hold one."""
+    return read_pretrained(path)[0]
+
+
+def read_pretrained(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The weights of a state dict or Lightning checkpoint, and the pruning steps that made them, in order.
+
+    Each step is a checkpoint's pruning record (task, method, target, ...) with ``source``: the file it
+    was read from. A model pruned from an already pruned one (channel pruning, then 1a) lists both.
+    """
     from lightning_prune.checkpoint_io import read_checkpoint
 
     obj = read_checkpoint(path, "model.pretrained", weights_only=True)
+    steps = [dict(s) for s in obj.get("lineage") or [] if isinstance(s, dict)]
+    if isinstance(obj.get("pruning"), dict):
+        steps.append({**obj["pruning"], "source": str(path)})
     if "state_dict" in obj:
         obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"model.pretrained: {path} holds no state dict (name -> tensor)")
-    return obj
+    return obj, steps
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -7,6 +7,7 @@ they load with ``strict=True``; ``channels`` lets channel pruning rebuild a narr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,3 +90,26 @@ class VGG(nn.Module):
             for i, (name, m) in enumerate(mods)
             if isinstance(m, nn.Conv2d)
         ]
+
+
+def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    return state.get(f"{name}.weight", state.get(f"{name}.weight_orig"))
+
+
+def architecture_of(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes (masked or not).
+
+    A channel-pruned checkpoint names its narrow widths this way, so whatever starts from it needs no
+    hand-copied ``channels``.
+    """
+    channels, index = [], 0
+    for conv in range(len(VGG16_CHANNELS)):
+        w = _weight(state, f"features.{index}")
+        if w is None:
+            raise ValueError(f"not a lightning_prune VGG16-BN state dict (no features.{index}.weight)")
+        channels.append(int(w.shape[0]))
+        index += 4 if conv in POOL_AFTER else 3  # conv, BN, ReLU, and a max-pool after each block
+    first, last = _weight(state, "classifier.0"), _weight(state, "classifier.6")
+    if first is None or last is None:
+        raise ValueError("not a lightning_prune VGG16-BN state dict (no classifier.0/6 weights)")
+    return {"num_classes": int(last.shape[0]), "channels": channels, "classifier_width": int(first.shape[0])}

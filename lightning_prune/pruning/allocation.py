@@ -1,7 +1,12 @@
 """How a global sparsity target is split over the layers (task 1a): the per-layer sparsities to prune to.
 
-``sensitivity``: at the least loss predicted by each layer's sensitivity curve (the marginal cost of
-every further weight removed), or per layer the highest sparsity within ``max_drop`` points.
+- ``sensitivity``: at the least loss predicted by each layer's sensitivity curve (the marginal cost of
+  every further weight removed), or per layer the highest sparsity within ``max_drop`` points;
+- ``global``: one magnitude threshold over all prunable weights (Lightning's ``ModelPruning`` default):
+  the layers whose weights are small lose most;
+- ``uniform``: every layer at the target.
+
+The last two are the controls of the first: they reach the same overall sparsity without the sweep.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
+from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, layer_sizes
 
 Curves = Mapping[str, Sequence[float]]
@@ -123,6 +130,30 @@ def choose_for_target(
         removed += k - state[name][1]
         state[name] = (s, k, d)
     return {n: float(s) for n, (s, _, _) in state.items()}
+
+
+def choose_global(model: nn.Module, target: float) -> dict[str, float]:
+    """Per-layer sparsities of one magnitude threshold over all prunable weights removing ``target`` of them.
+
+    Exactly ``round(target * N)`` weights go, the smallest |w| of the whole network (ties by layer order),
+    so each layer loses its own smallest weights: what ``torch.nn.utils.prune.global_unstructured`` does.
+    """
+    check_sparsity(target, "target_sparsity")
+    weights = {name: m.weight.detach().abs().flatten().double().cpu() for name, m in prunable_modules(model).items()}
+    flat = torch.cat(list(weights.values()))
+    removed = torch.zeros_like(flat, dtype=torch.bool)
+    removed[torch.argsort(flat, stable=True)[: round(target * flat.numel())]] = True
+    out, start = {}, 0
+    for name, w in weights.items():
+        out[name] = int(removed[start : start + w.numel()].sum()) / w.numel()
+        start += w.numel()
+    return out
+
+
+def choose_uniform(model: nn.Module, target: float) -> dict[str, float]:
+    """Every prunable layer at ``target``."""
+    check_sparsity(target, "target_sparsity")
+    return dict.fromkeys(prunable_modules(model), float(target))
 
 
 def choose_sparsities(

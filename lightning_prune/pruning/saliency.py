@@ -207,9 +207,9 @@ def stage_diagnostics(
     weights: Mapping[str, torch.Tensor],
     before: Masks,
     after: Masks,
-    scores: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor] | None,
     top_fraction: float = 0.1,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """What one pruning stage did, measured: does a criterion spare the large weights?
 
     ``top_removed``: of the ``top_fraction`` largest-magnitude weights still kept before the stage,
@@ -218,9 +218,9 @@ def stage_diagnostics(
     With BatchNorm after every conv the loss is invariant to a filter's scale, so GraSP's scores of
     one filter sum to its squared gradient norm (tiny at T = 200): the ratio is near 0 when scores
     cancel within filters and ranking by them barely follows magnitude. ``filter_sum_mean``: the mean
-    per-filter sum itself.
+    per-filter sum itself. Without ``scores`` (random masks) both filter figures are None.
     """
-    names = [n for n in scores if n in weights]
+    names = [n for n in (weights if scores is None else scores) if n in weights]
     kept = torch.cat([before[n].flatten().bool().cpu() for n in names])
     magnitude = torch.cat([weights[n].detach().abs().flatten().double().cpu() for n in names])
     removed = torch.cat([(before[n].bool() & ~after[n].bool()).flatten().cpu() for n in names])
@@ -229,7 +229,7 @@ def stage_diagnostics(
     threshold = torch.topk(candidates, k).values.min()
     top = kept & (magnitude >= threshold)
     sums, absolute = [], []
-    for n in names:
+    for n in names if scores is not None else []:
         s = scores[n].detach().double().cpu()
         if s.dim() == 4:  # conv: one row per output filter
             rows = s.flatten(1)
@@ -240,8 +240,9 @@ def stage_diagnostics(
     return {
         "top_removed": float(removed[top].double().mean()) if top.any() else 0.0,
         "removed": float(removed[kept].double().mean()) if kept.any() else 0.0,
-        "filter_sum_ratio": float(filter_sums.abs().sum() / filter_abs.sum().clamp_min(1e-300)),
-        "filter_sum_mean": float(filter_sums.mean()),
+        "filter_sum_ratio": None if scores is None else float(filter_sums.abs().sum() / filter_abs.sum().clamp_min(
+            1e-300)),
+        "filter_sum_mean": None if scores is None else float(filter_sums.mean()),
     }
 
 

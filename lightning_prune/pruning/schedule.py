@@ -86,12 +86,12 @@ class StageSchedule:
         return "fallback" if fallback is not None and epoch >= fallback else None
 
     def record(self, stage: int, epoch: int, global_step: int, reason: str, sparsity: float, seconds: float,
-               diagnostics: dict[str, float]) -> dict[str, Any]:
+               diagnostics: dict[str, float | None], layers: dict[str, float]) -> dict[str, Any]:
         """Log a stage that fired (what results.json's ``schedule.stages`` lists) and return it."""
         event = {"stage": stage + 1, "epoch": epoch, "global_step": global_step, "reason": reason,
                  "val_top1": self.last_top1, "trigger_top1": self.triggers[stage],
                  "fallback_epoch": self.fallback(stage), "sparsity": sparsity, "seconds": seconds,
-                 "diagnostics": diagnostics}
+                 "diagnostics": diagnostics, "layers": layers}
         self.events.append(event)
         return event
 

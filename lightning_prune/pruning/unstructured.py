@@ -52,17 +52,19 @@ def keep_fresh_on_load(module: nn.Module) -> None:
         module.register_load_state_dict_post_hook(_refresh_masked_weight)
 
 
-def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float]) -> dict[str, float]:
+def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float], whole_layers: bool = False
+                            ) -> dict[str, float]:
     """Prune each named layer's weight by absolute magnitude (``l1_unstructured``) to its sparsity.
 
-    Exactly ``round(s * n)`` weights of a layer are masked. Layers at 0 get no mask. Returns the
-    achieved sparsity of every named layer.
+    Exactly ``round(s * n)`` weights of a layer are masked. Layers at 0 get no mask. ``whole_layers``
+    allows a sparsity of 1 (a layer pruned away, as one global threshold can do). Returns the achieved
+    sparsity of every named layer.
     """
     check_layer_names(list(sparsities), model, "sparsities")
     modules = prunable_modules(model)
     achieved = {}
     for name, s in sparsities.items():
-        s = check_sparsity(s, f"sparsities.{name}")
+        s = 1.0 if whole_layers and s == 1 else check_sparsity(s, f"sparsities.{name}")
         module = modules[name]
         if s > 0:
             prune.l1_unstructured(module, "weight", amount=s)

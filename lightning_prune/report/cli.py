@@ -9,19 +9,32 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lightning_prune.report import plots, readme, tables
+from lightning_prune.report import controls, plots, readme, tables
 from lightning_prune.report.collect import RunResults, load_runs, seed_groups, unfinished, without_seed
 from lightning_prune.report.handoff import handoff_section
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
+from lightning_prune.runs import GRID_SUFFIX
+
+STATS_NOTE = (
+    "Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % confidence interval "
+    "(Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are taken seed by seed against the dense "
+    "model of the same seed. Differences between methods are claimed only from the controls table's tests (paired "
+    "t-test when both ran the same seeds, else Welch's), at p < 0.05."
+)
+CONTROLS_NOTE = (
+    "Each method against the control that removes its idea, on the pruned model's test top-1 (see "
+    "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a difference at p < 0.05, "
+    "which with 3-5 seeds is not evidence that there is none."
+)
 
 
 def drop_note(reference: RunResults | None) -> str:
     against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
     return (
-        "Top-1 drop: test points lost against the run's own dense model before pruning, or, for runs trained "
-        f"from random initialisation (GraSP, SNIP), against {against} (`lightning-prune report --reference` "
-        "names another)."
+        "Top-1 drop: test points lost, seed by seed, against the run's own dense model before pruning, or, for runs "
+        "trained from random initialisation (GraSP, SNIP), against the baseline trained for as many epochs (else "
+        f"{against}; `lightning-prune report --reference` names another)."
     )
 
 
@@ -67,6 +80,39 @@ def sweep_notes(runs: list[RunResults]) -> list[str]:
 def reference_model(runs: list[RunResults], references: Sequence[str] = ()) -> dict | None:
     run = tables.baseline_run(runs, references)
     return run.data["models"][0] if run else None
+
+
+def ladder_section(logs: Path) -> list[str]:
+    """Per dataset, the compression ladder from the exports under ``logs`` (needs dense, channel and chain exports)."""
+    from lightning_prune.report.handoff import HANDOFF_FILE, records_of
+    from lightning_prune.report.ladder import ladder
+
+    records = records_of(sorted(logs.rglob(HANDOFF_FILE))) if logs.is_dir() else []
+    lines = []
+    for dataset in sorted({str(r.get("dataset")) for r in records}):
+        found = ladder([r for r in records if r.get("dataset") == dataset])
+        if found:
+            lines += [f"## {dataset}: the compression ladder", "", found[0], "", found[1], ""]
+    return lines
+
+
+def layer_families(runs: list[RunResults]) -> dict[str, list[RunResults]]:
+    """The runs whose per-layer sparsities one figure compares: 1a, and 1b per schedule (main runs, no grid)."""
+    main = [r for r in runs if not GRID_SUFFIX.search(r.experiment)]
+    staged = [r for r in main if r.task in ("grasp", "snip")]
+    return {"1a": [r for r in main if r.task == "unstructured" and not r.data.get("lineage")],
+            "1b_staged": [r for r in staged if controls.identity(r)["schedule"] == "staged"],
+            "1b_oneshot": [r for r in staged if controls.identity(r)["schedule"] == "oneshot"]}
+
+
+def layer_plots(runs: list[RunResults], plot_dir: Path, dataset: str) -> list[Path]:
+    """Per-layer sparsity, methods side by side: one figure for 1a and one per 1b schedule."""
+    out = []
+    for name, members in layer_families(runs).items():
+        title = f"{dataset}: per-layer sparsity, {name.replace('_', ' ')}"
+        path = plots.layer_sparsity(members, plot_dir / f"{dataset}_layers_{name}.png", title) if members else None
+        out += [path] if path else []
+    return out
 
 
 def sensitivity_plots(runs: list[RunResults], plot_dir: Path, dataset: str) -> list[Path]:
@@ -124,9 +170,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         f"Generated {now} from {shown} run(s) under `{logs}`"
         + ("" if all_runs else f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
            "run(s) hidden)")
-        + ". Every number below is read from a results.json; nothing is estimated. Where an experiment ran with "
-        "several seeds, a cell is mean ± sample std (n seeds); two methods differ significantly only where "
-        "their mean ± std intervals do not overlap.",
+        + ". Every number below is read from a results.json; nothing is estimated. " + STATS_NOTE,
         "",
     ]
     if not chosen:
@@ -141,6 +185,8 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         figures = [
             plots.accuracy_vs_sparsity(group, plot_dir / f"{dataset}_accuracy_vs_sparsity.png", ref),
             plots.relative_bars(group, plot_dir / f"{dataset}_latency_size.png", ref),
+            plots.learning_curves(group, plot_dir / f"{dataset}_learning_curves.png"),
+            *layer_plots(group, plot_dir, dataset),
             *sensitivity_plots(group, plot_dir, dataset),
         ]
         for fig in figures:
@@ -151,6 +197,9 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         if operators:
             title = f"### {dataset}: operators that ran (torch.profiler, one forward pass)"
             lines += [title, "", OPS_NOTE, "", operators, ""]
+        control_rows = controls.controls_table(group)
+        if control_rows:
+            lines += [f"### {dataset}: does each method's idea matter?", "", CONTROLS_NOTE, "", control_rows, ""]
         budget = tables.budget_table(group, max_drop, references)
         if budget:
             lines += [f"### {dataset}: the accuracy budget", "", BUDGET_NOTE.format(max_drop=max_drop), "", budget, ""]
@@ -161,6 +210,7 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
         if layers:
             lines += [f"### {dataset}: per-layer sparsity / channels kept", "", layers, ""]
     lines += handoff_section(logs)
+    lines += ladder_section(logs)
     if chosen:
         notes = tables.energy_notes(chosen)
         if notes:

@@ -17,13 +17,15 @@ from lightning_prune.report.tables import MISSING, markdown, num
 log = logging.getLogger(__name__)
 
 HANDOFF_FILE = "handoff.json"
-COLUMNS = ("variant", "float top-1", "int8 top-1", "int8 size", "ONNX size", "ONNX Runtime latency",
-           "latency float / int8 (PyTorch)", "outputs match")
+COLUMNS = ("variant", "weights", "float top-1", "int8 top-1 (PyTorch / ONNX)", "size: ONNX / int8 ONNX / compressed",
+           "ONNX Runtime latency (fp32)", "ONNX Runtime latency (int8)", "latency float / int8 (PyTorch)",
+           "outputs match")
 NOTE = (
     "From `lightning-prune export --quantize` (handoff.json beside the exported files). Top-1 is on the test "
-    "images; int8 is eager-mode static post-training quantization (x86 backend, per-channel symmetric weights); "
-    "sizes are the files' bytes / 1e6; latency is ms per batch on the CPU; outputs match compares the ONNX "
-    "Runtime logits (else the reloaded state dict's) with the PyTorch model's on a test batch."
+    "images. int8 (PyTorch) is eager-mode static post-training quantization (x86 backend); int8 ONNX is ONNX "
+    "Runtime's QDQ static quantization; both use per-channel symmetric int8 weights. Sizes are the files' bytes / "
+    "1e6 (compressed: the int8 ONNX file after LZMA, what a device downloads); latency is ms per batch on the CPU; "
+    "outputs match compares the ONNX Runtime logits (else the reloaded state dict's) with the PyTorch model's."
 )
 
 
@@ -36,7 +38,7 @@ def _load(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _records(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, Any]]:
+def records_of(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, Any]]:
     """Variant records from handoff.json files, folders holding them, handoff documents or records."""
     records: list[dict[str, Any]] = []
     for item in items:
@@ -50,11 +52,6 @@ def _records(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, Any
             if doc is not None:
                 records += [v for v in doc.get("variants", []) if isinstance(v, dict)]
     return records
-
-
-def _size(value: Any) -> str:
-    cell = num(value, "{:.2f}")
-    return cell if cell == MISSING else f"{cell} MB"
 
 
 def _latency(record: dict[str, Any], form: str = "onnx") -> str:
@@ -87,13 +84,15 @@ def _match(record: dict[str, Any]) -> str:
 
 
 def _row(record: dict[str, Any]) -> list[str]:
+    sizes = [num(record.get(k), "{:.3f}") for k in ("onnx_size_mb", "int8_onnx_size_mb", "compressed_mb")]
     return [
         str(record.get("variant", MISSING)),
+        str(record.get("structure", MISSING)),
         num(record.get("float_top1")),
-        num(record.get("int8_top1")),
-        _size(record.get("int8_size_mb")),
-        _size(record.get("onnx_size_mb")),
+        f"{num(record.get('int8_top1'))} / {num(record.get('int8_onnx_top1'))}",
+        " / ".join(sizes) + " MB",
         _latency(record),
+        _latency(record, "int8_onnx"),
         _float_int8_latency(record),
         _match(record),
     ]
@@ -106,14 +105,14 @@ def handoff_table(paths_or_records: Iterable[str | Path | dict[str, Any]]) -> st
         paths_or_records: handoff.json files, folders searched for them (a logs/ or export folder),
             parsed handoff.json documents, or single variant records, in any mix.
     """
-    return markdown(COLUMNS, [_row(r) for r in _records(paths_or_records)])
+    return markdown(COLUMNS, [_row(r) for r in records_of(paths_or_records)])
 
 
 def handoff_section(logs: Path) -> list[str]:
     """The report's hand-off section as markdown lines; empty when no handoff.json is under ``logs``."""
     logs = Path(logs)
     files = sorted(logs.rglob(HANDOFF_FILE)) if logs.is_dir() else []
-    records = _records(files)
+    records = records_of(files)
     if not records:
         return []
     return ["## Hand-off: int8 and ONNX", "", NOTE, "", *handoff_table(records).splitlines(), ""]

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, Agg): accuracy vs sparsity, latency and size relative to the baseline."""
+"""Report figures (matplotlib, Agg): accuracy vs sparsity, latency and size relative to the baseline, per-layer
+sparsity of every method, and the baselines' learning curves. Error bars: 95 % confidence half-widths over seeds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lightning_prune.names import MASKED  # noqa: E402
 from lightning_prune.report.collect import RunResults  # noqa: E402
 from lightning_prune.report.tables import method, removed_share, task_label  # noqa: E402
 
@@ -32,8 +34,8 @@ def _removed(p: dict, dense_params: float | None) -> float | None:
 
 
 def _std(value) -> float:
-    """The spread over seeds of a merged figure (0 for a single run)."""
-    return float(getattr(value, "std", 0.0))
+    """The 95 % confidence half-width over seeds of a merged figure (0 for a single run)."""
+    return float(value.ci95) if getattr(value, "n", 1) > 1 else 0.0
 
 
 def accuracy_series(runs: list[RunResults], reference: dict | None = None) -> dict[str, list[tuple[float, ...]]]:
@@ -66,7 +68,7 @@ def accuracy_vs_sparsity(runs: list[RunResults], path: Path, reference: dict | N
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colours(i), marker=MARKERS[i % len(MARKERS)], markersize=6,
                     capsize=3, linestyle="-" if len(xs) > 1 else "none", lw=0.8, label=label, alpha=0.85)
     ax.set_xlabel("parameters removed vs the dense baseline (%)" if dense else "weights pruned (%)")
-    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+    ax.set_ylabel("test top-1 (%), mean ± 95 % CI over seeds")
     ax.set_title("Accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -100,7 +102,75 @@ def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) ->
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(list(ys), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("relative to the baseline (1.0 = same); error bars: std over seeds")
+    ax.set_xlabel("relative to the baseline (1.0 = same); error bars: 95 % CI over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def layer_bars(series: dict[str, dict[str, float]], title: str = "Per-layer sparsity"):
+    """Grouped bars: layer on x, sparsity on y, one bar per method side by side (a matplotlib figure)."""
+    layers = list(dict.fromkeys(name for values in series.values() for name in values))
+    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(layers) * max(1, len(series)) ** 0.5), 4))
+    width = 0.8 / max(1, len(series))
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for i, (label, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(layers))]
+        ax.bar(xs, [100 * float(values.get(n, 0.0)) for n in layers], width=width, color=colours(i), label=label,
+               yerr=[100 * _std(values.get(n, 0.0)) for n in layers], capsize=1.5)
+    ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("weights pruned in the layer (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def layer_sparsity(runs: list[RunResults], path: Path, title: str) -> Path | None:
+    """Per-layer sparsity of each run's pruned model, methods side by side (mean over seeds)."""
+    series = {}
+    for run in runs:
+        entry = next((m for m in run.data["models"] if m.get("variant") == MASKED), None)
+        if entry and entry.get("layers"):
+            series[task_label(run, runs)] = {r.get("name"): r.get("sparsity", 0.0) for r in entry["layers"]}
+    if not series:
+        return None
+    fig = layer_bars(series, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(runs: list[RunResults], path: Path) -> Path | None:
+    """Validation top-1 per epoch of the baselines (from the checkpoints they tested), mean ± 95 % CI over seeds."""
+    from lightning_prune.report.stats import Stat
+
+    curves = {}
+    for run in runs:
+        histories = [h for h in run.data.get("histories") or [run.data.get("history")] if h]
+        if run.task != "baseline" or not histories:
+            continue
+        by_epoch: dict[int, list[float]] = {}
+        for history in histories:
+            for point in history:
+                by_epoch.setdefault(int(point["epoch"]), []).append(float(point["val_top1"]))
+        curves[run.experiment] = [(e, Stat(v)) for e, v in sorted(by_epoch.items())]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        xs, ys = [e + 1 for e, _ in points], [float(v) for _, v in points]
+        err = [_std(v) for _, v in points]
+        ax.plot(xs, ys, label=f"{label} (n={max(v.n for _, v in points)})")
+        ax.fill_between(xs, [y - e for y, e in zip(ys, err)], [y + e for y, e in zip(ys, err)], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%), mean ± 95 % CI")
+    ax.set_title("Learning curves of the dense baselines")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -3,7 +3,9 @@
 A docs page (docs/results.md, docs/deploy.md, docs/discussion.md) marks each generated table with
 ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``; NAME is a dataset (its results table),
 ``DATASET-budget`` (the accuracy-budget table, at the report's default ``--max-drop``),
-``DATASET-stages`` (the 1b stages and their diagnostics) or ``handoff`` (the exports kept beside them).
+``DATASET-stages`` (the 1b stages and their diagnostics), ``handoff`` (the exports kept beside them) or
+``file:PATH`` (a generated file such as a benchmark's table, PATH relative to the page). A figure in
+prose is a ``<!-- v:KEY -->`` value (:mod:`lightning_prune.report.prose`).
 ``lightning-prune report --snapshot docs/results`` copies the runs the report shows into the
 repository (results.json and handoff.json only, small), ``--readme FILE ...`` rewrites the marked
 tables from them, and ``--check-readme FILE ...`` fails when a table differs from what the kept results give.
@@ -13,21 +15,23 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from lightning_prune.report import tables
+from lightning_prune.report import controls, prose, tables
 from lightning_prune.report.collect import RunResults, load_runs, run_version, seed_groups
-from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table, records_of
+from lightning_prune.report.ladder import ladder
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import RESULTS_FILE, atomic_write_bytes
 from lightning_prune.runs import GRID_SUFFIX
 
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.:/-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
 def snapshot(groups: list[list[RunResults]], logs: Path, target: Path) -> list[Path]:
     """Copy every shown run's results.json (all its seeds) to ``target``, keeping the layout below ``logs``,
-    and each shown experiment's newest export record (handoff.json: the hand-off table's source)."""
+    and every export record (handoff.json) of a shown experiment: the hand-off table and the ladder read them."""
     if target.exists():
         shutil.rmtree(target)
     copied = []
@@ -35,9 +39,8 @@ def snapshot(groups: list[list[RunResults]], logs: Path, target: Path) -> list[P
         for run in group:
             copied.append(_copy(run.path, logs, target))
     for experiment in sorted({run.experiment for group in groups for run in group}):
-        exports = sorted((logs / experiment).glob(f"version_*/export/{HANDOFF_FILE}"), key=run_version)
-        if exports:
-            copied.append(_copy(exports[-1], logs, target))
+        for export in sorted((logs / experiment).glob(f"version_*/export/{HANDOFF_FILE}"), key=run_version):
+            copied.append(_copy(export, logs, target))
     return copied
 
 
@@ -48,9 +51,28 @@ def _copy(path: Path, logs: Path, target: Path) -> Path:
     return dst
 
 
-def render(results: Path, max_drop: float = 5.0) -> dict[str, str]:
+FIGURES = "figures"  # beside the docs page: the generated figures its blocks show
+
+
+def figures(runs: list[RunResults], dataset: str) -> dict[str, Callable[[Path], Path | None]]:
+    """The figures of a dataset's blocks, by block name, each drawn on demand into the path given."""
+    from lightning_prune.report import cli, plots
+
+    main = [r for r in runs if not GRID_SUFFIX.search(r.experiment)]
+    out = {f"{dataset}-curves": lambda path: plots.learning_curves(main, path)}
+    for kind, members in cli.layer_families(main).items():
+        if members:
+            out[f"{dataset}-layers-{kind}"] = (lambda path, m=members, k=kind: plots.layer_sparsity(
+                m, path, f"{dataset}: per-layer sparsity, {k.replace('_', ' ')}"))
+    return out
+
+
+def render(results: Path, max_drop: float = 5.0, figure_dir: Path | None = None,
+           wanted: set[str] | None = None) -> dict[str, str]:
     """The generated markdown per dataset, seeds merged: ``DATASET`` (the results table of the runs that
-    are not budget-grid points), ``DATASET-budget`` (the accuracy budget) and ``DATASET-stages`` (1b)."""
+    are not budget-grid points), ``DATASET-budget`` (the accuracy budget), ``DATASET-stages`` (1b),
+    ``DATASET-controls`` (each method against its controls), and the figures ``DATASET-curves`` and
+    ``DATASET-layers-KIND``, drawn into ``figure_dir`` when given (only those in ``wanted``, if given)."""
     runs = [merge_runs(group) for group in seed_groups(load_runs(results))]
     blocks = {}
     for dataset in sorted({r.dataset for r in runs}):
@@ -66,20 +88,42 @@ def render(results: Path, max_drop: float = 5.0) -> dict[str, str]:
         stages = tables.schedule_table(main)
         if stages:
             blocks[f"{dataset}-stages"] = stages + "\n"
-    exports = sorted(results.rglob(HANDOFF_FILE))
+        compared = controls.controls_table(main)
+        if compared:
+            blocks[f"{dataset}-controls"] = compared + "\n"
+        for name, draw in figures(group, dataset).items():
+            if wanted is not None and name not in wanted:
+                continue
+            if figure_dir is None or draw(figure_dir / f"{name}.png") is not None:
+                blocks[name] = f"![{name}]({FIGURES}/{name}.png)\n"
+    exports = sorted(results.rglob(HANDOFF_FILE), key=run_version)
     if exports:
-        blocks["handoff"] = handoff_table(exports) + "\n"
+        newest = {}  # the hand-off table: each experiment's newest export
+        for path in exports:
+            newest[path.parents[2].name] = path
+        blocks["handoff"] = handoff_table(sorted(newest.values())) + "\n"
+        records = [r for path in exports for r in records_of([path])]
+        for dataset in sorted({str(r.get("dataset")) for r in records}):
+            found = ladder([r for r in records if r.get("dataset") == dataset])
+            if found:
+                blocks[f"{dataset}-ladder"] = found[0] + "\n\n" + found[1] + "\n"
     return blocks
 
 
 def update(readme: Path, results: Path, write: bool = True) -> list[str]:
-    """Rewrite the marked tables (``write``) or only compare them; returns the names that were stale."""
+    """Rewrite the marked tables and figures (``write``) or only compare them; returns the names that were stale."""
     text = readme.read_text()
-    blocks = render(results)
+    wanted = {m["name"] for m in BLOCK.finditer(text)}
+    figure_dir = readme.parent / FIGURES if write and any("-curves" in n or "-layers-" in n for n in wanted) else None
+    if figure_dir is not None:
+        figure_dir.mkdir(exist_ok=True)
+    blocks = render(results, figure_dir=figure_dir, wanted=wanted)
     stale: list[str] = []
 
     def replace(match: re.Match) -> str:
         name = match["name"]
+        if name.startswith("file:"):  # a generated file kept elsewhere (a benchmark's table), shown as it is
+            blocks[name] = (readme.parent / name[len("file:"):]).read_text().rstrip("\n") + "\n"
         if name not in blocks:
             raise ValueError(f"{readme}: table results:{name} has no runs under {results}")
         if match["body"] != blocks[name]:
@@ -87,6 +131,15 @@ def update(readme: Path, results: Path, write: bool = True) -> list[str]:
         return match.group(1) + blocks[name] + match.group(4)
 
     new = BLOCK.sub(replace, text)
+    lookup = prose.values(results, readme.parent) if prose.VALUE.search(new) else None
+
+    def replace_value(match: re.Match) -> str:
+        body = lookup(match["key"])
+        if match["body"] != body:
+            stale.append(f"v:{match['key']}")
+        return f"<!-- v:{match['key']} -->{body}<!-- /v -->"
+
+    new = prose.VALUE.sub(replace_value, new)
     if write and new != text:
         atomic_write_bytes(readme, new.encode())
     return stale

@@ -2,46 +2,33 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from lightning_prune.report.collect import RunResults
-
-
-class Stat(float):
-    """A mean that remembers its spread: formats as the mean; ``std`` and ``n`` come with it."""
-
-    std: float
-    n: int
-    values: list[float]
-
-    def __new__(cls, values: Sequence[float]) -> Stat:
-        mean = sum(values) / len(values)
-        self = super().__new__(cls, mean)
-        self.n = len(values)
-        self.values = list(values)
-        self.std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        return self
+from lightning_prune.report.stats import Stat
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def merge_values(values: list[Any]) -> Any:
-    """Numbers become a :class:`Stat`; dicts merge key by key; anything else is the first run's."""
-    present = [v for v in values if v is not None]
+def merge_values(values: list[Any], seeds: Sequence[int | None] | None = None) -> Any:
+    """Numbers become a :class:`Stat` (with the seed of each value); dicts merge key by key; else the first's."""
+    seeds = list(seeds) if seeds is not None else [None] * len(values)
+    present = [(v, s) for v, s in zip(values, seeds) if v is not None]
     if not present:
         return None
-    if all(_is_number(v) for v in present):
-        return present[0] if len(present) == 1 else Stat([float(v) for v in present])
-    if all(isinstance(v, dict) for v in present):
-        keys = list(dict.fromkeys(k for v in present for k in v))
-        return {k: merge_values([v.get(k) for v in present]) for k in keys}
-    return present[0]
+    if all(_is_number(v) for v, _ in present):
+        if len(present) == 1 and present[0][1] is None:
+            return present[0][0]
+        return Stat([float(v) for v, _ in present], [s for _, s in present])
+    if all(isinstance(v, dict) for v, _ in present):
+        keys = list(dict.fromkeys(k for v, _ in present for k in v))
+        return {k: merge_values([v.get(k) for v, _ in present], [s for _, s in present]) for k in keys}
+    return present[0][0]
 
 
 STAGE_SETTINGS = ("stage", "trigger_top1", "fallback_epoch")
@@ -54,10 +41,12 @@ def merge_schedules(schedules: list[dict]) -> dict:
     """
     merged = dict(schedules[-1])
     stage_lists = [s.get("stages") or [] for s in schedules]
+    seeds = [s.get("seed") for s in schedules]
     stages = []
     for k in range(max(len(s) for s in stage_lists)):
-        events = [s[k] for s in stage_lists if len(s) > k and isinstance(s[k], dict)]
-        stage = merge_values(events)
+        found = [(s[k], seed) for s, seed in zip(stage_lists, seeds) if len(s) > k and isinstance(s[k], dict)]
+        events = [e for e, _ in found]
+        stage = merge_values(events, [seed for _, seed in found])
         for key in STAGE_SETTINGS:  # the schedule's settings, the same in every seed: not statistics
             if key in events[0]:
                 stage[key] = events[0][key]
@@ -76,13 +65,18 @@ def merge_runs(runs: list[RunResults]) -> RunResults:
     variants = list(dict.fromkeys(m.get("variant") for r in runs for m in r.data["models"]))
     models = []
     for variant in variants:
-        entries = [m for r in runs for m in r.data["models"] if m.get("variant") == variant]
-        merged = merge_values(entries)
-        merged["layers"] = entries[-1].get("layers")  # per-layer tables show one seed's choice
+        found = [(m, r.seed) for r in runs for m in r.data["models"] if m.get("variant") == variant]
+        entries, seeds = [m for m, _ in found], [seed for _, seed in found]
+        merged = merge_values(entries, seeds)
+        layers = [e.get("layers") or [] for e in entries]
+        same = len({tuple(row.get("name") for row in rows) for rows in layers}) == 1
+        # per layer: its figures over the seeds (mean, 95 % CI) when every seed has the same layers
+        merged["layers"] = [merge_values(list(rows), seeds) for rows in zip(*layers)] if same else layers[-1]
         models.append(merged)
     data = {**latest.data, "models": models, "seeds": sorted(r.data.get("seed") for r in runs
-                                                             if r.data.get("seed") is not None)}
-    schedules = [r.data["schedule"] for r in sorted(runs, key=lambda r: r.created or "")
+                                                             if r.data.get("seed") is not None),
+            "histories": [r.data["history"] for r in runs if r.data.get("history")]}
+    schedules = [{**r.data["schedule"], "seed": r.seed} for r in sorted(runs, key=lambda r: r.created or "")
                  if isinstance(r.data.get("schedule"), dict)]
     if schedules:
         data["schedule"] = merge_schedules(schedules)

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from lightning_prune.names import DENSE, MASKED, NARROW
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.seeds import Stat
-from lightning_prune.runs import GRID_SUFFIX
+from lightning_prune.report.stats import Stat, difference
 
 BASELINE = "baseline"
 MISSING = "—"
@@ -21,13 +20,13 @@ COLUMNS = (
 
 
 def num(value, fmt: str = "{:.2f}") -> str:
-    """A figure, or mean ± std (n) for a figure merged over seeds."""
+    """A figure, or, merged over seeds, mean ± the 95 % confidence half-width (Student t) and n."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return MISSING
     n = getattr(value, "n", 1)
     if n > 1:
         fmt = "{:,.0f}" if fmt == "{:,}" else fmt  # a mean count is not an integer
-        return f"{fmt.format(float(value))} ± {fmt.format(value.std).lstrip()} (n={n})"
+        return f"{fmt.format(float(value))} ± {fmt.format(value.ci95).lstrip()} (n={n})"
     return fmt.format(value)
 
 
@@ -47,16 +46,27 @@ def scaled(value, factor: float):
     return Stat([v * factor for v in values]) if values else value * factor
 
 
-def baseline_run(runs: list[RunResults], references: Sequence[str] = ()) -> RunResults | None:
-    """The reference run of a dataset: the baseline run named in ``references``, else the most recent one."""
+def trained_epochs(run: RunResults) -> int | None:
+    """Epochs the measured model was trained for (its checkpoint's epoch + 1), if recorded."""
+    epoch = (run.data.get("checkpoint") or {}).get("epoch")
+    return int(epoch) + 1 if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+
+
+def baseline_run(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
+                 ) -> RunResults | None:
+    """The reference run of a dataset: the baseline named in ``references``; else, for a run trained from random
+    weights, the baseline trained for as many epochs (the same budget, never pruned); else the most recent one."""
     baselines = [r for r in runs if r.task == BASELINE and r.data["models"]]
     named = [r for r in baselines if r.experiment in references]
-    return max(named or baselines, key=lambda r: r.created or "", default=None)
+    budget = trained_epochs(for_run) if for_run is not None else None
+    same = [r for r in baselines if budget is not None and trained_epochs(r) == budget]
+    return max(named or same or baselines, key=lambda r: r.created or "", default=None)
 
 
-def baseline_top1(runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
-    """The reference accuracy: the dense model of the dataset's baseline run."""
-    run = baseline_run(runs, references)
+def baseline_top1(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
+                  ) -> float | None:
+    """The reference accuracy: the dense model of the dataset's baseline run (for ``for_run``: see baseline_run)."""
+    run = baseline_run(runs, references, for_run)
     if run is None:
         return None
     top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
@@ -64,14 +74,10 @@ def baseline_top1(runs: list[RunResults], references: Sequence[str] = ()) -> flo
 
 
 def drop_value(reference, top1):
-    """Top-1 points lost: seed by seed against the run's own dense model when both are merged over seeds."""
+    """Top-1 points lost: seed by seed against the dense model of the same seed (its own, or the baseline's)."""
     if reference is None or isinstance(top1, bool) or not isinstance(top1, (int, float)):
         return None
-    if getattr(top1, "n", 1) > 1:
-        paired = getattr(reference, "n", 1) == top1.n
-        refs = reference.values if paired else [float(reference)] * top1.n
-        return Stat([r - v for r, v in zip(refs, top1.values)])
-    return float(reference) - float(top1)
+    return difference(reference, top1)
 
 
 def removed_share(profile: dict, dense_params: float | None):
@@ -125,8 +131,21 @@ def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
 
 
 def method(run: RunResults) -> str:
-    """The task, or the 1b method when it differs from its task (``grasp_abs`` is recorded as ``grasp``)."""
-    return str((run.data.get("schedule") or {}).get("method") or run.task)
+    """The task or 1b method, with the setting a control changes: ``unstructured (global)``, ``grasp (one-shot)``,
+    ``random as grasp``, ``channel l1 (no LS)``; the defaults (sensitivity, staged, LASSO with LS) add nothing."""
+    p = run.data.get("pruning") or {}
+    name = str((run.data.get("schedule") or {}).get("method") or run.task)
+    if run.task == "unstructured" and p.get("allocation", "sensitivity") != "sensitivity":
+        name += f" ({p['allocation']})"
+    if name == "random":
+        name = f"random as {p.get('copies') or '?'}"
+    if p.get("schedule") == "oneshot":
+        name += " (one-shot)"
+    if run.task == "channel":
+        name += "" if p.get("method", "lasso") == "lasso" else f" {p['method']}"
+        name += " (no LS)" if p.get("reconstruct") is False else ""
+    earlier = [str(step.get("task")) for step in run.data.get("lineage") or [] if isinstance(step, dict)]
+    return " → ".join([*earlier, name])  # a chain: channel → unstructured
 
 
 def task_label(run: RunResults, runs: list[RunResults]) -> str:
@@ -159,13 +178,14 @@ def dense_top1(run: RunResults) -> float | None:
 
 def results_table(runs: list[RunResults], references: Sequence[str] = ()) -> str:
     """One row per variant; the drop is against the run's own dense model, else the baseline run."""
-    baseline = baseline_top1(runs, references)
     rows = []
     for run in runs:
         reference = dense_top1(run)
+        if reference is None:
+            reference = baseline_top1(runs, references, run)
         params = dense_params(run, runs, references)
         for m in run.data["models"]:
-            rows.append(row(run, m, reference if reference is not None else baseline, task_label(run, runs), params))
+            rows.append(row(run, m, reference, task_label(run, runs), params))
     return markdown(COLUMNS, rows)
 
 
@@ -277,36 +297,41 @@ def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
 PRUNED_VARIANTS = (MASKED, NARROW)  # the variant a budget point is judged by, per task
 
 
-def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[str] = ()) -> str | None:
-    """Per method, the highest target sparsity whose top-1 drop (mean over seeds) stays within ``max_drop``.
+def meets(drop, budget: float) -> bool:
+    """The drop is within the budget with 95 % confidence: the interval's upper end, not the mean (needs n >= 2)."""
+    return getattr(drop, "n", 1) > 1 and drop.upper <= budget
 
-    Built from the runs that record a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
-    from ``python -m lightning_prune.budget``) when there are any. Figures are the ``pruned-masked``
+
+def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[str] = ()) -> str | None:
+    """Per method, the highest target sparsity whose top-1 drop stays within ``max_drop``, established: the upper
+    end of its 95 % confidence interval over seeds is within the budget (else "not established").
+
+    Built from every run that records a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
+    from ``python -m lightning_prune.budget``) and the main runs. Figures are the ``pruned-masked``
     variant's (``channel-pruned`` for task 2, whose target is the share of parameters removed).
     Shown only when some method was run at two targets or more.
     """
-    baseline = baseline_top1(runs, references)
     points: dict[str, list[tuple[float, RunResults, dict, object]]] = {}
-    grid = [r for r in runs if GRID_SUFFIX.search(r.experiment)]  # the grid's runs, when there are any
-    for run in grid or runs:
+    for run in runs:
         target = (run.data.get("pruning") or {}).get("target_sparsity")
         pruned = next((m for m in run.data["models"] if m.get("variant") in PRUNED_VARIANTS), None)
         if isinstance(target, bool) or not isinstance(target, (int, float)) or pruned is None:
             continue
         own = dense_top1(run)
-        drop = drop_value(own if own is not None else baseline, (pruned.get("accuracy") or {}).get("test_top1"))
+        reference = own if own is not None else baseline_top1(runs, references, run)
+        drop = drop_value(reference, (pruned.get("accuracy") or {}).get("test_top1"))
         if drop is not None:
             points.setdefault(method(run), []).append((float(target), run, pruned, drop))
     if not any(len({t for t, *_ in p}) > 1 for p in points.values()):
         return None
     rows = []
     for name, found in points.items():
-        within = [p for p in found if float(p[3]) <= max_drop]
+        within = [p for p in found if meets(p[3], max_drop)]
         target, run, pruned, drop = max(within, key=lambda p: p[0]) if within else min(found, key=lambda p: float(p[3]))
         profile = pruned.get("profile") or {}
         tried = ", ".join(f"{t:.0%}" for t in sorted({t for t, *_ in found}))
         rows.append([
-            name, f"{target:.0%}" if within else f"none (least drop at {target:.0%})", tried,
+            name, f"{target:.0%}" if within else f"not established (least drop at {target:.0%})", tried,
             num(removed_share(profile, dense_params(run, runs, references)), "{:.1%}"),
             num(profile.get("sparsity"), "{:.1%}"), num(drop), num(profile.get("model_size_mb")),
             num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lightning_prune.models.vgg import VGG
+from lightning_prune.names import SELECTIONS
 from lightning_prune.pruning.channel.linear import prune_linear
 from lightning_prune.pruning.channel.ratios import Ratios, keep_count, resolve_ratios
 from lightning_prune.pruning.channel.reconstruction import reconstruct_weight, relative_error
@@ -44,6 +45,18 @@ class LayerReport:
 
     def row(self) -> dict:
         return asdict(self)
+
+
+def choose_channels(selection: str, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, keep: int,
+                    producer: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float | None, str]:
+    """The sorted input channels to keep, the LASSO's lambda (if it chose) and how they were chosen."""
+    if selection == "lasso":
+        sel = select_channels(x, weight, y, keep)
+        return sel.kept, sel.alpha, "fallback" if sel.fallback else "lasso"
+    if selection == "l1":  # the producer's output filters (= this conv's input channels) of largest L1 norm
+        norms = producer.abs().flatten(1).sum(1)
+        return torch.argsort(norms, descending=True, stable=True)[:keep].sort().values.cpu(), None, "l1"
+    return torch.randperm(weight.shape[1], generator=generator)[:keep].sort().values, None, "random"
 
 
 def _blocks(model: VGG) -> list[nn.Sequential]:
@@ -74,13 +87,20 @@ def prune_channels(
     positions: int = 10,
     seed: int = 0,
     progress: bool = False,
+    selection: str = "lasso",
+    reconstruct: bool = True,
 ) -> tuple[VGG, list[LayerReport]]:
     """Prune the input channels of every conv named in ``ratios``, front to back; returns a new VGG.
 
     Per layer, up to ``positions`` random output positions per calibration image (the paper
     uses 10), at most ``samples`` rows in all. Conv i's inputs come from the pruned network, its
-    targets from the original one. The original model is left untouched.
+    targets from the original one. ``selection``: ``lasso`` (He et al.), or the controls ``l1`` (the
+    producer's filters of largest L1 norm, Li et al. 2017) and ``random``; ``reconstruct``: refit the
+    kept channels' weights by least squares (else they keep their original weights). The original
+    model is left untouched.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if isinstance(samples, bool) or (samples is not None and samples < 1):
         raise ValueError(f"samples must be a positive integer or null, got {samples}")
     if isinstance(positions, bool) or positions < 1:
@@ -94,6 +114,7 @@ def prune_channels(
     convs = model.conv_layers()
     per_image = min(positions, math.ceil(samples / images.shape[0])) if samples else positions
     generator = torch.Generator().manual_seed(seed)
+    chooser = torch.Generator().manual_seed(seed + 1)  # random selection: apart from the sampled positions
     bar = _bar(len(convs), progress)
     reports: list[LayerReport] = []
     x_orig = x_pruned = images
@@ -108,13 +129,12 @@ def prune_channels(
                 w = conv.weight.detach()
                 y = sample_rows(x_orig, conv, idx) @ w.reshape(w.shape[0], -1).T  # original output, no bias
                 x = sample_rows(x_pruned, conv, idx)
-                sel = select_channels(x, w, y, keep)
-                kept = sel.kept
-                new_w = reconstruct_weight(x, y, kept, conv.kernel_size)
+                producer = pruned.conv_layers()[i - 1][1].weight.detach()
+                kept, alpha, how = choose_channels(selection, x, w, y, keep, producer, chooser)
+                new_w = reconstruct_weight(x, y, kept, conv.kernel_size) if reconstruct else w[:, kept].clone()
                 reports.append(LayerReport(
-                    name, conv.in_channels, keep, x.shape[0], sel.alpha, "fallback" if sel.fallback else "lasso",
-                    relative_error(x, y, w[:, kept], kept), relative_error(x, y, new_w, kept), kept.tolist(),
-                    time.perf_counter() - start,
+                    name, conv.in_channels, keep, x.shape[0], alpha, how, relative_error(x, y, w[:, kept], kept),
+                    relative_error(x, y, new_w, kept), kept.tolist(), time.perf_counter() - start,
                 ))
                 del x, y
                 pruned = remove_input_channels(pruned, i, kept, new_w)
@@ -138,11 +158,11 @@ def _bar(total: int, enabled: bool):
 
 
 def prune_vgg(model: VGG, images: torch.Tensor, ratios: Ratios, samples: int | None = 5000, positions: int = 10,
-              seed: int = 0, linear_sparsity: float | None = None, progress: bool = False,
-              ) -> tuple[VGG, list[LayerReport], float]:
+              seed: int = 0, linear_sparsity: float | None = None, progress: bool = False, selection: str = "lasso",
+              reconstruct: bool = True) -> tuple[VGG, list[LayerReport], float]:
     """:func:`prune_channels`, then the hidden linears' smallest ``linear_sparsity`` zeroed; also the seconds taken."""
     start = time.perf_counter()
-    narrow, reports = prune_channels(model, images, ratios, samples, positions, seed, progress)
+    narrow, reports = prune_channels(model, images, ratios, samples, positions, seed, progress, selection, reconstruct)
     if linear_sparsity:
         prune_linear(narrow, linear_sparsity)
     return narrow, reports, time.perf_counter() - start
@@ -151,7 +171,7 @@ def prune_vgg(model: VGG, images: torch.Tensor, ratios: Ratios, samples: int | N
 def summary(layers: list[dict], seconds: float, dense_params: int, total: int, nonzero: int) -> str:
     """What the pruning did to each conv and to the parameter count, for the log."""
     lines = [f"  {r['name']:<12} {r['channels']:>4} -> {r['kept']:<4} rel. error {r['error_pruned']:.3f} -> "
-             f"{r['error_reconstructed']:.3f} after least squares ({r['selection']}, {r['seconds']:.1f} s)"
+             f"{r['error_reconstructed']:.3f} (kept weights -> refit; {r['selection']}, {r['seconds']:.1f} s)"
              for r in layers if r["selection"] != "none"]
     return ("Channel pruning, input channels per conv:\n" + "\n".join(lines)
             + f"\n  {seconds:.1f} s; parameters {dense_params:,} -> {total:,} ({nonzero:,} non-zero), "

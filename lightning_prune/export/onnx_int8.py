@@ -1,0 +1,149 @@
+"""int8 for ONNX Runtime: static quantization of the exported float ONNX, checked like every export file.
+
+``onnxruntime.quantization.quantize_static`` in QDQ format: per-channel symmetric int8 weights (every
+zero point 0, so a pruned weight, exactly 0.0, stays int 0), uint8 activations calibrated by MinMax on
+training images. BatchNorm is already folded into the convs by the exporter, which only rescales whole
+output channels: zeros stay zeros there too. The check reads the int8 initializers back and compares
+them with the float ones, layer by layer; ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm
+kernels at session creation.
+
+The compressed file (``<variant>.int8.onnx.xz``, LZMA) is what a device downloads: int8 stores the
+zeros densely, and only an entropy coder turns unstructured sparsity into fewer bytes.
+"""
+
+from __future__ import annotations
+
+import lzma
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_prune.export.errors import ExportError
+from lightning_prune.export.onnx_export import INPUT_NAME, require
+from lightning_prune.results import atomic_write_bytes
+
+COMPRESSED_SUFFIX = ".xz"
+INT8_ONNX_SCHEME = ("QDQ static quantization (onnxruntime quantize_static): per-channel symmetric int8 weights, "
+                    "uint8 activations (MinMax calibration)")
+
+
+def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.Tensor]) -> Path:
+    """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the given batches."""
+    require("onnxruntime")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self, batches: list[np.ndarray]) -> None:
+            self.batches, self.position = batches, 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.position == len(self.batches):
+                return None
+            self.position += 1
+            return {INPUT_NAME: self.batches[self.position - 1]}
+
+        def rewind(self) -> None:
+            self.position = 0
+
+    batches = [np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for x in calibration]
+    if not batches:
+        raise ExportError("--calibration-images: int8 needs calibration images")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as work:
+        prepared, staged = Path(work) / "prepared.onnx", Path(work) / out_path.name
+        quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
+        quantize_static(str(prepared), str(staged), Batches(batches), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        atomic_write_bytes(out_path, staged.read_bytes())
+    return out_path
+
+
+@dataclass
+class OnnxInt8Check:
+    """What the int8 ONNX model kept of the float one, read off both files' initializers.
+
+    Args:
+        zeros_preserved: Every float weight that is exactly 0.0 is int 0.
+        zero_points_zero: Every weight zero point is 0 (symmetric).
+        widths_kept: Every quantized weight has its float weight's shape.
+        layers: Conv/linear weights quantized.
+        float_zeros: Exact zeros over those float weights.
+        int8_zeros: Int zeros over the int8 weights (>= float_zeros: tiny weights round to 0 too).
+        weight_count: Weights compared.
+    """
+
+    zeros_preserved: bool
+    zero_points_zero: bool
+    widths_kept: bool
+    layers: int
+    float_zeros: int
+    int8_zeros: int
+    weight_count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.zeros_preserved and self.zero_points_zero and self.widths_kept and self.layers > 0
+
+    def as_dict(self) -> dict:
+        return {"zeros_preserved": self.zeros_preserved, "zero_points_zero": self.zero_points_zero,
+                "widths_kept": self.widths_kept, "layers": self.layers, "float_zeros": self.float_zeros,
+                "int8_zeros": self.int8_zeros, "weight_count": self.weight_count}
+
+
+def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
+    """Compare each int8 weight (``<name>_quantized``) with the float initializer of the same name."""
+    require("onnx")
+    import onnx
+    from onnx import numpy_helper
+
+    floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(float_path)).graph.initializer}
+    ints = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8_path)).graph.initializer}
+    preserved = zp_zero = widths = True
+    layers = float_zeros = int8_zeros = count = 0
+    for name, q in ints.items():
+        base = name.removesuffix("_quantized")
+        if not name.endswith("_quantized") or q.dtype != np.int8 or base not in floats or floats[base].ndim < 2:
+            continue  # biases (int32), activations: not weights
+        w = floats[base]
+        layers += 1
+        widths &= tuple(q.shape) == tuple(w.shape)
+        if tuple(q.shape) == tuple(w.shape):
+            preserved &= bool((q[w == 0] == 0).all())
+        zp = ints.get(f"{base}_zero_point")
+        zp_zero &= zp is None or bool((np.asarray(zp) == 0).all())
+        float_zeros += int((w == 0).sum())
+        int8_zeros += int((q == 0).sum())
+        count += w.size
+    return OnnxInt8Check(preserved, zp_zero, widths, layers, float_zeros, int8_zeros, count)
+
+
+def compress(path: Path) -> Path:
+    """``<file>.xz``: LZMA at its strongest preset, written atomically beside the file."""
+    out = path.with_name(path.name + COMPRESSED_SUFFIX)
+    atomic_write_bytes(out, lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+    return out
+
+
+def compressed_size_mb(path: Path) -> float:
+    """Bytes / 1e6 that :func:`compress` would write, without writing them (for the float files)."""
+    return len(lzma.compress(Path(path).read_bytes(), preset=9 | lzma.PRESET_EXTREME)) / 1e6
+
+
+def load_compressed(path: Path, threads: int | None = None):
+    """An ONNX Runtime session on a ``.onnx.xz`` file, decompressed in memory: what a device does after download."""
+    from lightning_prune.export.onnx_export import onnx_session
+
+    return onnx_session(lzma.decompress(Path(path).read_bytes()), threads)

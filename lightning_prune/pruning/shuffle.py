@@ -1,0 +1,62 @@
+"""The layer-wise shuffle control (Frankle et al., ICLR 2021): another method's per-layer sparsities, random masks.
+
+If random masks at the per-layer sparsities a saliency criterion chose train as well as the
+criterion's own masks, the criterion's value lies in its allocation over the layers, not in
+which weights of a layer it keeps. No Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+Masks = Mapping[str, torch.Tensor]
+
+
+def layer_sparsities(masks: Masks) -> dict[str, float]:
+    """Each layer's share of zeros in its keep-mask."""
+    return {name: 1 - float(mask.float().mean()) for name, mask in masks.items()}
+
+
+def random_masks(masks: Masks, sparsities: Mapping[str, float], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Keep-masks that bring each layer to its sparsity, the added zeros drawn uniformly among its kept weights.
+
+    Weights already pruned in ``masks`` stay pruned (they count towards the layer's sparsity).
+    """
+    unknown = sorted(set(sparsities) - set(masks))
+    if unknown:
+        raise ValueError(f"sparsities name layer(s) without a mask: {', '.join(unknown)}")
+    out = {}
+    for name, mask in masks.items():
+        keep = mask.detach().bool().flatten().cpu().clone()
+        need = round(sparsities.get(name, 0.0) * keep.numel()) - int((~keep).sum())
+        if need < 0:
+            already = 1 - float(keep.float().mean())
+            raise ValueError(f"{name}: sparsity {sparsities[name]:.4f} is below the {already:.4f} already pruned")
+        kept = keep.nonzero().squeeze(1)
+        keep[kept[torch.randperm(len(kept), generator=generator)[:need]]] = False
+        out[name] = keep.view(mask.shape)
+    return out
+
+
+def plan_from_checkpoint(checkpoint: dict[str, Any], stages: int) -> list[dict[str, float]]:
+    """Per stage, the per-layer sparsities a pruned run reached: its recorded stages, or its final masks for one stage.
+
+    ``stages``: the stages of the run that copies them. A staged copy needs a run of as many stages
+    (each stage copies the matching one); a one-shot copy takes the run's final per-layer sparsities.
+    """
+    events = next((state.get("events") for key, state in (checkpoint.get("callbacks") or {}).items()
+                   if key.startswith("StagedPruning") and isinstance(state, dict)), None) or []
+    per_stage = [e["layers"] for e in events if isinstance(e, dict) and isinstance(e.get("layers"), dict)]
+    if len(per_stage) == stages:
+        return per_stage
+    if stages == 1:
+        final = {key.removeprefix("model.").removesuffix(".weight_mask"): 1 - float(value.float().mean())
+                 for key, value in (checkpoint.get("state_dict") or {}).items() if key.endswith("weight_mask")}
+        if final:
+            return [final]
+        raise ValueError("the checkpoint holds no pruning masks to copy per-layer sparsities from")
+    raise ValueError(f"the run recorded the per-layer sparsities of {len(per_stage)} stages, not {stages}; copy a "
+                     "run of the same schedule")

@@ -1,0 +1,91 @@
+"""The compression ladder: from the dense fp32 model to the smallest file the edge runs, one rung at a time.
+
+Built from the hand-off records (handoff.json) of a dataset's exports, merged over seeds:
+
+1. dense fp32: the baseline's ``.pt``;
+2. channel-pruned: task 2's narrower dense network;
+3. + unstructured: that network pruned further by magnitude (the ``compound`` run: task 2, then 1a);
+4. + int8: its int8 ONNX model, run by ONNX Runtime;
+5. + compression: that file compressed (LZMA), the bytes a device downloads.
+
+Each rung: size on disk and compressed, parameters left (non-zero), MACs, ONNX Runtime latency (float
+and int8), test top-1, and how many times smaller than the dense ``.pt`` it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_prune.report.seeds import merge_values
+from lightning_prune.report.stats import difference
+from lightning_prune.report.tables import MISSING, markdown, num
+
+GOAL_RATIO, GOAL_DROP = 40.0, 5.0
+COLUMNS = ("rung", "file", "size (MB)", "compressed (MB)", "params non-zero", "MMACs",
+           "ONNX Runtime ms/batch (fp32 / int8)", "test top-1", "x smaller than dense fp32 (on disk / compressed)")
+
+
+def _rung_records(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records of the dense baseline, the channel-pruned model and the chain (channel, then unstructured)."""
+    rungs: dict[str, list[dict[str, Any]]] = {"dense": [], "channel": [], "compound": []}
+    for r in records:
+        if r.get("task") == "baseline" and r.get("structure") == "dense":
+            rungs["dense"].append(r)
+        elif r.get("task") == "channel" and not r.get("lineage"):
+            rungs["channel"].append(r)
+        elif r.get("task") == "unstructured" and "channel" in (r.get("lineage") or []):
+            rungs["compound"].append(r)
+    return rungs
+
+
+def _merged(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record per rung: numbers over the seeds (the newest export of each seed)."""
+    by_seed = {r.get("seed"): r for r in records}
+    return merge_values(list(by_seed.values()), list(by_seed))
+
+
+def ladder(records: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The ladder table and its goal line, or None without a dense, a channel-pruned and a chained export."""
+    rungs = {k: _merged(v) for k, v in _rung_records(records).items() if v}
+    if len(rungs) < 3:
+        return None
+    dense, channel, chain = rungs["dense"], rungs["channel"], rungs["compound"]
+    reference = dense["float_size_mb"]
+
+    def ratio(size) -> str:
+        return num(reference / float(size), "{:.1f}") if isinstance(size, (int, float)) and size else MISSING
+
+    def row(name: str, file: str, r: dict, size, compressed, top1, int8: bool) -> list[str]:
+        latency = f"{num(r.get('onnx_latency_ms'), '{:.1f}')} / {num(r.get('int8_onnx_latency_ms'), '{:.1f}')}"
+        return [name, file, num(size, "{:.3f}"), num(compressed, "{:.3f}"), num(r.get("nonzero_params"), "{:,}"),
+                num(r["macs"] / 1e6 if isinstance(r.get("macs"), (int, float)) else None, "{:.2f}"), latency,
+                num(top1), f"{ratio(size)} / {ratio(compressed)}"]
+
+    rows = [
+        row("1. dense fp32", "`.pt`", dense, dense.get("float_size_mb"), dense.get("float_compressed_mb"),
+            dense.get("float_top1"), False),
+        row("2. channel-pruned", "`.pt`", channel, channel.get("float_size_mb"), channel.get("float_compressed_mb"),
+            channel.get("float_top1"), False),
+        row("3. + unstructured", "`.pt`", chain, chain.get("float_size_mb"), chain.get("float_compressed_mb"),
+            chain.get("float_top1"), False),
+        row("4. + int8", "`.int8.onnx`", chain, chain.get("int8_onnx_size_mb"), chain.get("compressed_mb"),
+            chain.get("int8_onnx_top1"), True),
+        row("5. + compression", "`.int8.onnx.xz`", chain, chain.get("compressed_mb"), chain.get("compressed_mb"),
+            chain.get("int8_onnx_top1"), True),
+    ]
+    return markdown(COLUMNS, rows), goal(dense, chain)
+
+
+def goal(dense: dict[str, Any], chain: dict[str, Any]) -> str:
+    """Whether the chain's compressed int8 file is >= 40x smaller than the dense ``.pt`` within 5 points of top-1."""
+    size, top1 = chain.get("compressed_mb"), chain.get("int8_onnx_top1")
+    if not isinstance(size, (int, float)) or not isinstance(top1, (int, float)):
+        return "Goal not measured: the chain was exported without int8 ONNX (`export --quantize`)."
+    times = float(dense["float_size_mb"]) / float(size)
+    drop = difference(dense["float_top1"], top1)
+    established = getattr(drop, "n", 1) > 1 and drop.upper <= GOAL_DROP
+    size_ok = times >= GOAL_RATIO
+    verdict = "reached" if size_ok and established else "not reached"
+    return (f"Goal ({GOAL_RATIO:g}x smaller than the dense fp32 `.pt`, compressed, within {GOAL_DROP:g} points of its "
+            f"top-1, in ONNX Runtime int8): **{verdict}**: {times:.1f}x smaller, top-1 drop {num(drop)} points"
+            + ("" if established else " (the drop's 95 % interval is not within the budget)" if size_ok else ""))

@@ -1,0 +1,97 @@
+"""Statistics over seeds, with scipy.stats: 95 % confidence intervals, and paired or Welch tests.
+
+A figure merged over seeds is a :class:`Stat`: it formats as its mean and keeps its per-seed values
+and their seeds, so two figures compare seed by seed whenever they share their seeds (the same
+initialisation, the same baseline): a paired t-test; otherwise Welch's unequal-variance test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats as sps
+
+
+class Stat(float):
+    """A mean that remembers its spread: ``values`` (and their ``seeds``), ``n``, ``std`` and ``ci95``."""
+
+    std: float
+    n: int
+    values: list[float]
+    seeds: list[int | None]
+
+    def __new__(cls, values: Sequence[float], seeds: Sequence[int | None] | None = None) -> Stat:
+        mean = sum(values) / len(values)
+        self = super().__new__(cls, mean)
+        self.n, self.values = len(values), list(values)
+        self.seeds = list(seeds) if seeds is not None else [None] * len(values)
+        self.std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        return self
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95 % confidence interval of the mean (Student t, n - 1 degrees of freedom)."""
+        return half_width(self.std, self.n)
+
+    @property
+    def upper(self) -> float:
+        return float(self) + self.ci95
+
+
+def half_width(std: float, n: int) -> float:
+    return float(sps.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+
+
+def per_seed(value: float) -> dict[int | None, float]:
+    seeds = getattr(value, "seeds", [None])
+    return dict(zip(seeds, getattr(value, "values", [float(value)])))
+
+
+def paired(a: float, b: float) -> list[int] | None:
+    """The seeds ``a`` and ``b`` share, when each of ``b``'s has a partner in ``a`` (None: they cannot be paired)."""
+    sa, sb = per_seed(a), per_seed(b)
+    common = [s for s in sb if s is not None and s in sa]
+    return sorted(common) if len(common) == len(sb) and len(common) >= 2 else None
+
+
+def difference(a: float, b: float) -> Stat | float:
+    """``a - b``: seed by seed when they pair, else the difference of the means (its spread is ``b``'s)."""
+    seeds = paired(a, b)
+    if seeds is not None:
+        sa, sb = per_seed(a), per_seed(b)
+        return Stat([sa[s] - sb[s] for s in seeds], seeds)
+    values = getattr(b, "values", None)
+    if values and len(values) > 1:
+        return Stat([float(a) - v for v in values], getattr(b, "seeds", None))
+    return float(a) - float(b)
+
+
+@dataclass
+class Comparison:
+    """``a`` against ``b``: the difference (mean, 95 % CI), the test that was used and its two-sided p-value."""
+
+    difference: float
+    ci95: float
+    test: str
+    p: float
+    n: tuple[int, int]
+
+
+def compare(a: float, b: float) -> Comparison | None:
+    """Paired t-test (``ttest_rel``) when ``a`` and ``b`` share their seeds, else Welch's (``ttest_ind``)."""
+    va, vb = getattr(a, "values", [float(a)]), getattr(b, "values", [float(b)])
+    if len(va) < 2 or len(vb) < 2:
+        return None
+    seeds = paired(a, b) if set(per_seed(a)) == set(per_seed(b)) else None
+    if seeds is not None:
+        sa, sb = per_seed(a), per_seed(b)
+        xs, ys = [sa[s] for s in seeds], [sb[s] for s in seeds]
+        result = sps.ttest_rel(xs, ys)
+        diff = Stat([x - y for x, y in zip(xs, ys)])
+        return Comparison(float(diff), diff.ci95, "paired t", float(result.pvalue), (len(xs), len(ys)))
+    result = sps.ttest_ind(va, vb, equal_var=False)
+    ci = result.confidence_interval(0.95)
+    mean = sum(va) / len(va) - sum(vb) / len(vb)
+    return Comparison(mean, float(ci.high - mean), "Welch t", float(result.pvalue), (len(va), len(vb)))
