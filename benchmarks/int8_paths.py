@@ -77,7 +77,7 @@ def torchao_paths(net: VGG, x: torch.Tensor, calibration: list[torch.Tensor]) ->
         return {"torchao PT2E": {"works": False, "error": f"torchao not installed ({err})"}}
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    graph = torch.export.export(copy.deepcopy(net), (x[:8],)).module()
+    graph = torch.export.export(copy.deepcopy(net), (x[:8],), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).module()
     prepared = prepare_pt2e(graph, quantizer)
     for batch in calibration:
         prepared(batch)

@@ -124,14 +124,14 @@ def test_a_changed_figure_in_the_prose_is_caught(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"summary": {"1": {"speedup": 2.489}}, "wall": 7200}))
     page = tmp_path / "page.md"
     page.write_text(f"Top-1 <!-- v:digits_unstructured/pruned-masked/top1 -->{top1}<!-- /v -->, "
-                    "speed-up <!-- v:json:bench.json:summary.1.speedup:.2f -->2.49<!-- /v -->x in "
+                    "speed-up <!-- v:json:bench.json:summary/1/speedup:.2f -->2.49<!-- /v -->x in "
                     "<!-- v:json:bench.json:wall:.1f:/3600 -->2.0<!-- /v --> h.\n")
     assert readme.update(page, kept, write=False) == []
     data = json.loads(first.read_text())
-    data["models"][-1]["accuracy"]["test_top1"] = 12.34
+    next(m for m in data["models"] if m["variant"] == "pruned-masked")["accuracy"]["test_top1"] = 12.34
     first.write_text(json.dumps(data))
     (tmp_path / "bench.json").write_text(json.dumps({"summary": {"1": {"speedup": 3.0}}, "wall": 7200}))
     assert readme.update(page, kept, write=False) == ["v:digits_unstructured/pruned-masked/top1",
-                                                      "v:json:bench.json:summary.1.speedup:.2f"]
+                                                      "v:json:bench.json:summary/1/speedup:.2f"]
     readme.update(page, kept)
     assert "3.00<!-- /v -->x" in page.read_text() and top1 not in page.read_text()

@@ -97,12 +97,14 @@ def ladder_section(logs: Path) -> list[str]:
 
 
 def layer_families(runs: list[RunResults]) -> dict[str, list[RunResults]]:
-    """The runs whose per-layer sparsities one figure compares: 1a, and 1b per schedule (main runs, no grid)."""
+    """The runs whose per-layer sparsities one figure compares: 1a, 1b per schedule, and GraSP in both
+    schedules (main runs, no grid)."""
     main = [r for r in runs if not GRID_SUFFIX.search(r.experiment)]
     staged = [r for r in main if r.task in ("grasp", "snip")]
     return {"1a": [r for r in main if r.task == "unstructured" and not r.data.get("lineage")],
             "1b_staged": [r for r in staged if controls.identity(r)["schedule"] == "staged"],
-            "1b_oneshot": [r for r in staged if controls.identity(r)["schedule"] == "oneshot"]}
+            "1b_oneshot": [r for r in staged if controls.identity(r)["schedule"] == "oneshot"],
+            "1b_grasp": [r for r in staged if controls.identity(r)["method"] == "grasp"]}
 
 
 def layer_plots(runs: list[RunResults], plot_dir: Path, dataset: str) -> list[Path]:

@@ -16,7 +16,7 @@ from lightning_prune.report import controls, tables
 from lightning_prune.report.collect import RunResults, load_runs, seed_groups
 from lightning_prune.report.seeds import merge_runs
 
-VALUE = re.compile(r"<!-- v:(?P<key>[^ ]+) -->(?P<body>.*?)<!-- /v -->")
+VALUE = re.compile(r"<!-- v:(?P<key>.+?) -->(?P<body>.*?)<!-- /v -->")
 FIELDS = {  # field -> (where in a model entry, format)
     "top1": (("accuracy", "test_top1"), "{:.2f}"), "top5": (("accuracy", "test_top5"), "{:.2f}"),
     "train_top1": (("accuracy", "train_top1"), "{:.2f}"), "size": (("profile", "model_size_mb"), "{:.2f}"),
@@ -30,21 +30,25 @@ def _lookup(runs: dict[str, RunResults], key: str) -> str:
 
     Keys: ``EXP/VARIANT/FIELD`` (a model's figure, FIELD in :data:`FIELDS`, or ``drop``, ``removed``, ``macs``);
     ``EXP/epochs`` (epochs the measured model trained); ``EXP/final`` (last validation top-1 of its curve);
-    ``cmp/EXP/EXP2`` (pruned top-1 of EXP minus EXP2, with its test); ``stage/EXP/K/FIELD`` (1b stage K's
+    ``cmp/EXP/EXP2`` (pruned top-1 of EXP minus EXP2, with its test), ``verdict/EXP/EXP2`` (what the test
+    allows to say); ``stage/EXP/K/FIELD`` (1b stage K's
     ``epoch``, ``val_top1`` or diagnostic); ``layer/EXP/LAYER`` (the pruned model's sparsity of that layer).
     """
     from lightning_prune.report.stats import compare
 
     parts = key.split("/")
-    run = runs.get(parts[1] if parts[0] in ("cmp", "stage", "layer") else parts[0])
+    run = runs.get(parts[1] if parts[0] in ("cmp", "verdict", "stage", "layer") else parts[0])
     if run is None:
         raise ValueError(f"v:{key}: no kept run of that experiment")
-    if parts[0] == "cmp":
+    if parts[0] in ("cmp", "verdict"):
         other = runs.get(parts[2])
         result = compare(controls.pruned_top1(run), controls.pruned_top1(other)) if other else None
         if result is None:
             raise ValueError(f"v:{key}: cannot compare (missing run or fewer than 2 seeds)")
-        return f"{result.difference:+.2f} ± {result.ci95:.2f} points ({result.test}, p = {result.p:.2g})"
+        if parts[0] == "verdict":
+            return controls.verdict(result.difference, result.p)
+        return (f"{result.difference:+.2f} ± {result.ci95:.2f} points ({result.test}, n = {result.n[0]}/{result.n[1]}, "
+                f"p = {result.p:.2g})")
     if parts[0] == "stage":
         stage = (run.data.get("schedule") or {}).get("stages", [])[int(parts[2]) - 1]
         value = stage.get(parts[3], (stage.get("diagnostics") or {}).get(parts[3]))
@@ -77,13 +81,13 @@ def _lookup(runs: dict[str, RunResults], key: str) -> str:
 
 
 def json_value(key: str, base: Path) -> str:
-    """``json:PATH:FIELD.FIELD:SPEC[:/DIVISOR]``: one figure of a kept JSON file (a benchmark's, the evidence
+    """``json:PATH:FIELD/FIELD:SPEC[:/DIVISOR]``: one figure of a kept JSON file (a benchmark's, the evidence
     timing), PATH relative to the page; list items by index, SPEC a format spec such as ``.1f``."""
     parts = key.split(":")
     if len(parts) not in (4, 5):
         raise ValueError(f"v:{key}: expected json:PATH:FIELD:SPEC[:/DIVISOR]")
     value = json.loads((base / parts[1]).read_text())
-    for name in parts[2].split("."):
+    for name in parts[2].split("/"):
         value = value[int(name)] if isinstance(value, list) else value[name]
     if len(parts) == 5:
         value = value / float(parts[4].lstrip("/"))

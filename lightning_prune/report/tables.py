@@ -309,7 +309,7 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
     Built from every run that records a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
     from ``python -m lightning_prune.budget``) and the main runs. Figures are the ``pruned-masked``
     variant's (``channel-pruned`` for task 2, whose target is the share of parameters removed).
-    Shown only when some method was run at two targets or more.
+    A method run at one target only (the main runs at 90 %) gets its verdict at that target.
     """
     points: dict[str, list[tuple[float, RunResults, dict, object]]] = {}
     for run in runs:
@@ -322,7 +322,7 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
         drop = drop_value(reference, (pruned.get("accuracy") or {}).get("test_top1"))
         if drop is not None:
             points.setdefault(method(run), []).append((float(target), run, pruned, drop))
-    if not any(len({t for t, *_ in p}) > 1 for p in points.values()):
+    if not points:
         return None
     rows = []
     for name, found in points.items():
