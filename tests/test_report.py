@@ -255,3 +255,21 @@ def test_budget_table_picks_the_highest_target_whose_interval_stays_within_the_d
         [f"--prune.target_sparsity={t}", f"--run.experiment=digits_snip_t{round(100 * t)}", f"--seed_everything={s}"]
         for s in (0, 1) for t in (0.7, 0.9)
     ]
+
+
+def test_a_random_init_drop_pairs_each_seed_with_its_own_dense_reference(tmp_path):
+    """GraSP-style runs have no dense model of their own: seed k's drop is against seed k's never-pruned run,
+    so the interval carries the reference's spread too (not only the pruned model's)."""
+    logs = tmp_path / "logs"
+    dense, pruned = {0: 50.0, 1: 56.0, 2: 53.0}, {0: 20.0, 1: 22.0, 2: 21.0}
+    for seed in dense:
+        for experiment, task, model in (("cifar10_dense", "baseline", _model("dense", dense[seed], 0.0, None)),
+                                        ("cifar10_grasp", "grasp", _model("pruned-masked", pruned[seed], 0.9, None))):
+            path = _write(logs, experiment, seed, task, f"2026-01-0{seed + 1}T00:00:00+00:00", [model])
+            data = json.loads(path.read_text())
+            data.update(seed=seed, config_key=experiment)
+            path.write_text(json.dumps(data))
+    text = build_report(logs, tmp_path / "REPORT.md")
+    row = next(line for line in text.splitlines() if line.startswith("| grasp | pruned-masked |"))
+    drops = [dense[s] - pruned[s] for s in dense]  # 30, 34, 32: sd 2
+    assert row.strip("| ").split(" | ")[-1] == f"{sum(drops) / 3:.2f} ± 4.97 (n=3)"  # not the pruned top-1's ± 2.48

@@ -70,6 +70,8 @@ def baseline_top1(runs: list[RunResults], references: Sequence[str] = (), for_ru
     if run is None:
         return None
     top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
+    if isinstance(top1, Stat):
+        return top1  # merged over seeds: a drop against it is taken seed by seed
     return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
 
 
