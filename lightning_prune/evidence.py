@@ -18,7 +18,8 @@ The headline comparisons (1a sensitivity vs global, GraSP staged vs one-shot, LA
 ``--headline-seeds`` seeds (5), the rest ``--seeds`` (3). Steps start in priority order, each
 stage at every seed before the next: the references, the headline pairs, the ladder, GraSP's
 shuffle and the first controls, the headline pairs' seeds beyond ``--seeds``, SNIP and |GraSP|
-with their shuffles, the 60-epoch plateau check and the budget grid; so a set stopped early keeps whole
+(one-shot, then staged) with their shuffles, the refit-free L1 and random channels, the 60-epoch
+plateau check and the budget grid; so a set stopped early keeps whole
 comparisons. A step whose run already finished (same experiment and seed) is skipped, so the
 target resumes after a stop.
 ``--workers`` runs that many steps at once, each on one CPU thread (two one-thread runs do more
@@ -34,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,16 +143,21 @@ def _controls(s: int) -> list[Step]:
                    "--sweep=null")]
 
 
-def _more_controls(s: int) -> list[Step]:
-    """Seed ``s``'s remaining runs at 90 %: SNIP and |GraSP| in both schedules with their shuffles."""
-    steps = []
-    for method in ("snip", "grasp_abs"):
-        for schedule, suffix in (("staged", ""), ("oneshot", "_oneshot")):
-            steps.append(fit("1b", method, f"cifar10subset_{method}{suffix}", s, f"--prune.schedule={schedule}"))
-            steps.append(_random_at(method, suffix, s))
-    return steps + [pruned("2", "channel", f"cifar10subset_channel_{selection}_nols", s,
-                           f"--prune.selection={selection}", "--prune.reconstruct=false")
-                    for selection in ("l1", "random")]
+def _criterion(method: str, schedule: str) -> Callable[[int], list[Step]]:
+    """Seed s's run of a 1b criterion in one schedule, and its shuffle."""
+    suffix = "_oneshot" if schedule == "oneshot" else ""
+    return lambda s: [fit("1b", method, f"cifar10subset_{method}{suffix}", s, f"--prune.schedule={schedule}"),
+                      _random_at(method, suffix, s)]
+
+
+def _refit_free(s: int) -> list[Step]:
+    """Seed s's L1-norm and random channels without the least-squares refit."""
+    return [pruned("2", "channel", f"cifar10subset_channel_{selection}_nols", s, f"--prune.selection={selection}",
+                   "--prune.reconstruct=false") for selection in ("l1", "random")]
+
+
+MORE_CONTROLS = (_criterion("snip", "oneshot"), _criterion("snip", "staged"), _criterion("grasp_abs", "oneshot"),
+                 _criterion("grasp_abs", "staged"), _refit_free)
 
 
 def _ladder(s: int) -> list[Step]:
@@ -178,7 +185,8 @@ def plan(seeds: int, headline: int) -> list[Step]:
     for stage in (_headline, _ladder, _controls):
         steps += [step for s in range(seeds) for step in stage(s)]
     steps += [step for s in range(seeds, headline) for step in _headline(s)]
-    steps += [step for s in range(seeds) for step in _more_controls(s)]
+    for stage in MORE_CONTROLS:
+        steps += [step for s in range(seeds) for step in stage(s)]
     steps.append(fit("baseline", "baseline", f"{BASELINE}_e60", 0, "--trainer.max_epochs=60"))
     steps.append(Step("baseline", f"{BASELINE}_e60", 0, ["test", "--config", str(SUBSET / "baseline.yaml"),
                                                           f"--run.experiment={BASELINE}_e60",
