@@ -46,7 +46,7 @@ budget: $(STAMP)
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
 	cp logs/evidence/timing.json docs/results/evidence-timing.json 2>/dev/null || true
-	$(CLI) report --logs docs/results --out docs/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
+	$(CLI) report --logs docs/results --out logs/docs-report/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
 
 # The evidence on the real CIFAR-10 subset (../shared/data/cifar10-subset): the plateau baseline, every method
 # beside its controls, the compression ladder and the budget grid, SEEDS seeds (3; the headline comparisons 5),

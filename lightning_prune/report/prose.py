@@ -102,7 +102,7 @@ def values(results: Path, base: Path = Path(".")) -> Callable[[str], str]:
 
 
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
-DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\d.]*[^\Wx])|\b\d+(?:\.\d+)? ?%")
+DECIMAL = re.compile(r"\b\d+(?:\.\d+)? ?%|(?<![\w.])\d+\.\d+(?![\d.]*[^\Wx])")
 SETTINGS = {"5 %", "10 %", "15 %", "20 %", "40 %", "45 %", "50 %", "60 %", "67.5 %", "70 %", "75 %", "80 %", "90 %",
             "95 %", "98 %", "100 %"}
 VERSIONED = re.compile(r"(?:torch|torchvision|torchao|[Ll]ightning|Python|onnxruntime|ONNX Runtime|opset|version"
