@@ -16,8 +16,9 @@ SEEDS ?= 1
 demo: $(STAMP)
 	$(PY) -m lightning_prune.demo --seeds $(SEEDS)
 
+# Two pytest-xdist workers; the tests that start processes (DDP ranks, a killed fit) share one of them.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lightning_prune tests benchmarks
@@ -46,6 +47,7 @@ budget: $(STAMP)
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
 	cp logs/evidence/timing.json docs/results/evidence-timing.json 2>/dev/null || true
+	mkdir -p logs/docs-report
 	$(CLI) report --logs docs/results --out logs/docs-report/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
 
 # The evidence on the real CIFAR-10 subset (../shared/data/cifar10-subset): the plateau baseline, every method

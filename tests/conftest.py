@@ -14,7 +14,7 @@ from tests.helpers import SUBSET_ENV, TINY_CLASSIFIER, TINY_WIDTH
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # one per worker under `make test`
     torch.manual_seed(0)
 
 

@@ -17,7 +17,7 @@ from lightning_prune.models import VGG
 from lightning_prune.pruning.sensitivity import sensitivity_scan
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args
 
-pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]  # DDP ranks: one worker runs them in turn
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]

@@ -43,8 +43,9 @@ def _criteria() -> list[tuple[str, Spec, Spec]]:
     for control in ("l1", "random"):
         rows.append((f"2: LASSO vs {control} channels (both refit)", {"task": "channel", "method": "lasso",
                      "reconstruct": True}, {"task": "channel", "method": control, "reconstruct": True}))
-    rows.append(("2: least-squares refit vs none (LASSO)", {"task": "channel", "method": "lasso", "reconstruct": True},
-                 {"task": "channel", "method": "lasso", "reconstruct": False}))
+    for selection, label in (("lasso", "LASSO"), ("l1", "l1"), ("random", "random")):
+        rows.append((f"2: least-squares refit vs none ({label})", {"task": "channel", "method": selection,
+                     "reconstruct": True}, {"task": "channel", "method": selection, "reconstruct": False}))
     return rows
 
 
