@@ -341,6 +341,6 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
             num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),
         ])
     header = ["method", f"highest target within {max_drop:g} points", "top-1 drop at each target tried",
-              "params removed (vs dense)",
-              "sparsity (within the model)", "top-1 drop (points)", "size (MB, masked)", "MMACs", "latency (ms/batch)"]
+              "params removed (vs dense)", "sparsity (within the model)", "top-1 drop (points)", "size (MB, masked)",
+              "MMACs", "latency (ms/batch)"]
     return markdown(header, rows)
