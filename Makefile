@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget evidence evidence-baseline \
-	evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget int8-paths
+	evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget int8-paths int8-diagnosis ladder-docs render-docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ budget: $(STAMP)
 results-docs: $(STAMP)
 	$(CLI) report --logs logs --out REPORT.md --snapshot docs/results
 	cp logs/evidence/timing.json docs/results/evidence-timing.json 2>/dev/null || true
+	$(MAKE) ladder-docs render-docs
+
+# Only the rendering of the docs from what docs/results and benchmarks/results keep (no run needed).
+render-docs: $(STAMP)
 	mkdir -p logs/docs-report
 	$(CLI) report --logs docs/results --out logs/docs-report/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
 
@@ -67,6 +71,17 @@ evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget: $(STAMP)
 int8-paths: $(STAMP)
 	$(VENV)/bin/pip install --quiet torchao
 	$(PY) -m benchmarks.int8_paths
+
+# The ladder's exports (make evidence-ladder) kept for the docs in docs/results/ladder (handoff.json only: these runs
+# start from their own baselines, so their results.json stay out of the other tables); make results-docs then
+# renders the ladder from them.
+ladder-docs: $(STAMP)
+	$(PY) -m lightning_prune.evidence --seeds $(EVIDENCE_SEEDS) --snapshot-ladder docs/results/ladder
+
+# Where int8 loses accuracy on the ladder's runs (after make evidence-ladder), and what equalization, the
+# calibration methods and QAT buy: benchmarks/results/int8-diagnosis-cpu.{json,md}, shown in docs/deploy.md.
+int8-diagnosis: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.int8_diagnosis --evidence-seeds $(EVIDENCE_SEEDS) --jobs 2
 
 clean:
 	rm -rf logs/*/ checkpoints/*/ REPORT.md report_plots

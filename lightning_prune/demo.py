@@ -60,7 +60,7 @@ def run_step(argv: list[str]) -> int:
 
 
 def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report: Path = Path("REPORT.md"),
-             handoff: bool = True, seeds: int = 1) -> int:
+             handoff: bool = True, seeds: int = 1, export_options: Sequence[str] = ()) -> int:
     """Run every step (stopping at the first failure), then write the report from ``logs/``.
 
     With ``seeds`` > 1 the whole chain runs once per seed (0, 1, ...): each seed's tasks prune that
@@ -73,7 +73,7 @@ def run_demo(configs: Path = DEMO_CONFIGS, overrides: Sequence[str] = (), report
         label = f" (seed {seed})" if seeds > 1 else ""
         todo += [(title + label, [*argv, *chosen, *overrides]) for title, argv in steps(configs)]
         if handoff:  # this seed's runs are the newest: export them before the next seed's replace them
-            todo += [(title + label, argv) for title, argv in handoff_steps()]
+            todo += [(title + label, [*argv, *export_options]) for title, argv in handoff_steps()]
     for title, argv in todo:
         print(f"\n=== {title}\n$ lightning-prune {' '.join(argv)}", flush=True)
         step_started = time.perf_counter()
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
     parser.add_argument("--no-handoff", action="store_true", help="skip the ONNX / int8 export of every run")
     parser.add_argument("--seeds", type=int, default=1, help="run the chain with seeds 0..N-1 (default: 1 run)")
+    parser.add_argument("--export-option", action="append", default=[], metavar="OPTION",
+                        help="an option added to every export, e.g. --export-option=--max-int8-drop=2 (repeatable)")
     parser.add_argument("overrides", nargs="*", help="CLI overrides added to every training step, after --")
     args = parser.parse_args(argv)
     missing = [name for name in DEMO_FILES if not (args.configs / f"{name}.yaml").is_file()]
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    return run_demo(args.configs, args.overrides, args.out, handoff=not args.no_handoff, seeds=args.seeds)
+    return run_demo(args.configs, args.overrides, args.out, handoff=not args.no_handoff, seeds=args.seeds,
+                    export_options=args.export_option)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ Groups (``--groups``, in this order by default), each a list of ``lightning-prun
   selection, each with and without the least-squares refit;
 - ``1b``: GraSP, SNIP and |GraSP| from random weights, staged and one-shot, and random masks at the
   per-layer sparsities of seed k's run of each (the layer-wise shuffle);
-- ``ladder``: seed k's channel-pruned model pruned further by magnitude (the chain of the compression
-  ladder), then the baseline, the channel-pruned and the chained model exported with int8;
+- ``ladder``: seed k's baseline channel-pruned at 70 % and then pruned further by magnitude (the chain of
+  the compression ladder), the earlier chain from the 90 % channel run, and the baseline and every step of
+  both chains exported with int8 (``make int8-diagnosis`` then studies those checkpoints' int8 loss);
 - ``budget``: 1a, 2 and the staged 1b methods at 70 and 80 % (90 % is the runs above).
 
 The headline comparisons (1a sensitivity vs global, GraSP staged vs one-shot, LASSO vs L1) run
@@ -160,12 +161,22 @@ MORE_CONTROLS = (_criterion("snip", "oneshot"), _criterion("snip", "staged"), _c
                  _criterion("grasp_abs", "staged"), _refit_free)
 
 
+LADDER_CHANNEL = grid_experiment("cifar10subset_channel", 0.7)  # the channel target within the 5-point budget
+LADDER_EXPORTS = (BASELINE, LADDER_CHANNEL, "cifar10subset_compound", "cifar10subset_channel",
+                  "cifar10subset_compound_c90")
+
+
 def _ladder(s: int) -> list[Step]:
-    steps = [fit("ladder", "compound", "cifar10subset_compound", s,
-                 f"--model.pretrained={{cifar10subset_channel@{s}}}", needs=[("cifar10subset_channel", s)])]
+    """Seed s's chain (channel at 70 %, then magnitude: compound.yaml), the earlier chain from channel at 90 %
+    (whose int8 models collapsed once), and the int8 export of the baseline and of every step of both."""
+    steps = [pruned("ladder", "channel", LADDER_CHANNEL, s, "--prune.target_sparsity=0.7"),
+             fit("ladder", "compound", "cifar10subset_compound", s, f"--model.pretrained={{{LADDER_CHANNEL}@{s}}}",
+                 needs=[(LADDER_CHANNEL, s)]),
+             fit("ladder", "compound", "cifar10subset_compound_c90", s,
+                 f"--model.pretrained={{cifar10subset_channel@{s}}}", "--prune.target_sparsity=0.8",
+                 needs=[("cifar10subset_channel", s)])]
     return steps + [Step("ladder", experiment, s, ["export", "--run", f"{{{experiment}@{s}}}", "--quantize"],
-                         [(experiment, s)], export=True)
-                    for experiment in (BASELINE, "cifar10subset_channel", "cifar10subset_compound")]
+                         [(experiment, s)], export=True) for experiment in LADDER_EXPORTS]
 
 
 def _references(s: int) -> list[Step]:
@@ -200,7 +211,10 @@ def plan(seeds: int, headline: int) -> list[Step]:
             for method in ("grasp", "snip", "grasp_abs"):
                 steps.append(fit("budget", method, grid_experiment(f"cifar10subset_{method}", target), s,
                                  f"--prune.target_sparsity={target}"))
-    return steps
+    unique: dict[tuple, Step] = {}  # a run two groups need (the ladder's channel run is a budget run) runs once
+    for step in steps:
+        unique.setdefault((step.key, step.test, step.export), step)
+    return list(unique.values())
 
 
 def resolve(argv: list[str]) -> list[str]:
@@ -273,6 +287,50 @@ def run(steps: list[Step], workers: int, timing_path: Path) -> int:
     return 1 if failures else 0
 
 
+def snapshot_ladder(target: Path, seeds: int) -> int:
+    """The ladder's exports kept for the docs: ``target`` is replaced by each seed's handoff.json files."""
+    import shutil
+
+    files = []
+    for experiment in LADDER_EXPORTS:
+        for seed in range(seeds):
+            version = finished_run(experiment, seed)
+            handoff = LOGS / experiment / f"version_{version}" / "export" / "handoff.json"
+            if version is None or not handoff.is_file():
+                print(f"evidence: {experiment} seed {seed} has no export (make evidence-ladder)", file=sys.stderr)
+                return 1
+            files.append(handoff)
+    if target.exists():
+        shutil.rmtree(target)
+    for handoff in files:
+        destination = target / handoff.relative_to(LOGS)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(handoff, destination)
+    (target / "summary.json").write_text(json.dumps(ladder_shares(files), indent=2) + "\n")
+    print(f"evidence: {len(files)} handoff.json files and summary.json kept under {target}")
+    return 0
+
+
+def ladder_shares(files: list[Path]) -> dict[str, float]:
+    """What each step of the chain removes, from its exports (means over the seeds): the share of the dense
+    parameters the channel surgery cuts out, and the share of the channel-pruned model's non-zero weights the
+    magnitude step then zeroes."""
+    records: dict[str, list[dict]] = {}
+    for path in files:
+        for v in json.loads(path.read_text())["variants"] + json.loads(path.read_text()).get("refused", []):
+            records.setdefault(path.parts[-4], []).append(v)
+
+    def mean(experiment: str, key: str) -> float:
+        values = [r[key] for r in records[experiment]]
+        return sum(values) / len(values)
+
+    dense, channel = mean(BASELINE, "params"), mean(LADDER_CHANNEL, "params")
+    return {"channel_surgery_share": 1 - channel / dense,
+            "channel_removed_share": 1 - mean(LADDER_CHANNEL, "nonzero_params") / dense,
+            "magnitude_share_of_remaining": 1 - mean("cifar10subset_compound", "nonzero_params")
+            / mean(LADDER_CHANNEL, "nonzero_params")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_prune.evidence", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,9 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
     parser.add_argument("--timing", type=Path, default=Path("logs/evidence/timing.json"), help="wall times (JSON)")
     parser.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
+    parser.add_argument("--snapshot-ladder", type=Path, metavar="DIR",
+                        help="copy the ladder runs' handoff.json files (each seed's finished run) to DIR, laid out as "
+                        "under logs/, and stop (make ladder-docs)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.headline_seeds < args.seeds or args.workers < 1:
         parser.error("--seeds >= 1, --headline-seeds >= --seeds and --workers >= 1")
+    if args.snapshot_ladder:
+        return snapshot_ladder(args.snapshot_ladder, args.seeds)
     steps = [s for s in plan(args.seeds, args.headline_seeds) if s.group in args.groups]
     if args.dry_run:
         for step in steps:

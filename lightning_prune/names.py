@@ -54,6 +54,10 @@ TARGET_MEANING: dict[str, str] = {
 # The pruning callback of each task (StagedPruning's task follows its method).
 CALLBACK_TASK: dict[str, str] = {"MagnitudePruning": "unstructured", "ChannelPruning": "channel"}
 
+# int8 export: ONNX Runtime's activation-range calibration methods (``export --calibration``).
+Calibration = Literal["minmax", "percentile", "entropy"]
+CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
+
 # How an exported model's weights are stored (handoff.json "structure"), read off the weights themselves.
 Structure = Literal["dense", "masked", "narrow", "narrow+masked"]
 

@@ -47,7 +47,8 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     for src in DEMO_CONFIGS.glob("*.yaml"):
         shrink(src, configs / src.name)
     monkeypatch.chdir(tmp_path)
-    assert demo.main(["--configs", str(configs), "--", *TINY]) == 0
+    # Two-batch models are near chance: one flipped test image moves top-1 by more than the int8 gate's point.
+    assert demo.main(["--configs", str(configs), "--export-option=--max-int8-drop=100", "--", *TINY]) == 0
 
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
     assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "compound", "grasp", "grasp_abs",
@@ -87,7 +88,7 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     rungs = [line.split(" | ")[0] for line in ladder.splitlines() if line.startswith("| ") and "---" not in line]
     assert rungs[1:] == ["| 1. dense fp32", "| 2. channel-pruned", "| 3. + unstructured", "| 4. + int8",
                          "| 5. + compression"]
-    assert "Goal (40x smaller" in ladder
+    assert "Goal (49x smaller" in ladder
     plots = {p.name for p in (tmp_path / "report_plots").glob("*.png")}
     assert {"digits_accuracy_vs_sparsity.png", "digits_latency_size.png",
             "digits_digits_unstructured_sensitivity.png"} <= plots

@@ -85,7 +85,7 @@ def run_dirs(tmp_path_factory, digits) -> dict[str, Path]:
     mark_finished(ckpt_dir)  # what the CLI's run identity does when a fit ends normally
     argv = ["--run", f"run:{EXPERIMENT}", "--checkpoints", str(root / "checkpoints"), "--logs", str(root / "logs"),
             "--quantize", "--eval-batches", "2", "--calibration-images", "64", "--latency-batches", "2",
-            "--threads", "1"]
+            "--threads", "1", "--max-int8-drop", "100"]  # an untrained model: one flipped image is 1.6 points
     assert export_main(argv) == 0
     out = root / "logs" / EXPERIMENT / "version_0" / "export"
     return {"root": root, "ckpt": ckpt_dir / "last.ckpt", "out": out}
@@ -177,7 +177,7 @@ def test_handoff_table_and_report_section(run_dirs):
     lines = handoff_section(run_dirs["root"] / "logs")
     header = ("| variant | weights | float top-1 | int8 top-1 (PyTorch / ONNX) | size: ONNX / int8 ONNX / compressed | "
               "ONNX Runtime latency (fp32) | ONNX Runtime latency (int8) | latency float / int8 (PyTorch) | "
-              "outputs match |")
+              "outputs match | int8 gate: drop (PyTorch / ONNX), recipe |")
     assert lines[0].startswith("## ") and header in lines
     entry = json.loads((run_dirs["out"] / "handoff.json").read_text())["variants"][0]
     row = next(line for line in lines if line.startswith(f"| {VARIANT} |"))
@@ -188,9 +188,11 @@ def test_handoff_table_and_report_section(run_dirs):
     assert cells[4] == f"{sizes} MB" and entry["compressed_mb"] < entry["int8_onnx_size_mb"] < entry["onnx_size_mb"]
     assert cells[5].endswith("ms (bs 32)") and cells[6].endswith("ms (bs 32)") and cells[8].startswith("yes (ONNX")
     assert cells[7] == f"{entry['float_latency_ms']:.1f} / {entry['int8_latency_ms']:.1f} ms"
+    drops = " / ".join(f"{entry['int8_gate']['forms'][f]['drop']:.2f}" for f in ("int8", "int8_onnx"))
+    assert cells[9] == f"passed: {drops} (max 100), CLE + minmax"
     assert handoff_section(run_dirs["root"] / "checkpoints") == []
     assert handoff_table([{"variant": "v", "outputs_match": {"onnx": {"match": False, "max_abs_diff": 0.5}}}]) \
-        .endswith("| v | — | — | — / — | — / — / — MB | — | — | — | **no** (ONNX, max diff 5.0e-01) |")
+        .endswith("| v | — | — | — / — | — / — / — MB | — | — | — | **no** (ONNX, max diff 5.0e-01) | — |")
 
 
 def _lightning_like_checkpoint(module: ImageClassifier, path: Path) -> Path:

@@ -25,18 +25,20 @@ from typing import Any
 
 import torch
 
-from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
 from lightning_prune.errors import ConfigError
 from lightning_prune.export.artifact import update_sidecar
-from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
+from lightning_prune.export.checkpoint import load_checkpoint_model
 from lightning_prune.export.errors import ExportError
-from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint, handoff_figures
+from lightning_prune.export.figures import handoff_figures
+from lightning_prune.export.int8 import Int8Settings, gate, refusal
+from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint
 from lightning_prune.export.publish import check_out, discard, publish, staging
+from lightning_prune.export.sources import DATASETS, datamodule, recorded, run_parts
+from lightning_prune.names import CALIBRATIONS
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.results import atomic_write_bytes
 
 HANDOFF_TABLE = "handoff.md"
-DATASETS = ("digits", "cifar10", "cifar100")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +67,19 @@ def parser() -> argparse.ArgumentParser:
                    help="download CIFAR if missing (default: the checkpoint's setting)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the checkpoint's)")
     p.add_argument("--calibration-images", type=int, default=256, help="training images for int8 (default: 256)")
+    p.add_argument("--calibration", default="minmax", metavar="METHOD",
+                   help=f"activation ranges of the int8 ONNX model: {', '.join(CALIBRATIONS)} (default: minmax)")
+    p.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="cross-layer equalization before int8 (default: on; data-free, the function is unchanged)")
+    p.add_argument("--qat-epochs", type=int, default=0,
+                   help="quantization-aware fine-tuning epochs on the training images before int8 (default: 0)")
+    p.add_argument("--qat-lr", type=float, default=1e-4, help="its SGD learning rate (default: 0.0001)")
+    p.add_argument("--share-bits", type=int, default=0, metavar="BITS",
+                   help="weight sharing in the int8 ONNX model: each layer's weights on 2**BITS k-means levels "
+                   "(2-7; default 0: none); the gate measures the shared model")
+    p.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
+                   help="refuse (exit 2, nothing published for it) a variant whose int8 top-1 is more than POINTS "
+                   "below its float top-1 on the test images (default: 1.0)")
     p.add_argument("--eval-batches", type=int, help="test batches for top-1 (default: the whole test set)")
     p.add_argument("--latency-batches", type=int, default=5, help="test batches timed per form (default: 5)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's)")
@@ -97,98 +112,19 @@ def variant_name(path: Path) -> str:
 
     Two runs never share a name, so exports of several runs (or versions) into one folder never mix.
     """
-    experiment, version = _run_parts(path)
+    experiment, version = run_parts(path)
     if version is None:
         return experiment
     name = f"{experiment}_v{version.removeprefix('version_')}"
     return name if path.stem == "last" else f"{name}_{path.stem}"
 
 
-def _run_parts(path: Path) -> tuple[str, str | None]:
-    """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N]/<file>.ckpt``."""
-    parent = path.parent
-    if parent.name.startswith("version_"):
-        return parent.parent.name, parent.name
-    if path.stem == "last" or path.stem.startswith("epoch="):
-        return parent.name, None
-    return path.stem, None
-
-
 def default_out(path: Path, logs: Path) -> Path:
     """The run's own export folder: ``logs/<experiment>/version_N/export`` if that run folder exists."""
-    experiment, version = _run_parts(path)
+    experiment, version = run_parts(path)
     if version is not None and (logs / experiment / version).is_dir():
         return logs / experiment / version / "export"
     return path.parent / "export"
-
-
-def recorded(path: Path, logs: Path) -> dict[str, Any]:
-    """What the experiment's results.json files say about this exact file (same path and SHA-256).
-
-    ``measured_in``: the results.json whose figures describe this file; ``recorded_accuracy``: its
-    test accuracy. A results.json that names the path with another hash measured an earlier content
-    of it; the export says so rather than pass those figures on.
-    """
-    record = checkpoint_record(path)
-    experiment, _ = _run_parts(path)
-    info: dict[str, Any] = {"checkpoint": {**record, "finished": from_finished_run(path)}, "measured_in": None}
-    for results_path in sorted((logs / experiment).glob("version_*/results.json"), reverse=True):
-        try:
-            results = json.loads(results_path.read_text())
-            measured = results.get("checkpoint") or {}
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if not measured.get("path") or Path(measured["path"]).resolve() != path.resolve():
-            continue
-        if measured.get("sha256") != record["sha256"]:
-            info.setdefault("notes", []).append(
-                f"{results_path} measured another content of {path} (epoch {measured.get('epoch')}); "
-                "its figures are not this file's")
-            continue
-        entry = next((m for m in results.get("models", []) if isinstance(m, dict)), {})
-        pruned = [m for m in results.get("models", []) if isinstance(m, dict) and m.get("variant") != "dense"]
-        info.update(task=results.get("task"), measured_in=str(results_path), seed=results.get("seed"),
-                    recorded_accuracy=(pruned[0] if pruned else entry).get("accuracy"))
-        break
-    if info["measured_in"] is None:
-        info.setdefault("notes", []).append(f"no results.json under {logs / experiment} measured {path}")
-    if info["checkpoint"]["finished"] is False:
-        info.setdefault("notes", []).append(f"{path} is from a run that did not finish")
-    return info
-
-
-def datamodule(args: argparse.Namespace, ck: CheckpointModel):
-    """The test and training images the checkpoint was trained on (options override the checkpoint's)."""
-    from lightning_prune.data import NUM_CLASSES, ImageDataModule
-
-    saved = ck.data_hparams
-    dataset = args.dataset or saved.get("dataset")
-    if dataset is None:
-        dataset = "cifar100" if ck.model.num_classes == 100 else None
-    if dataset is None:
-        raise ExportError(f"--dataset: {ck.path} does not record its dataset; choose one of {', '.join(DATASETS)}")
-    if dataset not in DATASETS:
-        raise ExportError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if NUM_CLASSES[dataset] != ck.model.num_classes:
-        raise ExportError(f"--dataset: {dataset} has {NUM_CLASSES[dataset]} classes but {ck.path} predicts "
-                          f"{ck.model.num_classes}")
-    batch_size = args.batch_size or saved.get("batch_size") or 256
-    if batch_size < 2:
-        raise ExportError(f"--batch-size: must be >= 2 (the exported batch axis is dynamic), got {batch_size}")
-
-    def pick(value, key, default):
-        return value if value is not None else saved.get(key, default)
-
-    return ImageDataModule(
-        dataset=dataset,
-        data_dir=pick(args.data_dir, "data_dir", "data"),
-        batch_size=batch_size,
-        num_workers=0,
-        download=pick(args.download, "download", True),
-        verify_checksums=pick(args.verify_checksums, "verify_checksums", True),
-        val_size=saved.get("val_size", 0),
-        split_seed=saved.get("split_seed", 0),
-    )
 
 
 def _take(loader, images: int | None = None, batches: int | None = None) -> list:
@@ -199,6 +135,11 @@ def _take(loader, images: int | None = None, batches: int | None = None) -> list
         out.append(batch)
         seen += len(batch[0])
     return out
+
+
+def int8_settings(args: argparse.Namespace) -> Int8Settings:
+    return Int8Settings(equalize=args.equalize, calibration=args.calibration, qat_epochs=args.qat_epochs,
+                        qat_lr=args.qat_lr, max_drop=args.max_int8_drop, share_bits=args.share_bits)
 
 
 def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str]) -> dict[str, Any]:
@@ -230,9 +171,13 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
           file=sys.stderr)
     stage = staging(out, variant)
     try:
-        result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration, args.atol)
+        settings = int8_settings(args)
+        result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration, args.atol,
+                                   settings, dm.train_dataloader)
         latency = [x for x, _ in test[: max(1, args.latency_batches)]]
         figures = handoff_figures(result, test, latency)
+        if args.quantize:
+            figures["int8_gate"] = gate(figures, settings.max_drop)
         measured = {k: figures.get(k) for k in ("float_top1", "int8_top1", "onnx_top1") if k in figures}
         update_sidecar(result.files["sidecar"], {"accuracy": {"test_images": figures["eval_images"], **measured}})
     except BaseException:
@@ -254,21 +199,32 @@ def export_environment() -> dict[str, str]:
             "quantized_engine": torch.backends.quantized.engine, **versions}
 
 
-def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str]) -> Path:
-    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``."""
+def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str],
+                  refused: list[dict[str, Any]] = ()) -> Path:
+    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``.
+
+    ``refused``: variants the int8 gate turned down, with their figures and the reason (no files).
+    """
     path = out / HANDOFF_FILE
-    old: list[dict[str, Any]] = []
+    old: dict[str, Any] = {}
     if path.is_file():
         try:
-            old = json.loads(path.read_text()).get("variants", [])
-        except (OSError, json.JSONDecodeError, AttributeError):
-            old = []
-    names = {e["variant"] for e in entries}
+            old = json.loads(path.read_text())
+            old = old if isinstance(old, dict) else {}
+        except (OSError, json.JSONDecodeError):
+            old = {}
+    names = {e["variant"] for e in [*entries, *refused]}
+
+    def kept(key: str) -> list[dict[str, Any]]:
+        items = old.get(key) if isinstance(old.get(key), list) else []
+        return [e for e in items if isinstance(e, dict) and e.get("variant") not in names]
+
     doc = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["lightning-prune", "export", *argv]),
         "environment": export_environment(),
-        "variants": [e for e in old if e.get("variant") not in names] + entries,
+        "variants": kept("variants") + entries,
+        "refused": kept("refused") + list(refused),
     }
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
     atomic_write_bytes(out / HANDOFF_TABLE, (handoff_table([doc]) + "\n").encode())
@@ -287,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         formats = _formats(args.format)
+        int8_settings(args)  # every int8 option checked before any file is read
         for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
             value = getattr(args, option)
             if value is not None and value < 1:
@@ -308,12 +265,22 @@ def main(argv: list[str] | None = None) -> int:
             for entry in entries:
                 discard(entry["staging"])
             raise
+        refused = [e for e in entries if not e.get("int8_gate", {"passed": True})["passed"]]
+        for entry in refused:  # the int8 gate: nothing of a variant that lost accuracy is published
+            discard(entry.pop("staging"))
+            entry["files"] = {}
+            entry["reason"] = refusal(entry["variant"], entry["int8_gate"], int8_settings(args))
+        entries = [e for e in entries if e not in refused]
         for entry in entries:  # every variant checked: only now do their files replace the earlier ones
             moved = publish(entry.pop("staging"), out, entry["variant"])
             entry["files"] = {k: str(moved.get(v, v)) for k, v in entry["files"].items()}
-        path = write_handoff(out, entries, argv)
+        path = write_handoff(out, entries, argv, refused)
     except ConfigError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if refused:
+        for entry in refused:
+            print(f"error: {entry['reason']}", file=sys.stderr)
         return 2
     print(handoff_table([json.loads(path.read_text())]))
     print(f"hand-off written to {path.parent.resolve()} ({HANDOFF_FILE}, {HANDOFF_TABLE})", file=sys.stderr)

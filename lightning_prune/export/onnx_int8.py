@@ -1,11 +1,11 @@
 """int8 for ONNX Runtime: static quantization of the exported float ONNX, checked like every export file.
 
 ``onnxruntime.quantization.quantize_static`` in QDQ format: per-channel symmetric int8 weights (every
-zero point 0, so a pruned weight, exactly 0.0, stays int 0), uint8 activations calibrated by MinMax on
-training images. BatchNorm is already folded into the convs by the exporter, which only rescales whole
-output channels: zeros stay zeros there too. The check reads the int8 initializers back and compares
-them with the float ones, layer by layer; ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm
-kernels at session creation.
+zero point 0, so a pruned weight, exactly 0.0, stays int 0), uint8 activations calibrated on training
+images by MinMax (default), percentile or entropy (``export --calibration``). BatchNorm is already
+folded into the convs by the exporter, which only rescales whole output channels: zeros stay zeros.
+The check reads the int8 initializers back and compares them with the float ones, layer by layer;
+ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm kernels at session creation.
 
 The compressed file (``<variant>.int8.onnx.xz``, LZMA) is what a device downloads: int8 stores the
 zeros densely, and only an entropy coder turns unstructured sparsity into fewer bytes.
@@ -28,11 +28,17 @@ from lightning_prune.results import atomic_write_bytes
 
 COMPRESSED_SUFFIX = ".xz"
 INT8_ONNX_SCHEME = ("QDQ static quantization (onnxruntime quantize_static): per-channel symmetric int8 weights, "
-                    "uint8 activations (MinMax calibration)")
+                    "uint8 activations")
+ORT_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
-def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.Tensor]) -> Path:
-    """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the given batches."""
+def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.Tensor],
+                  method: str = "minmax") -> Path:
+    """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the given batches.
+
+    ``method``: one of :data:`lightning_prune.names.CALIBRATIONS` (ONNX Runtime's MinMax, Percentile at
+    its default 99.999 %, or Entropy).
+    """
     require("onnxruntime")
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -65,7 +71,7 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
         quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
         quantize_static(str(prepared), str(staged), Batches(batches), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         atomic_write_bytes(out_path, staged.read_bytes())
     return out_path

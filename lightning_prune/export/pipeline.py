@@ -6,7 +6,8 @@ the hand-off must run the network that was measured.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,13 @@ from lightning_prune.export.artifact import (
 )
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
 from lightning_prune.export.errors import ExportError
-from lightning_prune.export.measure import Forward, latency_ms, max_abs_diff, same_top1, size_mb, top1
+from lightning_prune.export.int8 import Int8Settings, prepare
+from lightning_prune.export.measure import Forward, max_abs_diff, same_top1
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import (
     INT8_ONNX_SCHEME,
     check_onnx_int8,
     compress,
-    compressed_size_mb,
     load_compressed,
     quantize_onnx,
 )
@@ -40,9 +41,9 @@ from lightning_prune.export.quantize import (
     quantize_int8,
     save_int8,
 )
+from lightning_prune.export.sharing import share_onnx_weights
 from lightning_prune.models import VGG
-from lightning_prune.profiling.static import count_macs
-from lightning_prune.pruning.layers import count_parameters, weight_sparsity
+from lightning_prune.pruning.layers import weight_sparsity
 
 FORMATS = ("state_dict", "onnx")
 ATOL = 1e-4
@@ -126,6 +127,8 @@ def export_model(
     calibration_batches: Iterable[torch.Tensor] | None = None,
     atol: float = ATOL,
     backend: str | None = None,
+    int8: Int8Settings | None = None,
+    train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> ExportResult:
     """Write ``<variant>.json`` plus the requested formats into ``out_dir``, each reloaded and compared.
 
@@ -139,6 +142,8 @@ def export_model(
         calibration_batches: Training images for int8 quantization (``<variant>.int8.pt``); None: no int8.
         atol: Largest absolute logit difference accepted between the source and a reloaded artifact.
         backend: Quantized engine for int8 (default: x86 where available).
+        int8: The int8 recipe (equalization, calibration method, QAT); default :class:`Int8Settings`.
+        train_batches: Training batches for quantization-aware fine-tuning (``int8.qat_epochs`` > 0).
 
     Raises:
         ExportError: An unsupported format, or an artifact whose outputs do not match.
@@ -171,30 +176,44 @@ def export_model(
         names["onnx"] = result.files["onnx"].name
         result.matches["onnx"] = _match(source, result.onnx_forward(), x, atol, "onnx (ONNX Runtime)")
     if calibration_batches is not None:
-        backend = pick_backend(backend)
-        calibration = list(calibration_batches)
-        result.int8 = quantize_int8(model, calibration, backend)
-        result.int8_check = check_int8(model, result.int8)
-        if not (result.int8_check.zeros_preserved and result.int8_check.widths_kept):
-            raise ExportError(f"int8: quantization changed the pruned structure ({result.int8_check.as_dict()})")
-        result.files["int8"] = save_int8(result.int8, out / f"{variant}.int8.pt")
-        names["int8"] = result.files["int8"].name
-        reloaded = load_int8(result.files["int8"], backend=backend)
-        result.matches["int8"] = _match(result.int8, reloaded, x, atol, "int8 reload")
-        images = sum(len(b) for b in calibration)
-        result.metadata["int8"] = {"backend": backend, "scheme": INT8_SCHEME, "calibration_images": images,
-                                   **result.int8_check.as_dict()}
-        if "onnx" in formats:
-            _int8_onnx(result, out / f"{variant}.int8.onnx", calibration, x, names)
+        _int8(result, model, list(calibration_batches), x, names, out, atol, pick_backend(backend),
+              int8 or Int8Settings(), train_batches)
     describe()
     return result
 
 
-def _int8_onnx(result: ExportResult, path: Path, calibration: list[torch.Tensor], x: torch.Tensor,
-               names: dict[str, str]) -> None:
-    """int8 ONNX from the float ONNX, checked (zeros, zero points, widths), and its compressed file, reloaded."""
-    quantize_onnx(result.files["onnx"], path, calibration)
-    check = check_onnx_int8(result.files["onnx"], path)
+def _int8(result: ExportResult, model: VGG, calibration: list[torch.Tensor], x: torch.Tensor,
+          names: dict[str, str], out: Path, atol: float, backend: str, settings: Int8Settings,
+          train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None) -> None:
+    """Both int8 forms of the prepared float model (equalized, fine-tuned), each checked and reloaded."""
+    prepared, seconds = prepare(model, settings, calibration, train_batches)
+    result.int8 = quantize_int8(prepared, calibration, backend)
+    result.int8_check = check_int8(prepared, result.int8)
+    if not (result.int8_check.zeros_preserved and result.int8_check.widths_kept):
+        raise ExportError(f"int8: quantization changed the pruned structure ({result.int8_check.as_dict()})")
+    result.files["int8"] = save_int8(result.int8, out / f"{result.variant}.int8.pt")
+    names["int8"] = result.files["int8"].name
+    result.matches["int8"] = _match(result.int8, load_int8(result.files["int8"], backend=backend), x, atol,
+                                    "int8 reload")
+    recipe = {**settings.as_dict(), "seconds": seconds}
+    result.metadata["int8"] = {"backend": backend, "scheme": INT8_SCHEME, "recipe": recipe,
+                               "calibration_images": sum(len(b) for b in calibration), **result.int8_check.as_dict()}
+    if "onnx" not in result.files:
+        return
+    if prepared is model:
+        _int8_onnx(result, result.files["onnx"], out / f"{result.variant}.int8.onnx", calibration, x, names, settings)
+        return
+    with tempfile.TemporaryDirectory(dir=out) as work:  # the prepared float graph is quantized, not published
+        source = export_onnx(prepared, Path(work) / "prepared.onnx", x)
+        _int8_onnx(result, source, out / f"{result.variant}.int8.onnx", calibration, x, names, settings)
+
+
+def _int8_onnx(result: ExportResult, source: Path, path: Path, calibration: list[torch.Tensor], x: torch.Tensor,
+               names: dict[str, str], settings: Int8Settings) -> None:
+    """int8 ONNX from a float ONNX, checked (zeros, zero points, widths), and its compressed file, reloaded."""
+    quantize_onnx(source, path, calibration, settings.calibration)
+    sharing = share_onnx_weights(path, settings.share_bits) if settings.share_bits else None
+    check = check_onnx_int8(source, path)
     if not check.ok:
         raise ExportError(f"int8 onnx: quantization changed the pruned structure ({check.as_dict()})")
     result.files["int8_onnx"], names["int8_onnx"] = path, path.name
@@ -203,8 +222,9 @@ def _int8_onnx(result: ExportResult, path: Path, calibration: list[torch.Tensor]
     session, unpacked = onnx_session(path), load_compressed(result.files["compressed"])
     result.matches["compressed"] = _match(onnx_runner(session), onnx_runner(unpacked), x, 0.0, "compressed int8 onnx")
     result.int8_onnx = session
-    result.metadata["int8_onnx"] = {"scheme": INT8_ONNX_SCHEME, "calibration_images": sum(len(b) for b in calibration),
-                                    **check.as_dict()}
+    result.metadata["int8_onnx"] = {"scheme": INT8_ONNX_SCHEME, "calibration": settings.calibration, "sharing": sharing,
+                                    "recipe": result.metadata["int8"]["recipe"],
+                                    "calibration_images": sum(len(b) for b in calibration), **check.as_dict()}
 
 
 def export_checkpoint(
@@ -216,6 +236,8 @@ def export_checkpoint(
     metadata: dict[str, Any] | None = None,
     calibration_batches: Iterable[torch.Tensor] | None = None,
     atol: float = ATOL,
+    int8: Int8Settings | None = None,
+    train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> ExportResult:
     """:func:`export_model` for a Lightning checkpoint of ``ImageClassifier`` (dense, masked or channel-pruned).
 
@@ -231,70 +253,12 @@ def export_checkpoint(
         metadata: Extra sidecar metadata.
         calibration_batches: Training images for int8 quantization; None: no int8.
         atol: Largest absolute logit difference accepted.
+        int8: The int8 recipe; train_batches: training images for its QAT.
     """
     ck = checkpoint if isinstance(checkpoint, CheckpointModel) else load_checkpoint_model(checkpoint)
     info = {"task": ck.task, "method": ck.method, "structure": ck.structure, "source_checkpoint": str(ck.path),
-            "lineage": [step.get("task") for step in ck.lineage], "masked_layers": ck.masked_layers,
+            "lineage": [step.get("task") for step in ck.lineage],
+            "lineage_sources": [step.get("source") for step in ck.lineage], "masked_layers": ck.masked_layers,
             **(metadata or {})}
     return export_model(ck.model, out_dir, variant or ck.path.stem, formats, check_batch, info,
-                        calibration_batches, atol)
-
-
-@torch.no_grad()
-def handoff_figures(
-    result: ExportResult,
-    eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    latency_batches: Sequence[torch.Tensor],
-    warmup: int = 2,
-) -> dict[str, Any]:
-    """Accuracy, size, latency and MACs of the variant's float, int8 and ONNX forms (``handoff.json`` entry).
-
-    Every form is measured on the same batches: top-1 over ``eval_batches`` (the test set), latency
-    as ms per batch over ``latency_batches`` after ``warmup`` untimed passes, the forms taking turns.
-    """
-    model = result.float_model
-    float_top1, images = top1(model, eval_batches)
-    params, nonzero = count_parameters(model)
-    fig: dict[str, Any] = {
-        "variant": result.variant,
-        "task": result.metadata.get("task"),
-        "method": result.metadata.get("method"),
-        "structure": result.metadata.get("structure"),
-        "lineage": result.metadata.get("lineage") or [],
-        "seed": result.metadata.get("seed"),
-        "params": params,
-        "nonzero_params": nonzero,
-        "sparsity": result.metadata.get("sparsity"),
-        "source_checkpoint": result.metadata.get("source_checkpoint"),
-        "channels": list(model.channels),
-        "eval_images": images,
-        "batch_size": len(latency_batches[0]) if latency_batches else None,
-        "float_top1": float_top1,
-        "macs": count_macs(model),
-        "files": {k: str(v) for k, v in result.files.items()},
-        "outputs_match": {k: m.as_dict() for k, m in result.matches.items()},
-    }
-    if "state_dict" in result.files:
-        fig["float_size_mb"] = size_mb(result.files["state_dict"])
-    forwards: dict[str, Forward] = {"float": model}
-    run_onnx = result.onnx_forward()
-    if run_onnx is not None:
-        forwards["onnx"] = run_onnx
-        fig["onnx_size_mb"] = size_mb(result.files["onnx"])
-        fig["onnx_top1"], _ = top1(run_onnx, eval_batches)
-    if result.int8 is not None:
-        forwards["int8"] = result.int8
-        fig["int8_size_mb"] = size_mb(result.files["int8"])
-        fig["int8_top1"], _ = top1(result.int8, eval_batches)
-        fig["int8"] = result.metadata.get("int8")
-    if "state_dict" in result.files:
-        fig["float_compressed_mb"] = compressed_size_mb(result.files["state_dict"])
-    if result.int8_onnx is not None:
-        forwards["int8_onnx"] = onnx_runner(result.int8_onnx)
-        fig["int8_onnx_size_mb"] = size_mb(result.files["int8_onnx"])
-        fig["compressed_mb"] = size_mb(result.files["compressed"])
-        fig["int8_onnx_top1"], _ = top1(forwards["int8_onnx"], eval_batches)
-        fig["int8_onnx"] = result.metadata.get("int8_onnx")
-    for name, (mean, std) in latency_ms(forwards, latency_batches, warmup).items():
-        fig[f"{name}_latency_ms"], fig[f"{name}_latency_ms_std"] = mean, std
-    return fig
+                        calibration_batches, atol, int8=int8, train_batches=train_batches)

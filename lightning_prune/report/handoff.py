@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 HANDOFF_FILE = "handoff.json"
 COLUMNS = ("variant", "weights", "float top-1", "int8 top-1 (PyTorch / ONNX)", "size: ONNX / int8 ONNX / compressed",
            "ONNX Runtime latency (fp32)", "ONNX Runtime latency (int8)", "latency float / int8 (PyTorch)",
-           "outputs match")
+           "outputs match", "int8 gate: drop (PyTorch / ONNX), recipe")
 NOTE = (
     "From `lightning-prune export --quantize` (handoff.json beside the exported files). Top-1 is on the test "
     "images. int8 (PyTorch) is eager-mode static post-training quantization (x86 backend); int8 ONNX is ONNX "
     "Runtime's QDQ static quantization; both use per-channel symmetric int8 weights. Sizes are the files' bytes / "
     "1e6 (compressed: the int8 ONNX file after LZMA, what a device downloads); latency is ms per batch on the CPU; "
-    "outputs match compares the ONNX Runtime logits (else the reloaded state dict's) with the PyTorch model's."
+    "outputs match compares the ONNX Runtime logits (else the reloaded state dict's) with the PyTorch model's. "
+    "The int8 gate compares each int8 form's top-1 with the float model's on the same test images: a variant that "
+    "loses more than `--max-int8-drop` points is refused (nothing of it is published; its row says **refused**); "
+    "the recipe is equalization (CLE) or not, the ONNX calibration method and the QAT epochs."
 )
 
 
@@ -51,7 +54,13 @@ def records_of(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, A
             doc = _load(f)
             if doc is not None:
                 records += [v for v in doc.get("variants", []) if isinstance(v, dict)]
+                records += [{**v, "refused": True} for v in doc.get("refused") or [] if isinstance(v, dict)]
     return records
+
+
+def published(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records whose files were published (the int8 gate refused none of them)."""
+    return [r for r in records if not r.get("refused")]
 
 
 def _latency(record: dict[str, Any], form: str = "onnx") -> str:
@@ -83,6 +92,22 @@ def _match(record: dict[str, Any]) -> str:
     return MISSING
 
 
+def _gate(record: dict[str, Any]) -> str:
+    outcome = record.get("int8_gate")
+    if not isinstance(outcome, dict):
+        return MISSING
+    forms = outcome.get("forms") or {}
+    drops = " / ".join(num((forms.get(f) or {}).get("drop")) for f in ("int8", "int8_onnx"))
+    recipe = (record.get("int8") or {}).get("recipe") or {}
+    parts = ["CLE" if recipe.get("equalize") else "no CLE", str(recipe.get("calibration", MISSING))]
+    if recipe.get("qat_epochs"):
+        parts.append(f"QAT {recipe['qat_epochs']} ep")
+    if recipe.get("share_bits"):
+        parts.append(f"{recipe['share_bits']}-bit sharing")
+    verdict = "**refused**" if record.get("refused") else "passed" if outcome.get("passed") else "**failed**"
+    return f"{verdict}: {drops} (max {num(outcome.get('max_drop'), '{:g}')}), {' + '.join(parts)}"
+
+
 def _row(record: dict[str, Any]) -> list[str]:
     sizes = [num(record.get(k), "{:.3f}") for k in ("onnx_size_mb", "int8_onnx_size_mb", "compressed_mb")]
     return [
@@ -95,6 +120,7 @@ def _row(record: dict[str, Any]) -> list[str]:
         _latency(record, "int8_onnx"),
         _float_int8_latency(record),
         _match(record),
+        _gate(record),
     ]
 
 

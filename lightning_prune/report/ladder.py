@@ -3,8 +3,9 @@
 Built from the hand-off records (handoff.json) of a dataset's exports, merged over seeds:
 
 1. dense fp32: the baseline's ``.pt``;
-2. channel-pruned: task 2's narrower dense network;
-3. + unstructured: that network pruned further by magnitude (the ``compound`` run: task 2, then 1a);
+2. channel-pruned: task 2's narrower dense network, the one the chain started from;
+3. + unstructured: that network pruned further by magnitude (the ``<set>_compound`` run of compound.yaml: task 2,
+   then 1a; other chains, such as the subset's ``_compound_c90``, are not rungs);
 4. + int8: its int8 ONNX model, run by ONNX Runtime;
 5. + compression: that file compressed (LZMA), the bytes a device downloads.
 
@@ -14,27 +15,41 @@ and int8), test top-1, and how many times smaller than the dense ``.pt`` it is.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from lightning_prune.report.seeds import merge_values
 from lightning_prune.report.stats import difference
 from lightning_prune.report.tables import MISSING, markdown, num
 
-GOAL_RATIO, GOAL_DROP = 40.0, 5.0
+CHAIN = re.compile(r"_compound_v\d+(?:_.+)?$")  # an export of the compound.yaml run: <set>_compound_v<N>
+GOAL_RATIO, GOAL_DROP = 49.0, 2.0  # Deep Compression's VGG16 ratio (Han et al., ICLR 2016), within 2 points
 COLUMNS = ("rung", "file", "size (MB)", "compressed (MB)", "params non-zero", "MMACs",
            "ONNX Runtime ms/batch (fp32 / int8)", "test top-1", "x smaller than dense fp32 (on disk / compressed)")
 
 
+def _path(value: Any) -> str:
+    return str(Path(str(value)).resolve()) if value else ""
+
+
 def _rung_records(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Records of the dense baseline, the channel-pruned model and the chain (channel, then unstructured)."""
+    """Records of the dense baseline, the chain (channel, then unstructured) and the channel-pruned runs it
+    started from (named in its ``lineage_sources``; every channel-pruned export for records that predate them)."""
     rungs: dict[str, list[dict[str, Any]]] = {"dense": [], "channel": [], "compound": []}
     for r in records:
+        if r.get("refused"):  # the int8 gate refused it: nothing of it was published
+            continue
         if r.get("task") == "baseline" and r.get("structure") == "dense":
             rungs["dense"].append(r)
         elif r.get("task") == "channel" and not r.get("lineage"):
             rungs["channel"].append(r)
-        elif r.get("task") == "unstructured" and "channel" in (r.get("lineage") or []):
+        elif (r.get("task") == "unstructured" and "channel" in (r.get("lineage") or [])
+              and CHAIN.search(str(r.get("variant", "")))):
             rungs["compound"].append(r)
+    sources = {_path(s) for r in rungs["compound"] for s in r.get("lineage_sources") or []}
+    if sources - {""}:
+        rungs["channel"] = [r for r in rungs["channel"] if _path(r.get("source_checkpoint")) in sources]
     return rungs
 
 
@@ -77,7 +92,7 @@ def ladder(records: list[dict[str, Any]]) -> tuple[str, str] | None:
 
 
 def goal(dense: dict[str, Any], chain: dict[str, Any]) -> str:
-    """Whether the chain's compressed int8 file is >= 40x smaller than the dense ``.pt`` within 5 points of top-1."""
+    """Whether the chain's compressed int8 file is >= 49x smaller than the dense ``.pt`` within 2 points of top-1."""
     size, top1 = chain.get("compressed_mb"), chain.get("int8_onnx_top1")
     if not isinstance(size, (int, float)) or not isinstance(top1, (int, float)):
         return "Goal not measured: the chain was exported without int8 ONNX (`export --quantize`)."

@@ -1,0 +1,124 @@
+"""How the float model becomes int8, and the gate that refuses an int8 model which lost accuracy.
+
+:class:`Int8Settings` is checked once, where it is made (every value names its ``export`` option).
+:func:`prepare` turns the measured float model into the one both int8 paths quantize: cross-layer
+equalization (data-free, function-preserving), then optionally quantization-aware fine-tuning. The
+float files of the hand-off stay the measured model; only the int8 files come from the prepared one.
+:func:`gate` compares every int8 form's top-1 with the float model's on the same test images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.export.equalize import equalize
+from lightning_prune.export.errors import ExportError
+from lightning_prune.export.qat import qat_finetune
+from lightning_prune.export.sharing import SHARE_BITS
+from lightning_prune.names import CALIBRATIONS
+
+INT8_FORMS = {"int8": "PyTorch int8", "int8_onnx": "int8 ONNX"}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """The int8 recipe of one export, recorded in handoff.json.
+
+    Args:
+        equalize: Cross-layer equalization before calibration (``--no-equalize`` turns it off).
+        calibration: ONNX Runtime's activation-range method (``--calibration``): minmax, percentile, entropy.
+        qat_epochs: Quantization-aware fine-tuning epochs on the training images (``--qat-epochs``; 0: none).
+        qat_lr: Its SGD learning rate (``--qat-lr``).
+        max_drop: Most top-1 points an int8 form may lose against the float model (``--max-int8-drop``).
+        share_bits: Weight sharing of the int8 ONNX model, levels per layer as bits (``--share-bits``; 0: none).
+    """
+
+    equalize: bool = True
+    calibration: str = "minmax"
+    qat_epochs: int = 0
+    qat_lr: float = 1e-4
+    max_drop: float = 1.0
+    share_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.share_bits not in SHARE_BITS:
+            raise ExportError(f"--share-bits: must be one of {', '.join(map(str, SHARE_BITS))}, got {self.share_bits}")
+        if self.calibration not in CALIBRATIONS:
+            raise ExportError(f"--calibration: unknown method {self.calibration!r}; allowed: {', '.join(CALIBRATIONS)}")
+        if self.qat_epochs < 0:
+            raise ExportError(f"--qat-epochs: must be >= 0, got {self.qat_epochs}")
+        if not self.qat_lr > 0:
+            raise ExportError(f"--qat-lr: must be > 0, got {self.qat_lr}")
+        if not self.max_drop >= 0:
+            raise ExportError(f"--max-int8-drop: must be >= 0 points, got {self.max_drop}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    tolerance = 1e-4 * float(ya.abs().max()) + 1e-5
+    if float((ya - yb).abs().max()) > tolerance:
+        raise ExportError("int8: cross-layer equalization changed the network's outputs; export with --no-equalize")
+
+
+def prepare(
+    model: nn.Module,
+    settings: Int8Settings,
+    calibration: Sequence[torch.Tensor],
+    train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+) -> tuple[nn.Module, dict[str, float]]:
+    """The float model the int8 paths quantize, and the seconds each remedy took.
+
+    Args:
+        model: The measured float VGG, masks folded; not modified.
+        settings: What to apply.
+        calibration: Image batches (the check that equalization kept the function runs on the first).
+        train_batches: Training batches for QAT (called once); required when ``settings.qat_epochs`` > 0.
+    """
+    seconds: dict[str, float] = {}
+    prepared = model
+    if settings.equalize:
+        start = time.perf_counter()
+        prepared = equalize(model)
+        seconds["equalize"] = time.perf_counter() - start
+        _same_function(model, prepared, calibration[0])
+    if settings.qat_epochs:
+        if train_batches is None:
+            raise ExportError("--qat-epochs: quantization-aware fine-tuning needs the training images")
+        start = time.perf_counter()
+        prepared = qat_finetune(prepared, train_batches(), calibration, settings.qat_epochs, settings.qat_lr,
+                                share_bits=settings.share_bits)
+        seconds["qat"] = time.perf_counter() - start
+    return prepared, seconds
+
+
+def gate(figures: dict[str, Any], max_drop: float) -> dict[str, Any]:
+    """The int8 gate: each int8 form's top-1 against the float top-1 (``figures`` from ``handoff_figures``)."""
+    reference = figures.get("float_top1")
+    forms = {}
+    for form in INT8_FORMS:
+        top1 = figures.get(f"{form}_top1")
+        if isinstance(top1, (int, float)) and isinstance(reference, (int, float)):
+            forms[form] = {"top1": top1, "drop": reference - top1, "passed": reference - top1 <= max_drop}
+    return {"max_drop": max_drop, "float_top1": reference, "eval_images": figures.get("eval_images"),
+            "forms": forms, "passed": all(f["passed"] for f in forms.values())}
+
+
+def refusal(variant: str, outcome: dict[str, Any], settings: Int8Settings) -> str:
+    """The one line a refused variant gets: both accuracies per failing form, and what may help."""
+    failed = [f"{INT8_FORMS[form]} top-1 {f['top1']:.2f} vs float {outcome['float_top1']:.2f}"
+              for form, f in outcome["forms"].items() if not f["passed"]]
+    helps = [] if settings.equalize else ["--equalize"]
+    helps += [f"--qat-epochs {max(2, settings.qat_epochs * 2)}"]
+    helps += [f"--calibration {c}" for c in CALIBRATIONS if c != settings.calibration]
+    return (f"int8 gate: {variant}: {'; '.join(failed)} (loses more than --max-int8-drop {settings.max_drop:g} "
+            f"points); nothing of {variant} was published; try {', '.join(helps)}")

@@ -1,0 +1,93 @@
+"""What an export reads besides the weights: the results.json that measured the checkpoint, and its images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
+from lightning_prune.export.checkpoint import CheckpointModel
+from lightning_prune.export.errors import ExportError
+
+DATASETS = ("digits", "cifar10", "cifar100")
+
+
+def run_parts(path: Path) -> tuple[str, str | None]:
+    """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N]/<file>.ckpt``."""
+    parent = path.parent
+    if parent.name.startswith("version_"):
+        return parent.parent.name, parent.name
+    if path.stem == "last" or path.stem.startswith("epoch="):
+        return parent.name, None
+    return path.stem, None
+
+
+def recorded(path: Path, logs: Path) -> dict[str, Any]:
+    """What the experiment's results.json files say about this exact file (same path and SHA-256).
+
+    ``measured_in``: the results.json whose figures describe this file; ``recorded_accuracy``: its
+    test accuracy. A results.json that names the path with another hash measured an earlier content
+    of it; the export says so rather than pass those figures on.
+    """
+    record = checkpoint_record(path)
+    experiment, _ = run_parts(path)
+    info: dict[str, Any] = {"checkpoint": {**record, "finished": from_finished_run(path)}, "measured_in": None}
+    for results_path in sorted((logs / experiment).glob("version_*/results.json"), reverse=True):
+        try:
+            results = json.loads(results_path.read_text())
+            measured = results.get("checkpoint") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if not measured.get("path") or Path(measured["path"]).resolve() != path.resolve():
+            continue
+        if measured.get("sha256") != record["sha256"]:
+            info.setdefault("notes", []).append(
+                f"{results_path} measured another content of {path} (epoch {measured.get('epoch')}); "
+                "its figures are not this file's")
+            continue
+        entry = next((m for m in results.get("models", []) if isinstance(m, dict)), {})
+        pruned = [m for m in results.get("models", []) if isinstance(m, dict) and m.get("variant") != "dense"]
+        info.update(task=results.get("task"), measured_in=str(results_path), seed=results.get("seed"),
+                    recorded_accuracy=(pruned[0] if pruned else entry).get("accuracy"))
+        break
+    if info["measured_in"] is None:
+        info.setdefault("notes", []).append(f"no results.json under {logs / experiment} measured {path}")
+    if info["checkpoint"]["finished"] is False:
+        info.setdefault("notes", []).append(f"{path} is from a run that did not finish")
+    return info
+
+
+def datamodule(args: argparse.Namespace, ck: CheckpointModel):
+    """The test and training images the checkpoint was trained on (options override the checkpoint's)."""
+    from lightning_prune.data import NUM_CLASSES, ImageDataModule
+
+    saved = ck.data_hparams
+    dataset = args.dataset or saved.get("dataset")
+    if dataset is None:
+        dataset = "cifar100" if ck.model.num_classes == 100 else None
+    if dataset is None:
+        raise ExportError(f"--dataset: {ck.path} does not record its dataset; choose one of {', '.join(DATASETS)}")
+    if dataset not in DATASETS:
+        raise ExportError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if NUM_CLASSES[dataset] != ck.model.num_classes:
+        raise ExportError(f"--dataset: {dataset} has {NUM_CLASSES[dataset]} classes but {ck.path} predicts "
+                          f"{ck.model.num_classes}")
+    batch_size = args.batch_size or saved.get("batch_size") or 256
+    if batch_size < 2:
+        raise ExportError(f"--batch-size: must be >= 2 (the exported batch axis is dynamic), got {batch_size}")
+
+    def pick(value, key, default):
+        return value if value is not None else saved.get(key, default)
+
+    return ImageDataModule(
+        dataset=dataset,
+        data_dir=pick(args.data_dir, "data_dir", "data"),
+        batch_size=batch_size,
+        num_workers=0,
+        download=pick(args.download, "download", True),
+        verify_checksums=pick(args.verify_checksums, "verify_checksums", True),
+        val_size=saved.get("val_size", 0),
+        split_seed=saved.get("split_seed", 0),
+    )
