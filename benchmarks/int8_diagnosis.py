@@ -34,7 +34,7 @@ import torch
 
 from lightning_prune import evidence
 from lightning_prune.export import fold_masks, load_checkpoint_model, quantize_int8
-from lightning_prune.export.equalize import equalize, output_ranges
+from lightning_prune.export.equalize import equalize, input_ranges
 from lightning_prune.export.fakequant import Int8Simulation
 from lightning_prune.export.measure import top1
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
@@ -76,8 +76,11 @@ def activation_spread(model: torch.nn.Module, calibration: list[torch.Tensor]) -
 
 
 def weight_spread(model: torch.nn.Module) -> dict[str, float]:
-    bns = {name: bn for name, _, bn in model.conv_layers()}
-    return {name: _spread(output_ranges(layer, bns.get(name))) for name, layer in prunable_modules(model).items()}
+    """Per layer: the largest input channel's max |weight| over the median one's. Each output channel has its
+    own int8 scale, so what costs a row precision is one input column far above the others in it (what
+    equalization moves into the producer's BatchNorm)."""
+    return {name: _spread(input_ranges(layer)) for name, layer in prunable_modules(model).items()
+            if name != "features.0"}
 
 
 def _ort_top1(model, calibration, test, method: str, work: Path, share_bits: int = 0) -> tuple[float, float]:
@@ -184,6 +187,11 @@ def summary(models: list[dict[str, Any]]) -> dict[str, Any]:
         entry["sharing_drop"] += m["float_top1"] - m["ort_shared_top1"][f"{bits}-bit"]
         entry["sharing_qat_drop"] += m["float_top1"] - m["ort_shared_top1"][f"{bits}-bit + qat"]
         entry["sharing_compressed_mb"] += m["ort_shared_top1"][f"{bits}-bit compressed_mb"]
+        for kind in ("plain", "equalized"):  # the largest weight column spread over the experiment's seeds
+            entry[f"weight_spread_{kind}"] = max(entry.get(f"weight_spread_{kind}", 0.0),
+                                                 max(m["weight_spread"][kind].values()))
+            entry[f"ort_{kind}_max_drop"] = max(entry.get(f"ort_{kind}_max_drop", float("-inf")),
+                                                m["float_top1"] - m["ort_int8_top1"][f"{kind} minmax"])
     for entry in out.get("by_experiment", {}).values():
         for key in ("sharing_drop", "sharing_qat_drop", "sharing_compressed_mb"):
             entry[key] /= entry["n"]
@@ -215,9 +223,10 @@ def markdown(doc: dict[str, Any]) -> str:
                                                                                    "equalized + qat")]
         lines.append(f"| {r['run']} | {r['float_top1']:.2f} | " + " | ".join(drops) + " |")
     head = ["run", "weights only", "activations only", "both", "both, equalized", "worst layer alone",
-            "activation spread (plain / equalized)", "weight spread (plain / equalized)"]
-    lines += ["", "Where the points go (simulated int8, drop in points) and per-channel range spread (largest channel "
-              "over the median one, worst layer):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            "activation spread (plain / equalized)", "weight column spread (plain / equalized)"]
+    lines += ["", "Where the points go (simulated int8, drop in points) and the range spreads of the worst layer: "
+              "activations, the largest input channel's range over the median one's; weights, the largest input "
+              "column's max |w| over the median one's:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s, layer = r["simulated_drop"], max(r["layer_drop"], key=lambda k: r["layer_drop"][k])
         lines.append(f"| {r['run']} | {s['weights only']:.2f} | {s['activations only']:.2f} | {s['both']:.2f} | "
@@ -268,10 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT / "int8-diagnosis-cpu.json")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per model (default 1)")
     parser.add_argument("--rewrite", action="store_true", help="only rewrite --out's summary and table")
+    parser.add_argument("--respread", action="store_true", help="with --rewrite: measure the weight spreads again")
     parser.add_argument("--jobs", type=int, default=2, help="models diagnosed at once (default 2)")
     args = parser.parse_args(argv)
     if args.rewrite:  # the summary and the table again from the kept measurements (no model is run)
         doc = json.loads(args.out.read_text())
+        for model in doc["models"] if args.respread else []:  # the weight spreads only: no data needed
+            plain = fold_masks(load_checkpoint_model(model["checkpoint"]).model)
+            model["weight_spread"] = {"plain": weight_spread(plain), "equalized": weight_spread(equalize(plain))}
         write(args.out, doc["environment"], doc["models"], doc.get("before", []))
         return 0
     refs = list(args.run)
