@@ -94,3 +94,21 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
             "digits_digits_unstructured_sensitivity.png"} <= plots
     for plot in plots:
         assert f"report_plots/{plot}" in text
+
+
+def test_the_demo_goes_on_past_a_variant_the_int8_gate_refused(tmp_path):
+    """A refused export is a result the report shows (exit 2, recorded under `refused`), not a broken demo."""
+    import os
+    import time
+
+    folder = tmp_path / "digits_snip" / "version_3" / "export"
+    folder.mkdir(parents=True)
+    started = time.time()
+    handoff = folder / "handoff.json"
+    handoff.write_text(json.dumps({"variants": [], "refused": [{"variant": "digits_snip_v3", "reason": "int8 gate"}]}))
+    assert demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)
+    assert not demo.refused_by_gate("run:digits_grasp", started - 1, tmp_path)  # another run's export
+    os.utime(handoff, (started - 100, started - 100))
+    assert not demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)  # an older export: another failure
+    handoff.write_text(json.dumps({"variants": [{"variant": "digits_snip_v3"}], "refused": []}))
+    assert not demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)
