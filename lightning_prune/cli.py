@@ -13,6 +13,7 @@ every option can be set on the command line (``--prune.target_sparsity=0.8``) an
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_prune.callbacks.recorder import Recorder
 from lightning_prune.callbacks.run import LastCheckpoint, RunInfo
@@ -31,6 +33,8 @@ from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.config_files import checkpoint_task, config_key, config_task, expand_configs
 from lightning_prune.data import ImageDataModule
 from lightning_prune.errors import ConfigError
+from lightning_prune.models import scaled_channels
+from lightning_prune.models.pretrained import check_starting_point
 from lightning_prune.module import ImageClassifier
 from lightning_prune.parser import OneLineParser
 from lightning_prune.references import is_reference, resolve
@@ -43,8 +47,10 @@ from lightning_prune.runs import (
     release,
     reserve,
 )
+from lightning_prune.saving import WholeCheckpointIO
 
 LOGGERS = {"TensorBoardLogger", "CSVLogger"}
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # a full or closed disk
 DEFAULT_LOGGER_NAMES = {None, "", "lightning_logs"}
 
 
@@ -131,6 +137,7 @@ class PruneCLI(LightningCLI):
             cfg.model.pretrained = False  # the checkpoint holds the weights (and, narrow or masked, the shapes)
         elif is_reference(cfg.model.pretrained):
             cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
+        self._check_pretrained(cfg)
         prune_args = (cfg.get("prune") or {}).get("init_args") or {}
         if is_reference(prune_args.get("layerwise_from")):  # the 1b control copies another run's layers
             prune_args["layerwise_from"] = self._resolve("prune.layerwise_from", prune_args["layerwise_from"],
@@ -154,6 +161,18 @@ class PruneCLI(LightningCLI):
                     if theirs == "baseline" else "")
             raise ConfigError(f"ckpt_path: the checkpoint was pruned by task {theirs!r} but the config is of task "
                               f"{ours!r}; use a config of task {theirs!r}{hint}")
+
+    @staticmethod
+    def _check_pretrained(cfg: Any) -> None:
+        """A pretrained file must be of the task and widths the config builds (or one a compound config continues)."""
+        model = cfg.model
+        if not isinstance(model.pretrained, str) or not model.pretrained:
+            return
+        if model.channels is None and not (isinstance(model.width_multiplier, (int, float))
+                                           and model.width_multiplier > 0):
+            return  # the model names the bad multiplier itself
+        channels = list(model.channels) if model.channels is not None else scaled_channels(model.width_multiplier)
+        check_starting_point(model.pretrained, config_task(cfg), channels, model.classifier_width)
 
     def _reserve(self, spec: Any, cfg: Any) -> Run:
         """This process's run: a resume into its own version, the launch's version, or a new one."""
@@ -215,6 +234,10 @@ class PruneCLI(LightningCLI):
         self.session.info = RunInfo(run, self.sources, self.config_key)
         callbacks += [self.session.info, LastCheckpoint(run.checkpoint_dir)]  # the latter saves in fit only
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # checkpoints appear whole or not at all
+            trainer_config["plugins"] = [*plugins, WholeCheckpointIO()]
         return self._instantiate_trainer(trainer_config, callbacks)
 
 
@@ -257,5 +280,11 @@ def main(args: list[str] | None = None) -> int:
     except (ConfigError, MisconfigurationException) as err:
         message = f"trainer: {' '.join(str(err).split())}" if isinstance(err, MisconfigurationException) else str(err)
         print(f"error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        print(f"error: could not write {err.filename or 'a file'} ({err.strerror}); free space or make the folder "
+              "writable, then run again", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,11 @@ def composed(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from err
-    bases = data.get("defaults") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"--config {path}: must be a YAML mapping of options (e.g. `trainer: {{max_epochs: 3}}`), "
+                          f"got {got}")
+    bases = data.get("defaults")
     stack: list[Path] = []
     for base in [bases] if isinstance(bases, str) else bases or []:
         base_path = Path(os.path.normpath(path.parent / str(base)))

@@ -159,6 +159,14 @@ class ImageDataModule(L.LightningDataModule):
             cls = UncheckedCIFAR10 if self.dataset == "cifar10" else UncheckedCIFAR100
         try:
             return cls(root=self.data_dir, train=train, transform=transform, download=self.download)
+        except FileNotFoundError as err:
+            if self.download:
+                raise ConfigError(f"data.data_dir={self.data_dir}: {name} is incomplete ({err.filename} is "
+                                  "missing after the download); delete the folder and download it again") from err
+            raise ConfigError(
+                f"data.data_dir={self.data_dir}: {name} is incomplete ({err.filename} is missing) and data.download "
+                "is false; copy the whole extracted dataset into data_dir"
+            ) from err
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             raise ConfigError(
                 f"data.data_dir={self.data_dir}: {name} is not there and downloading {cls.url} failed ({err}); "

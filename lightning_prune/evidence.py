@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from lightning_prune import evidence_procs as procs
 from lightning_prune.runs import grid_experiment, versions
 
 SUBSET = Path("configs/cifar10-subset")
@@ -247,7 +249,35 @@ def run(steps: list[Step], workers: int, timing_path: Path) -> int:
     todo = [s for s in steps if not done(s)]
     print(f"evidence: {len(steps)} steps, {len(steps) - len(todo)} already done, {len(todo)} to run", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[tuple[Step, subprocess.Popen, float]] = []
+    registry = procs.Registry(timing_path.parent / "running.json")
+    running: list[tuple[Step, subprocess.Popen | procs.Orphan, float]] = []
+    for step in list(todo):  # a step an earlier runner started and that still runs is waited for, not restarted
+        pid = registry.read().get(_label(step))
+        if pid is not None and procs.alive(pid):
+            print(f"evidence: {_label(step)} still runs (pid {pid}); waiting for it instead of starting it again",
+                  flush=True)
+            todo.remove(step)
+            running.append((step, procs.Orphan(pid, lambda s=step: done(s)), time.time()))
+    stop_on = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _loop(todo, running, workers, timing, timing_path, env, registry)
+    finally:  # interrupted or terminated: no step trains on without the runner
+        procs.stop([proc for _, proc, _ in running if isinstance(proc, subprocess.Popen)])
+        for sig, handler in stop_on.items():
+            signal.signal(sig, handler)
+
+
+def _label(step: Step) -> str:
+    return f"{step.experiment}@{step.seed}{'_test' if step.test else '_export' if step.export else ''}"
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _loop(todo: list[Step], running: list, workers: int, timing: dict, timing_path: Path,
+          env: dict[str, str], registry: procs.Registry) -> int:
+    """Start the steps as their needs finish and record each one's wall time; returns the exit code."""
     started, failures = time.time(), 0
     session = {"start": round(started), "end": round(started), "workers": workers}
     if "sessions" not in timing and timing.get("wall_seconds"):  # a file written before sessions were kept
@@ -257,6 +287,7 @@ def run(steps: list[Step], workers: int, timing_path: Path) -> int:
         for step, proc, t0 in list(running):
             if proc.poll() is not None:
                 running.remove((step, proc, t0))
+                registry.remove(_label(step))
                 seconds = time.time() - t0
                 failures += proc.returncode != 0
                 timing["steps"].append({"group": step.group, "experiment": step.experiment, "seed": step.seed,
@@ -274,8 +305,9 @@ def run(steps: list[Step], workers: int, timing_path: Path) -> int:
             log = Path("logs") / "evidence" / f"{step.experiment}_s{step.seed}{kind}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "lightning_prune", *resolve(step.argv)]
-            running.append((step, subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                                   env=env), time.time()))
+            proc = procs.spawn(command, log, env)
+            registry.add(_label(step), proc.pid)
+            running.append((step, proc, time.time()))
         if blocked:
             print(f"evidence: {len(todo)} steps wait for runs that did not finish; stopping", file=sys.stderr)
             failures += len(todo)

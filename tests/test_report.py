@@ -288,3 +288,34 @@ def test_a_random_init_drop_pairs_each_seed_with_its_own_dense_reference(tmp_pat
     row = next(line for line in text.splitlines() if line.startswith("| grasp | pruned-masked |"))
     drops = [dense[s] - pruned[s] for s in dense]  # 30, 34, 32: sd 2
     assert row.strip("| ").split(" | ")[-1] == f"{sum(drops) / 3:.2f} ± 4.97 (n=3)"  # not the pruned top-1's ± 2.48
+
+
+def test_a_seed_missing_a_figure_is_named_and_not_merged(tmp_path):
+    logs = tmp_path / "logs"
+    for version in range(3):  # version_0 is the newest; version_2 lacks its top-1
+        path = _write(logs, "cifar10_unstructured", version, "unstructured", f"2026-01-0{3 - version}T00:00:00+00:00",
+                      [_model("pruned-masked", 90.0 + version, 0.9, None)])
+        data = {**json.loads(path.read_text()), "seed": version, "config_key": "same"}
+        if version == 2:
+            del data["models"][0]["accuracy"]["test_top1"]
+        path.write_text(json.dumps(data))
+    [group] = seed_groups(load_runs(logs))
+    assert sorted(r.seed for r in group) == [0, 1]  # n=2 in every column
+    text = build_report(logs, tmp_path / "REPORT.md")
+    invalid = text.split("## Runs with missing or invalid fields")[1]
+    assert "version_2/results.json" in invalid and "test_top1" in invalid and "left out of the tables" in invalid
+    assert "version_0" not in invalid and "version_1" not in invalid
+
+
+def test_budget_targets_keep_the_decimals_that_tell_them_apart(tmp_path):
+    logs = tmp_path / "logs"
+    for version, (target, top1) in enumerate([(0.995, 91.0), (0.999, 80.0)]):
+        path = _write(logs, f"cifar10_unstructured_t{round(1000 * target)}", 0, "unstructured",
+                      f"2026-01-0{version + 1}T00:00:00+00:00",
+                      [_model("dense", 94.0, 0.0, None), _model("pruned-masked", top1, target, None)])
+        data = {**json.loads(path.read_text()), "pruning": {"task": "unstructured", "method": "magnitude",
+                                                           "target_sparsity": target}}
+        path.write_text(json.dumps(data))
+    section = build_report(logs, tmp_path / "REPORT.md").split("### cifar10: the accuracy budget")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| unstructured"))
+    assert "| 99.5% |" in row and "99.5%: 3.00; 99.9%: 14.00" in row and "100%" not in row

@@ -29,7 +29,7 @@ from lightning_prune.options import Percent, PositiveFloat, PositiveInt, Sparsit
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.saliency import prune_by_saliency, split_batch, stage_diagnostics
 from lightning_prune.pruning.schedule import StageSchedule
-from lightning_prune.pruning.shuffle import layer_sparsities, plan_from_checkpoint, random_masks
+from lightning_prune.pruning.shuffle import check_copyable, layer_sparsities, plan_from_checkpoint, random_masks
 from lightning_prune.pruning.unstructured import apply_masks, current_masks, ensure_masks, mask_sparsity
 
 VAL_METRIC = "val/top1"
@@ -91,6 +91,7 @@ class StagedPruning(PruningCallback):
         if self.method == "random" and self.plan is None:
             checkpoint = read_checkpoint(self.layerwise_from, "prune.layerwise_from")
             try:
+                check_copyable(checkpoint, {n: tuple(m.weight.shape) for n, m in prunable_modules(model).items()})
                 self.plan = plan_from_checkpoint(checkpoint, self.schedule.stages)
             except ValueError as err:
                 raise ValueError(f"layerwise_from: {err}") from err

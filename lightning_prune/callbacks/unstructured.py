@@ -23,7 +23,9 @@ from lightning_prune.pruning.allocation import (
     choose_global,
     choose_sparsities,
     choose_uniform,
+    layer_floors,
     predicted_drop,
+    sparsity_caps,
 )
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import (
@@ -79,6 +81,8 @@ class MagnitudePruning(PruningCallback):
         if self.allocation != "sensitivity":
             if self.target_sparsity is None:
                 raise ValueError(f"allocation={self.allocation!r} splits a target_sparsity; set target_sparsity")
+            if self.chosen is None:  # refused here, before any training, when a layer would fall under its floor
+                (choose_global if self.allocation == "global" else choose_uniform)(model, self.target_sparsity)
             return None
         scan = find(trainer, SensitivityScan)
         if scan is None:
@@ -86,7 +90,8 @@ class MagnitudePruning(PruningCallback):
                              "option reuses an earlier sweep)")
         if self.target_sparsity is not None and self.chosen is None and scan.curves_csv is None:
             sizes = layer_sizes(model)  # before the sweep: the levels it will measure must reach the target
-            check_reachable(self.target_sparsity, max(scan.sparsities), sizes, scan.layers or list(sizes))
+            check_reachable(self.target_sparsity, max(scan.sparsities), sizes, scan.layers or list(sizes),
+                            sparsity_caps(layer_floors(model), sizes))
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.task, "method": "magnitude", "allocation": self.allocation, "sparsities": self.sparsities,
@@ -116,7 +121,10 @@ class MagnitudePruning(PruningCallback):
         """The per-layer sparsities: rank 0 decides from the curves every rank swept its share of."""
         if self.allocation != "sensitivity" and self.sparsities is None:
             split = choose_global if self.allocation == "global" else choose_uniform
-            self.chosen = from_rank_zero(trainer, lambda: split(model, self.target_sparsity))
+            try:
+                self.chosen = from_rank_zero(trainer, lambda: split(model, self.target_sparsity))
+            except ValueError as err:
+                raise ConfigError(f"MagnitudePruning.{err}") from err
             return
         scan = find(trainer, SensitivityScan)
         curves, levels = (None, None) if self.sparsities is not None else (scan.run(trainer, model), scan.sparsities)
@@ -133,8 +141,9 @@ class MagnitudePruning(PruningCallback):
     def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
         """The masked model (exported and profiled unless ``export`` is off) and the sweep's curves."""
         scan = find(trainer, SensitivityScan)
+        floors = {"layer_floors": layer_floors(pl_module.model)}  # the fewest weights each layer was allowed
         if scan is None or scan.curves is None or self.allocation != "sensitivity":
-            return Handover(MASKED, masked=True) if self.export else None
+            return Handover(MASKED, masked=True, extra=floors) if self.export else None
         title = scan.title(getattr(trainer.datamodule, "dataset", ""))
-        return Handover(MASKED, masked=True, extra={"sweep": scan.describe()}, record=self.export,
+        return Handover(MASKED, masked=True, extra={"sweep": scan.describe(), **floors}, record=self.export,
                         curves=(scan.curves, scan.sparsities, title))

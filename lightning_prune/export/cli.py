@@ -31,8 +31,9 @@ from lightning_prune.export.checkpoint import load_checkpoint_model
 from lightning_prune.export.errors import ExportError
 from lightning_prune.export.figures import handoff_figures
 from lightning_prune.export.int8 import Int8Settings, gate, refusal
+from lightning_prune.export.onnx_export import ONNX_MODULES, require
 from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint
-from lightning_prune.export.publish import check_out, discard, publish, staging
+from lightning_prune.export.publish import check_out, discard, publish, remove_if_empty, staging
 from lightning_prune.export.sources import DATASETS, datamodule, recorded, run_parts
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
@@ -234,6 +235,7 @@ def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str],
 def main(argv: list[str] | None = None) -> int:
     """``lightning-prune export``; returns the exit code (2 with one ``error:`` line for bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    made: Path | None = None
     try:
         args = parser().parse_args(argv)
     except SystemExit as exit_:  # --help
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         formats = _formats(args.format)
+        for module in ONNX_MODULES if "onnx" in formats else ():  # before any folder is made
+            require(module)
         int8_settings(args)  # every int8 option checked before any file is read
         for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
             value = getattr(args, option)
@@ -256,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")
         if args.out is None and len(paths) > 1:
             raise ExportError("--out: name one folder when exporting several runs")
-        out = check_out(args.out or default_out(paths[0], args.logs))
+        out = args.out or default_out(paths[0], args.logs)
+        made = out if not out.exists() else None  # removed again when nothing lands in it
+        out = check_out(out)
         entries: list[dict[str, Any]] = []
         try:
             for ref, p in zip(args.run, paths):
@@ -276,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["files"] = {k: str(moved.get(v, v)) for k, v in entry["files"].items()}
         path = write_handoff(out, entries, argv, refused)
     except ConfigError as err:
+        remove_if_empty(made)
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if refused:

@@ -25,12 +25,23 @@ OUTPUT_NAME = "logits"
 DEPLOY_HINT = "install the deploy extra: pip install -e '.[deploy]'"
 
 
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # what --format onnx needs
+
+
 def require(module: str) -> None:
-    """Fail with one line naming the extra when ``onnx`` / ``onnxruntime`` / ``onnxscript`` is missing."""
+    """Fail with one line naming the extra when ``onnx`` / ``onnxruntime`` / ``onnxscript`` is missing or is
+    installed but cannot be imported (a broken native library fails only at import)."""
+    import importlib
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
         raise ExportError(f"--format onnx: the {module} package is not installed; {DEPLOY_HINT}")
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - a broken install raises ImportError, OSError, AttributeError, ...
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ExportError(f"--format onnx: the {module} package is installed but cannot be imported "
+                          f"({type(err).__name__}: {first}); reinstall it ({DEPLOY_HINT})") from err
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:

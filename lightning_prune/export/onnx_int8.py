@@ -152,4 +152,9 @@ def load_compressed(path: Path, threads: int | None = None):
     """An ONNX Runtime session on a ``.onnx.xz`` file, decompressed in memory: what a device does after download."""
     from lightning_prune.export.onnx_export import onnx_session
 
-    return onnx_session(lzma.decompress(Path(path).read_bytes()), threads)
+    try:
+        data = lzma.decompress(Path(path).read_bytes())
+    except (OSError, lzma.LZMAError, EOFError) as err:  # missing, truncated, or not an .xz file at all
+        reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {err}"
+        raise ExportError(f"{path}: not a readable .xz file ({reason})") from err
+    return onnx_session(data, threads)

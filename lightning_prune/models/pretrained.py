@@ -75,3 +75,41 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     if missing or unexpected:
         raise ConfigError(f"{source}: keys do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.load_state_dict(state_dict, strict=True)
+
+
+# The pruned models a config of each task may start from with model.pretrained: a compound config (1a) prunes
+# a channel-pruned model further, in its narrow widths. Any other pruned model continues only by --ckpt_path.
+CONTINUES: dict[str, frozenset[str]] = {"unstructured": frozenset({"channel"})}
+
+
+def source_task(state: dict[str, torch.Tensor], steps: list[dict[str, Any]]) -> str | None:
+    """The task that last pruned the weights (``baseline`` for an unpruned, unmasked file; None if unknown)."""
+    if steps:
+        return steps[-1].get("task")
+    return None if any(key.endswith("weight_mask") for key in state) else "baseline"
+
+
+def check_starting_point(path: str, task: str | None, channels: list[int], classifier_width: int) -> None:
+    """Refuse a pretrained file of another task or widths than the config builds, so that, say, a channel-pruned
+    checkpoint never turns into a run labelled baseline; a compound config keeps its source's narrow widths."""
+    from lightning_prune.models.vgg import architecture_of
+
+    state, steps = read_pretrained(path)
+    source = source_task(state, steps)
+    try:
+        arch = architecture_of(state)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained: {path}: {err}") from err
+    theirs = f"conv widths {arch['channels']}, classifier width {arch['classifier_width']}"
+    ours = f"conv widths {list(channels)}, classifier width {classifier_width}"
+    if task is not None and source not in (None, "baseline") and source not in CONTINUES.get(task, ()):
+        continued = sorted(t for t, sources in CONTINUES.items() if source in sources)
+        hint = (f"start it from a config of task {continued[0]!r} (configs/*/compound.yaml)" if continued
+                else "resume it with --ckpt_path under a config of its own task")
+        raise ConfigError(f"model.pretrained: {path} holds a model pruned by task {source!r} ({theirs}) but the "
+                          f"config builds task {task!r} ({ours}); {hint}")
+    if source in CONTINUES.get(task or "", ()):
+        return  # the continuation takes the source's own (narrow) widths
+    if (arch["channels"], arch["classifier_width"]) != (list(channels), classifier_width):
+        raise ConfigError(f"model.pretrained: {path} has {theirs} but the config builds {ours}; set "
+                          "model.channels / model.width_multiplier / model.classifier_width to the file's")

@@ -22,6 +22,7 @@ from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, layer_sizes
 
 Curves = Mapping[str, Sequence[float]]
+MIN_KEPT_SHARE = 0.01  # the least share of its weights any layer keeps (see layer_floors)
 
 
 def _sorted_curves(curves: Curves, levels: Sequence[float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -45,9 +46,11 @@ def predicted_drop(curves: Curves, levels: Sequence[float], sparsities: Mapping[
 
 
 def choose_by_max_drop(
-    curves: Curves, levels: Sequence[float], max_drop: float, step: float = 0.01
+    curves: Curves, levels: Sequence[float], max_drop: float, step: float = 0.01,
+    caps: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Per layer, the highest sparsity up to which the interpolated drop stays within ``max_drop`` points."""
+    """Per layer, the highest sparsity up to which the interpolated drop stays within ``max_drop`` points
+    (and at most the layer's ``caps`` entry: the sparsity that keeps its floor)."""
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise ValueError(f"max_drop: must be a number of top-1 points >= 0, got {max_drop!r}")
     xs, ys = _sorted_curves(curves, levels)
@@ -56,20 +59,23 @@ def choose_by_max_drop(
     for name, y in ys.items():
         over = np.flatnonzero(y[0] - np.interp(grid, xs, y) > max_drop + 1e-9)
         last = (over[0] - 1) if len(over) else len(grid) - 1
-        chosen[name] = float(round(grid[max(last, 0)], 6))
+        chosen[name] = min(float(round(grid[max(last, 0)], 6)), (caps or {}).get(name, 1.0))
     return chosen
 
 
-def check_reachable(target: float, top: float, sizes: Mapping[str, int], layers: Sequence[str]) -> int:
-    """Weights to remove for ``target``; ValueError when layers swept up to ``top`` cannot give that many."""
+def check_reachable(target: float, top: float, sizes: Mapping[str, int], layers: Sequence[str],
+                    caps: Mapping[str, float] | None = None) -> int:
+    """Weights to remove for ``target``; ValueError when layers swept up to ``top`` (and each kept at its
+    ``caps`` sparsity at most) cannot give that many."""
     total = sum(sizes.values())
     need = math.ceil(target * total - 1e-9)
-    reachable = sum(round(top * sizes[n]) for n in layers)
+    reachable = sum(round(min(top, (caps or {}).get(n, 1.0)) * sizes[n]) for n in layers)
     if reachable < need:
+        floors = ", each layer keeping its floor (1 % of its weights and one per output)," if caps else ""
         raise ValueError(
-            f"target_sparsity={target} cannot be reached: the sweep stops at sparsity {top:g} per layer and covers "
-            f"{sum(sizes[n] for n in layers):,} of {total:,} prunable weights, so at most {reachable / total:.4f} "
-            "overall; lower the target or sweep higher sparsity levels"
+            f"target_sparsity={target} cannot be reached: the sweep stops at sparsity {top:g} per layer{floors} and "
+            f"covers {sum(sizes[n] for n in layers):,} of {total:,} prunable weights, so at most "
+            f"{reachable / total:.4f} overall; lower the target or sweep higher sparsity levels"
         )
     return need
 
@@ -80,13 +86,15 @@ def choose_for_target(
     sizes: Mapping[str, int],
     target: float,
     step: float = 0.01,
+    caps: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Per-layer sparsities that remove ``target`` of all prunable weights at the least predicted loss.
 
     Greedy on the marginal cost: at each step, over all layers and all higher sparsities on a grid,
     take the move with the smallest predicted accuracy loss per removed weight (ties: the move that
     removes most), so large layers that tolerate pruning absorb most of the budget. A layer never
-    goes past the highest swept level (no extrapolation); layers without a curve stay dense.
+    goes past the highest swept level (no extrapolation) nor its ``caps`` sparsity (its floor); layers
+    without a curve stay dense.
     """
     check_sparsity(target, "target_sparsity")
     xs, ys = _sorted_curves(curves, levels)
@@ -96,10 +104,11 @@ def choose_for_target(
             f"sensitivity curves name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(sizes)}"
         )
     top = xs[-1]
-    need = check_reachable(target, top, sizes, list(ys))
+    need = check_reachable(target, top, sizes, list(ys), caps)
     grid = np.unique(np.round(np.concatenate([np.arange(step, top, step), xs[1:]]), 6))
-    drop = {n: y[0] - np.interp(grid, xs, y) for n, y in ys.items()}
-    counts = {n: np.round(grid * sizes[n]).astype(np.int64) for n in ys}  # weights removed at each grid point
+    grids = {n: np.unique(np.minimum(grid, (caps or {}).get(n, 1.0))) for n in ys}  # up to each layer's floor
+    drop = {n: y[0] - np.interp(grids[n], xs, y) for n, y in ys.items()}
+    counts = {n: np.round(grids[n] * sizes[n]).astype(np.int64) for n in ys}  # weights removed at each grid point
     state = dict.fromkeys(ys, (0.0, 0, 0.0))  # sparsity, removed, drop
     removed = 0
     while removed < need:
@@ -110,7 +119,7 @@ def choose_for_target(
             ok = counts[name] > k
             if not ok.any():
                 continue
-            ks, ds, ss = counts[name][ok], drop[name][ok], grid[ok]
+            ks, ds, ss = counts[name][ok], drop[name][ok], grids[name][ok]
             finish = removed - k + ks >= need
             if finish.any():  # stop at the first point that reaches the target, trimmed to the exact count
                 i = int(np.argmax(finish))
@@ -132,17 +141,51 @@ def choose_for_target(
     return {n: float(s) for n, (s, _, _) in state.items()}
 
 
+def layer_floors(model: nn.Module) -> dict[str, int]:
+    """The fewest weights each prunable layer keeps under any allocation: ``MIN_KEPT_SHARE`` of them and one per
+    output (channel or class), so no split of a target removes a layer whole (an empty output layer is its bias)."""
+    return {name: min(m.weight.numel(), max(math.ceil(MIN_KEPT_SHARE * m.weight.numel()), m.weight.shape[0]))
+            for name, m in prunable_modules(model).items()}
+
+
+def sparsity_caps(floors: Mapping[str, int], sizes: Mapping[str, int]) -> dict[str, float]:
+    """The highest sparsity of each layer that keeps its floor."""
+    return {name: (sizes[name] - floors[name]) / sizes[name] for name in sizes}
+
+
+def check_floors(chosen: Mapping[str, float], floors: Mapping[str, int], sizes: Mapping[str, int],
+                 option: str) -> dict[str, float]:
+    """``chosen`` unchanged, or ValueError naming the first layer it would leave with fewer than its floor."""
+    for name, s in chosen.items():
+        kept = sizes[name] - round(s * sizes[name])
+        if kept < floors[name]:
+            raise ValueError(
+                f"{option}: {name} at sparsity {s:g} would keep {kept} of its {sizes[name]:,} weights, under its "
+                f"floor of {floors[name]} (1 % of them and one per output); at most "
+                f"{sparsity_caps(floors, sizes)[name]:.4f} there, so lower the target")
+    return dict(chosen)
+
+
 def choose_global(model: nn.Module, target: float) -> dict[str, float]:
     """Per-layer sparsities of one magnitude threshold over all prunable weights removing ``target`` of them.
 
     Exactly ``round(target * N)`` weights go, the smallest |w| of the whole network (ties by layer order),
-    so each layer loses its own smallest weights: what ``torch.nn.utils.prune.global_unstructured`` does.
+    so each layer loses its own smallest weights: what ``torch.nn.utils.prune.global_unstructured`` does,
+    except that each layer's ``layer_floors`` largest weights are never candidates (no layer is emptied).
     """
     check_sparsity(target, "target_sparsity")
+    floors = layer_floors(model)
     weights = {name: m.weight.detach().abs().flatten().double().cpu() for name, m in prunable_modules(model).items()}
+    for name, w in weights.items():
+        w[torch.topk(w, floors[name]).indices] = math.inf  # kept whatever the threshold
     flat = torch.cat(list(weights.values()))
+    need, spare = round(target * flat.numel()), flat.numel() - sum(floors.values())
+    if need > spare:
+        raise ValueError(f"target_sparsity={target}: every layer keeps its floor (1 % of its weights and one per "
+                         f"output, {sum(floors.values()):,} in all), so one threshold reaches at most "
+                         f"{spare / flat.numel():.4f}; lower the target")
     removed = torch.zeros_like(flat, dtype=torch.bool)
-    removed[torch.argsort(flat, stable=True)[: round(target * flat.numel())]] = True
+    removed[torch.argsort(flat, stable=True)[:need]] = True
     out, start = {}, 0
     for name, w in weights.items():
         out[name] = int(removed[start : start + w.numel()].sum()) / w.numel()
@@ -151,9 +194,10 @@ def choose_global(model: nn.Module, target: float) -> dict[str, float]:
 
 
 def choose_uniform(model: nn.Module, target: float) -> dict[str, float]:
-    """Every prunable layer at ``target``."""
+    """Every prunable layer at ``target``; refused when that leaves a layer under its floor."""
     check_sparsity(target, "target_sparsity")
-    return dict.fromkeys(prunable_modules(model), float(target))
+    chosen = dict.fromkeys(prunable_modules(model), float(target))
+    return check_floors(chosen, layer_floors(model), layer_sizes(model), f"target_sparsity={target}")
 
 
 def choose_sparsities(
@@ -173,10 +217,12 @@ def choose_sparsities(
         )
     if sparsities is not None:
         check_layer_names(list(sparsities), model, "sparsities")
-        return {n: check_sparsity(s, f"sparsities.{n}") for n, s in sparsities.items()}
+        chosen = {n: check_sparsity(s, f"sparsities.{n}") for n, s in sparsities.items()}
+        return check_floors(chosen, layer_floors(model), layer_sizes(model), "sparsities")
     if curves is None or levels is None:
         raise ValueError(f"{given[0]} needs sensitivity curves (a sweep of every layer)")
     check_layer_names(list(curves), model, "sensitivity curves")
+    caps = sparsity_caps(layer_floors(model), layer_sizes(model))
     if target_sparsity is not None:
-        return choose_for_target(curves, levels, layer_sizes(model), target_sparsity)
-    return choose_by_max_drop(curves, levels, max_drop)
+        return choose_for_target(curves, levels, layer_sizes(model), target_sparsity, caps=caps)
+    return choose_by_max_drop(curves, levels, max_drop, caps=caps)

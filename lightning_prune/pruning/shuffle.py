@@ -60,3 +60,27 @@ def plan_from_checkpoint(checkpoint: dict[str, Any], stages: int) -> list[dict[s
         raise ValueError("the checkpoint holds no pruning masks to copy per-layer sparsities from")
     raise ValueError(f"the run recorded the per-layer sparsities of {len(per_stage)} stages, not {stages}; copy a "
                      "run of the same schedule")
+
+
+COPYABLE_TASKS = ("grasp", "snip")  # 1b runs: pruned while training from random weights, as the shuffle is
+
+
+def check_copyable(checkpoint: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """ValueError unless the run a shuffle copies is a 1b run whose layers have this model's shapes.
+
+    Another task's allocation (1a prunes a trained model) would be filed as this run's task, and other widths
+    give other layer sizes, so the copied per-layer sparsities would reach another overall sparsity.
+    """
+    pruning = checkpoint.get("pruning") or {}
+    task = pruning.get("task")
+    if task not in COPYABLE_TASKS:
+        raise ValueError(f"the run was pruned by task {task!r} (method {pruning.get('method')!r}); the layer-wise "
+                         f"shuffle copies a run of task {' or '.join(map(repr, COPYABLE_TASKS))}, trained from random "
+                         "weights as this one is")
+    state = checkpoint.get("state_dict") or {}
+    for name, shape in shapes.items():
+        theirs = next((state[f"model.{name}.{k}"] for k in ("weight_mask", "weight_orig", "weight")
+                       if f"model.{name}.{k}" in state), None)
+        if theirs is not None and tuple(theirs.shape) != tuple(shape):
+            raise ValueError(f"its {name} has shape {tuple(theirs.shape)} but this model's has {tuple(shape)}; copy a "
+                             "run of the same widths (model.channels / model.width_multiplier)")

@@ -222,14 +222,37 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
     if set_apart:
         lines += ["## Runs left out of the tables", ""]
         lines += [f"- `{r.path}`: {why}" for r, why in set_apart] + [""]
-    broken = [r for r in chosen if r.problems]
+    listed = {id(r) for r in (chosen if all_runs else [r for group in groups for r in group])}
+    broken = [r for r in runs if r.problems]
     if broken or unreadable:
         lines += ["## Runs with missing or invalid fields", ""]
-        lines += [f"- `{r.path}`: {'; '.join(r.problems[:3])}" for r in broken]
+        lines += [f"- `{r.path}`: {'; '.join(r.problems[:3])}{'' if id(r) in listed else ' (left out of the tables)'}"
+                  for r in broken]
         lines += [f"- `{path}`: left out, {reason}" for path, reason in unreadable] + [""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text
+
+
+def _update(page: Path, logs: Path, option: str, write: bool = True) -> list[str]:
+    """``readme.update`` with any refusal naming the option (ValueError, so ``main`` prints one line)."""
+    try:
+        return readme.update(page, logs, write=write)
+    except ValueError as err:
+        raise ValueError(f"{option}: {err}") from err
+
+
+def check_readmes(parser: argparse.ArgumentParser, pages: Sequence[str], logs: Path) -> int:
+    """``--check-readme``: 1 when a page's tables are stale; a page that cannot be checked is a usage error."""
+    code = 0
+    for name in pages:
+        try:
+            stale = _update(Path(name), logs, "--check-readme", write=False)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"{name}: stale tables: {', '.join(stale)}" if stale else f"{name}: up to date")
+        code = 1 if stale else code
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,21 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     if not logs.is_dir():
         parser.error(f"--logs: no such folder {logs}")
     if args.check_readme:
-        code = 0
-        for name in args.check_readme:
-            stale = readme.update(Path(name), logs, write=False)
-            print(f"{name}: stale tables: {', '.join(stale)}" if stale else f"{name}: up to date")
-            code = 1 if stale else code
-        return code
+        return check_readmes(parser, args.check_readme, logs)
     try:
         if args.max_drop < 0:
             raise ValueError(f"--max-drop: top-1 points >= 0, got {args.max_drop}")
+        missing = [name for name in args.readme or [] if not Path(name).is_file()]
+        if missing:  # before anything is written
+            raise ValueError(f"--readme: no such file {missing[0]}")
         build_report(logs, Path(args.out), args.all_runs, args.reference, args.max_drop)
         if args.snapshot:
             copied = readme.snapshot(seed_groups(load_runs(logs)), logs, Path(args.snapshot))
             print(f"{len(copied)} files (results.json, handoff.json) kept under {args.snapshot}")
         for name in args.readme or []:
-            stale = readme.update(Path(name), logs)
+            stale = _update(Path(name), logs, "--readme")
             print(f"{name}: rewrote {', '.join(stale) or 'nothing (already up to date)'}")
     except ValueError as err:
         parser.error(str(err))

@@ -87,7 +87,9 @@ def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
     Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
     runs with the same seed the newer counts, and runs that record no seed count only when no run of
     the group records one (:func:`without_seed` lists the others). Runs of unfinished models are
-    left out (:func:`unfinished` lists them). Each group ends with its newest run.
+    left out (:func:`unfinished` lists them), and so are runs with invalid fields while a valid run of
+    their experiment exists: a seed missing a figure would count in some columns and not in others.
+    Each group ends with its newest run.
     """
     by_key: dict[tuple[str, str], list[RunResults]] = {}
     for run in runs:
@@ -95,6 +97,7 @@ def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
             by_key.setdefault((run.experiment, run.task), []).append(run)
     groups = []
     for members in by_key.values():
+        members = [r for r in members if not r.problems] or members
         members.sort(key=lambda r: (r.created, run_version(r.path)))
         newest = members[-1]
         key = newest.data.get("config_key")

@@ -86,12 +86,17 @@ def json_value(key: str, base: Path) -> str:
     parts = key.split(":")
     if len(parts) not in (4, 5):
         raise ValueError(f"v:{key}: expected json:PATH:FIELD:SPEC[:/DIVISOR]")
-    value = json.loads((base / parts[1]).read_text())
-    for name in parts[2].split("/"):
-        value = value[int(name)] if isinstance(value, list) else value[name]
-    if len(parts) == 5:
-        value = value / float(parts[4].lstrip("/"))
-    return format(value, parts[3])
+    try:
+        value = json.loads((base / parts[1]).read_text())
+        for name in parts[2].split("/"):
+            value = value[int(name)] if isinstance(value, list) else value[name]
+        if len(parts) == 5:
+            value = value / float(parts[4].lstrip("/"))
+        return format(value, parts[3])
+    except OSError as err:
+        raise ValueError(f"v:{key}: cannot read {base / parts[1]} ({err.strerror or type(err).__name__})") from err
+    except (ValueError, LookupError, TypeError) as err:  # bad JSON, a missing field or index, a bad spec
+        raise ValueError(f"v:{key}: {base / parts[1]} has no such value ({type(err).__name__}: {err})") from err
 
 
 def values(results: Path, base: Path = Path(".")) -> Callable[[str], str]:

@@ -111,8 +111,11 @@ def render(results: Path, max_drop: float = 5.0, figure_dir: Path | None = None,
 
 
 def update(readme: Path, results: Path, write: bool = True) -> list[str]:
-    """Rewrite the marked tables and figures (``write``) or only compare them; returns the names that were stale."""
-    text = readme.read_text()
+    """Rewrite the marked tables and figures (``write``) or only compare them; returns the names that were stale.
+
+    ValueError, naming the page, for a page or a file it cites that cannot be read (a page copied out of docs/
+    cites files relative to it that are not there)."""
+    text = _read(readme, readme)
     wanted = {m["name"] for m in BLOCK.finditer(text)}
     figure_dir = readme.parent / FIGURES if write and any("-curves" in n or "-layers-" in n for n in wanted) else None
     if figure_dir is not None:
@@ -123,7 +126,7 @@ def update(readme: Path, results: Path, write: bool = True) -> list[str]:
     def replace(match: re.Match) -> str:
         name = match["name"]
         if name.startswith("file:"):  # a generated file kept elsewhere (a benchmark's table), shown as it is
-            blocks[name] = (readme.parent / name[len("file:"):]).read_text().rstrip("\n") + "\n"
+            blocks[name] = _read(readme.parent / name[len("file:"):], readme).rstrip("\n") + "\n"
         if name not in blocks:
             raise ValueError(f"{readme}: table results:{name} has no runs under {results}")
         if match["body"] != blocks[name]:
@@ -134,7 +137,10 @@ def update(readme: Path, results: Path, write: bool = True) -> list[str]:
     lookup = prose.values(results, readme.parent) if prose.VALUE.search(new) else None
 
     def replace_value(match: re.Match) -> str:
-        body = lookup(match["key"])
+        try:
+            body = lookup(match["key"])
+        except (ValueError, LookupError, StopIteration, TypeError, OSError) as err:
+            raise ValueError(f"{readme}: {' '.join(str(err).split()) or type(err).__name__}") from err
         if match["body"] != body:
             stale.append(f"v:{match['key']}")
         return f"<!-- v:{match['key']} -->{body}<!-- /v -->"
@@ -143,6 +149,16 @@ def update(readme: Path, results: Path, write: bool = True) -> list[str]:
     if write and new != text:
         atomic_write_bytes(readme, new.encode())
     return stale
+
+
+def _read(path: Path, page: Path) -> str:
+    """A page, or a file a page cites, as text; ValueError naming both when it cannot be read."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        where = "" if path == page else f"cites {path}, which "
+        raise ValueError(f"{page}: {where}cannot be read ({reason})") from err
 
 
 def results_files(folder: Path) -> list[Path]:

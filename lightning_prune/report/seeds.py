@@ -80,5 +80,4 @@ def merge_runs(runs: list[RunResults]) -> RunResults:
                  if isinstance(r.data.get("schedule"), dict)]
     if schedules:
         data["schedule"] = merge_schedules(schedules)
-    problems = [p for r in runs for p in r.problems]
-    return replace(latest, data=data, problems=problems)
+    return replace(latest, data=data)  # each run's problems stay its own: the report names the file that has them

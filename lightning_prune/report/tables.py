@@ -306,6 +306,11 @@ def meets(drop, budget: float) -> bool:
     return getattr(drop, "n", 1) > 1 and drop.upper <= budget
 
 
+def target_label(target: float) -> str:
+    """A target as a percentage with the decimals it needs: 99.5 % and 99.9 % never both read "100%"."""
+    return f"{target * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
 def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[str] = ()) -> str | None:
     """Per method, the highest target sparsity whose top-1 drop stays within ``max_drop``, established: the upper
     end of its 95 % confidence interval over seeds is within the budget (else "not established").
@@ -333,9 +338,9 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
         within = [p for p in found if meets(p[3], max_drop)]
         target, run, pruned, drop = max(within, key=lambda p: p[0]) if within else min(found, key=lambda p: float(p[3]))
         profile = pruned.get("profile") or {}
-        tried = "; ".join(f"{t:.0%}: {num(d)}" for t, _, _, d in sorted(found, key=lambda p: p[0]))
+        tried = "; ".join(f"{target_label(t)}: {num(d)}" for t, _, _, d in sorted(found, key=lambda p: p[0]))
         rows.append([
-            name, f"{target:.0%}" if within else f"not established (least drop at {target:.0%})", tried,
+            name, target_label(target) if within else f"not established (least drop at {target_label(target)})", tried,
             num(removed_share(profile, dense_params(run, runs, references)), "{:.1%}"),
             num(profile.get("sparsity"), "{:.1%}"), num(drop), num(profile.get("model_size_mb")),
             num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),
