@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lightning_prune.callbacks.run import LastCheckpoint
 from lightning_prune.checkpoint_io import mark_finished
@@ -38,7 +37,7 @@ from lightning_prune.profiling.static import count_macs
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning
 from lightning_prune.report.handoff import handoff_section, handoff_table
-from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH
+from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH, fit_head
 
 pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
 
@@ -258,21 +257,7 @@ def _easy_problem(model: VGG) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     templates = torch.randn(10, 3, 32, 32, generator=g)
     labels = torch.arange(10).repeat(16)
     images = templates[labels] + 0.15 * torch.randn(len(labels), 3, 32, 32, generator=g)
-    with torch.no_grad():
-        for bn in model.modules():  # BN statistics of these images (one cumulative pass), so fusion folds real ones
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                bn.reset_running_stats()
-                bn.momentum = None
-        model.train()
-        model.features(images)
-        model.eval()
-        features = torch.flatten(model.features(images), 1)
-    head = torch.optim.Adam(model.classifier.parameters(), lr=0.01)
-    for _ in range(300):
-        loss = F.cross_entropy(model.classifier(features), labels)
-        head.zero_grad()
-        loss.backward()
-        head.step()
+    fit_head(model, images, labels)  # BN statistics of these images, so fusion folds real ones
     model.eval()
     test = torch.arange(len(labels)) >= 100
     return images[:60], images[test], labels[test]

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lightning_prune.data import ImageDataModule
 from lightning_prune.export import ExportError, Int8Settings, fold_masks
@@ -27,7 +26,7 @@ from lightning_prune.models import VGG, scaled_channels
 from lightning_prune.module import ImageClassifier
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning
-from tests.helpers import TINY_CLASSIFIER
+from tests.helpers import TINY_CLASSIFIER, fit_head
 
 OUTLIER = 1000.0
 
@@ -167,20 +166,7 @@ def outlier_checkpoint(tmp_path_factory) -> Path:
     model = module.model
     images = torch.cat([x for x, _ in dm.train_eval_dataloader()])
     labels = torch.cat([y for _, y in dm.train_eval_dataloader()])
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                bn.reset_running_stats()
-                bn.momentum = None
-        model.train()
-        model.features(images)
-        model.eval()
-        features = torch.flatten(model.features(images), 1)
-    head = torch.optim.Adam(model.classifier.parameters(), lr=0.01)
-    for _ in range(300):
-        head.zero_grad()
-        F.cross_entropy(model.classifier(features), labels).backward()
-        head.step()
+    fit_head(model, images, labels)
     add_outlier(model.eval())
     path = tmp_path_factory.mktemp("outlier") / "outlier.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),

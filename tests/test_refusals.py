@@ -6,7 +6,6 @@ import errno
 import json
 import lzma
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from lightning_prune.pruning.allocation import choose_global, choose_sparsities,
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import layer_sizes, overall_sparsity
 from lightning_prune.report.cli import main as report_main
-from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH, run_cli_expecting_error, tiny_cli_args
+from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH, fake_cifar, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 BASELINE, UNSTRUCTURED, GRASP = (str(CONFIGS / f"{n}.yaml") for n in ("baseline", "unstructured", "grasp"))
@@ -207,11 +206,7 @@ def test_a_config_that_is_not_a_mapping_names_its_file(tmp_path, monkeypatch, ca
 
 def test_a_missing_cifar_meta_file_is_not_called_a_failed_download(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "cifar" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batch = {"data": torch.zeros(20, 3072, dtype=torch.uint8).numpy(), "labels": list(range(10)) * 2}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (folder / name).write_bytes(pickle.dumps(batch))
+    fake_cifar(tmp_path / "cifar")
     argv = ["fit", "--config", BASELINE, *tiny_cli_args(tmp_path), "--data.dataset=cifar10",
             f"--data.data_dir={tmp_path / 'cifar'}", "--data.download=false", "--data.verify_checksums=false",
             "--data.val_size=8", "--trainer.max_epochs=1"]

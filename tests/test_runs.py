@@ -17,7 +17,7 @@ from lightning_prune.errors import ConfigError
 from lightning_prune.references import resolve_reference
 from lightning_prune.report.cli import main as report_main
 from lightning_prune.runs import current_launch, reserve
-from tests.helpers import last_checkpoint, run_cli_expecting_error, tiny_cli_args
+from tests.helpers import fake_cifar, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASELINE = str(CONFIGS / "demo" / "baseline.yaml")
@@ -173,13 +173,9 @@ def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypa
 @pytest.mark.slow
 def test_a_truncated_cifar_batch_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "cifar" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batch = {"data": torch.zeros(20, 3072, dtype=torch.uint8).numpy(), "labels": list(range(10)) * 2}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (folder / name).write_bytes(pickle.dumps(batch))
+    folder = fake_cifar(tmp_path / "cifar")
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
-    (folder / "data_batch_3").write_bytes(pickle.dumps(batch)[:100])
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
     argv = ["fit", "--config", BASELINE, *_tiny(tmp_path, "cifar"), "--data.dataset=cifar10",
             f"--data.data_dir={tmp_path / 'cifar'}", "--data.download=false", "--data.verify_checksums=false",
             "--data.val_size=8"]

@@ -47,3 +47,40 @@ def tiny_cli_args(tmp_path: Path, experiment: str = "tiny") -> list[str]:
 def last_checkpoint(tmp_path: Path, experiment: str = "tiny", version: int = 0) -> Path:
     """Where a run of ``tiny_cli_args`` keeps its last checkpoint."""
     return tmp_path / "checkpoints" / experiment / f"version_{version}" / "last.ckpt"
+
+
+def fit_head(model, images, labels, steps: int = 300) -> None:
+    """BatchNorm statistics of ``images`` (one cumulative pass), then the classifier fitted on the frozen features:
+    a model with real accuracy in seconds."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.reset_running_stats()
+                bn.momentum = None
+        model.train()
+        model.features(images)
+        model.eval()
+        features = torch.flatten(model.features(images), 1)
+    head = torch.optim.Adam(model.classifier.parameters(), lr=0.01)
+    for _ in range(steps):
+        head.zero_grad()
+        F.cross_entropy(model.classifier(features), labels).backward()
+        head.step()
+    model.eval()
+
+
+def fake_cifar(root: Path) -> Path:
+    """A CIFAR-10 folder in torchvision's layout with tiny batches (20 images each) and no ``batches.meta``."""
+    import pickle
+
+    import torch
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batch = {"data": torch.zeros(20, 3072, dtype=torch.uint8).numpy(), "labels": list(range(10)) * 2}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return folder
