@@ -18,7 +18,7 @@ from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.shuffle import layer_sparsities, plan_from_checkpoint, random_masks
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning, current_masks
 from lightning_prune.report.controls import controls_table, verdict
-from lightning_prune.report.stats import Stat, compare, difference
+from lightning_prune.report.stats import Comparison, Stat, compare, difference
 from lightning_prune.report.tables import meets
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args
 
@@ -89,13 +89,21 @@ def test_ci_and_tests_are_scipys():
     assert a.ci95 == pytest.approx((high - low) / 2)
     paired = compare(a, b)
     assert paired.test == "paired t" and paired.p == pytest.approx(sps.ttest_rel(a.values, b.values).pvalue)
-    welch = compare(a, Stat([60.0, 61.0, 65.0, 62.0], [0, 1, 2, 3]))
+    shared = compare(a, Stat([60.0, 61.0, 65.0, 62.0], [0, 1, 2, 3]))  # pairs on the three seeds both ran
+    assert shared.test == "paired t, shared seeds" and shared.n == (3, 3)
+    assert shared.p == pytest.approx(sps.ttest_rel(a.values, [60.0, 61.0, 65.0]).pvalue)
+    welch = compare(a, Stat([60.0, 61.0, 65.0, 62.0], [3, 4, 5, 6]))  # no seed in common
     assert welch.test == "Welch t" and welch.p == pytest.approx(
         sps.ttest_ind(a.values, [60.0, 61.0, 65.0, 62.0], equal_var=False).pvalue)
     drops = difference(Stat([80.0, 90.0, 85.0, 70.0], [0, 1, 2, 3]), Stat([86.0, 76.0], [1, 0]))
     assert drops.values == [4.0, 4.0] and drops.seeds == [0, 1]  # paired by seed, not by position
     assert meets(Stat([1.0, 2.0, 3.0]), 5.0) and not meets(Stat([1.0, 2.0, 9.0]), 5.0) and not meets(1.0, 5.0)
-    assert verdict(2.0, 0.2).startswith("not established") and verdict(-2.0, 0.01).startswith("control better")
+    def tested(diff, p, p_holm=None):
+        return Comparison(diff, 1.0, "paired t", p, (3, 3), p_holm)
+
+    assert verdict(tested(2.0, 0.2)).startswith("not established")
+    assert verdict(tested(-2.0, 0.01)).startswith("control better")
+    assert verdict(tested(2.0, 0.01, 0.2)) == "not established (Holm p = 0.2)"  # the corrected p decides
 
 
 @pytest.mark.slow

@@ -6,9 +6,10 @@
 - 2: LASSO selection against L1-norm filters (Li et al. 2017) and random channels at the same ratios,
   and the least-squares reconstruction against none.
 
-The figure compared is the pruned model's test top-1, seed by seed (paired t-test) when both sides
-ran the same seeds, else Welch's test. A difference is claimed only where p < 0.05; otherwise the
-table says "not established", never "no difference".
+The figure compared is the pruned model's test top-1, seed by seed (paired t-test on the seeds both
+sides share) when they share two or more, else Welch's test. The p-values of every comparison the
+table and the docs' prose make form one family, corrected by Holm's method; a difference is claimed
+only where the corrected p < 0.05, otherwise the table says "not established", never "no difference".
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from lightning_prune.names import MASKED, NARROW
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.stats import compare
+from lightning_prune.report.stats import Comparison, compare, holm
 from lightning_prune.report.tables import MISSING, markdown, num
 from lightning_prune.runs import GRID_SUFFIX
 
@@ -74,38 +75,71 @@ def pruned_top1(run: RunResults) -> float | None:
     return (entry or {}).get("accuracy", {}).get("test_top1")
 
 
-def verdict(diff: float, p: float) -> str:
-    if p < ALPHA:
-        return f"method better (p = {p:.2g})" if diff > 0 else f"control better (p = {p:.2g})"
-    return f"not established (p = {p:.2g})"
+def verdict(result: Comparison) -> str:
+    """What the (Holm-corrected) test allows to say."""
+    p = f"Holm p = {result.p_corrected:.2g}" if result.p_holm is not None else f"p = {result.p:.2g}"
+    if result.p_corrected < ALPHA:
+        return f"method better ({p})" if result.difference > 0 else f"control better ({p})"
+    return f"not established ({p})"
 
 
-def comparisons(runs: list[RunResults]) -> list[dict[str, Any]]:
-    """Every control that ran beside its method: the two top-1s, their difference, the test and the verdict."""
+def _rows(runs: list[RunResults]) -> list[dict[str, Any]]:
     out = []
     for question, method_spec, control_spec in CONTROLS:
         method, control = find(runs, method_spec), find(runs, control_spec)
         if method is None or control is None:
             continue
         a, b = pruned_top1(method), pruned_top1(control)
-        result = compare(a, b) if a is not None and b is not None else None
         out.append({"question": question, "method": method, "control": control, "method_top1": a, "control_top1": b,
-                    "comparison": result,
-                    "verdict": verdict(result.difference, result.p) if result else "not established (n < 2)"})
+                    "comparison": compare(a, b) if a is not None and b is not None else None})
     return out
 
 
-def controls_table(runs: list[RunResults]) -> str | None:
+def family(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> dict[tuple[str, str], Comparison]:
+    """Every comparison of the table, and of the experiment ``pairs`` the docs' prose makes, with Holm's p over all.
+
+    A pair whose experiments are not among ``runs`` (another dataset's) is not part of this family.
+    """
+    by_name = {r.experiment: r for r in runs}
+    found: dict[tuple[str, str], Comparison] = {}
+    for row in _rows(runs):
+        if row["comparison"] is not None:
+            found[(row["method"].experiment, row["control"].experiment)] = row["comparison"]
+    for a, b in pairs:
+        if (a, b) not in found and a in by_name and b in by_name:
+            result = compare(pruned_top1(by_name[a]), pruned_top1(by_name[b]))
+            if result is not None:
+                found[(a, b)] = result
+    for result, p in zip(found.values(), holm([r.p for r in found.values()])):
+        result.p_holm, result.family = p, len(found)
+    return found
+
+
+def comparisons(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """Every control that ran beside its method: the two top-1s, their difference, the test and the verdict
+    (Holm-corrected over the table and the prose ``pairs``)."""
+    tested = family(runs, pairs)
+    rows = _rows(runs)
+    for row in rows:
+        result = tested.get((row["method"].experiment, row["control"].experiment))
+        row["comparison"] = result
+        row["verdict"] = verdict(result) if result else "not established (n < 2)"
+    return rows
+
+
+def controls_table(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> str | None:
     """Markdown: one row per method/control pair that both ran."""
     rows = []
-    for c in comparisons(runs):
+    found = comparisons(runs, pairs)
+    size = max((c["comparison"].family for c in found if c["comparison"]), default=0)
+    for c in found:
         r = c["comparison"]
         diff = MISSING if r is None else f"{r.difference:+.2f} ± {r.ci95:.2f}"
-        test = MISSING if r is None else f"{r.test}, n = {r.n[0]}/{r.n[1]}"
+        test = MISSING if r is None else f"{r.test}, n = {r.n[0]}/{r.n[1]}, p = {r.p:.2g}"
         rows.append([c["question"], f"`{c['method'].experiment}`: {num(c['method_top1'])}",
                      f"`{c['control'].experiment}`: {num(c['control_top1'])}", diff, test, c["verdict"]])
     if not rows:
         return None
     header = ["comparison", "method: pruned top-1", "control: pruned top-1", "difference (points, 95 % CI)", "test",
-              "verdict (p < 0.05)"]
+              f"verdict (Holm-corrected p < 0.05 over {size} comparisons)"]
     return markdown(header, rows)

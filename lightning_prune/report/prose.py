@@ -25,7 +25,21 @@ FIELDS = {  # field -> (where in a model entry, format)
 }
 
 
-def _lookup(runs: dict[str, RunResults], key: str) -> str:
+PAIR = re.compile(r"<!-- v:(?:cmp|verdict)/([^/\s]+)/([^/\s]+?) -->")
+
+
+def prose_pairs(folder: Path) -> list[tuple[str, str]]:
+    """The experiment pairs the prose of every page in ``folder`` compares: with the controls table, the family
+    whose p-values Holm's method corrects together (the same family whichever page is rendered)."""
+    pairs: list[tuple[str, str]] = []
+    for page in sorted(Path(folder).glob("*.md")):
+        for pair in PAIR.findall(page.read_text()):
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def _lookup(runs: dict[str, RunResults], key: str, tested: dict | None = None) -> str:
     """The text of one ``<!-- v:KEY -->`` figure, from the merged runs by experiment.
 
     Keys: ``EXP/VARIANT/FIELD`` (a model's figure, FIELD in :data:`FIELDS`, or ``drop``, ``removed``, ``macs``);
@@ -34,21 +48,18 @@ def _lookup(runs: dict[str, RunResults], key: str) -> str:
     allows to say); ``stage/EXP/K/FIELD`` (1b stage K's
     ``epoch``, ``val_top1`` or diagnostic); ``layer/EXP/LAYER`` (the pruned model's sparsity of that layer).
     """
-    from lightning_prune.report.stats import compare
-
     parts = key.split("/")
     run = runs.get(parts[1] if parts[0] in ("cmp", "verdict", "stage", "layer") else parts[0])
     if run is None:
         raise ValueError(f"v:{key}: no kept run of that experiment")
     if parts[0] in ("cmp", "verdict"):
-        other = runs.get(parts[2])
-        result = compare(controls.pruned_top1(run), controls.pruned_top1(other)) if other else None
+        result = (tested or {}).get((parts[1], parts[2]))
         if result is None:
             raise ValueError(f"v:{key}: cannot compare (missing run or fewer than 2 seeds)")
         if parts[0] == "verdict":
-            return controls.verdict(result.difference, result.p)
+            return controls.verdict(result)
         return (f"{result.difference:+.2f} ± {result.ci95:.2f} points ({result.test}, n = {result.n[0]}/{result.n[1]}, "
-                f"p = {result.p:.2g})")
+                f"p = {result.p:.2g}, Holm p = {result.p_corrected:.2g})")
     if parts[0] == "stage":
         stage = (run.data.get("schedule") or {}).get("stages", [])[int(parts[2]) - 1]
         value = stage.get(parts[3], (stage.get("diagnostics") or {}).get(parts[3]))
@@ -101,9 +112,14 @@ def json_value(key: str, base: Path) -> str:
 
 def values(results: Path, base: Path = Path(".")) -> Callable[[str], str]:
     """A lookup of ``<!-- v:KEY -->`` figures from the kept runs (seeds merged); ``json:`` keys read a kept
-    JSON file relative to ``base`` (the page's folder)."""
-    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(results)))}
-    return lambda key: json_value(key, base) if key.startswith("json:") else _lookup(runs, key)
+    JSON file relative to ``base`` (the page's folder). Comparisons are those of each dataset's family (its
+    controls table and every pair the pages in ``base`` compare), Holm-corrected together."""
+    merged = [merge_runs(g) for g in seed_groups(load_runs(results))]
+    runs = {r.experiment: r for r in merged}
+    pairs, tested = prose_pairs(base), {}
+    for dataset in {r.dataset for r in merged}:
+        tested.update(controls.family([r for r in merged if r.dataset == dataset], pairs))
+    return lambda key: json_value(key, base) if key.startswith("json:") else _lookup(runs, key, tested)
 
 
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)

@@ -68,11 +68,12 @@ def figures(runs: list[RunResults], dataset: str) -> dict[str, Callable[[Path], 
 
 
 def render(results: Path, max_drop: float = 5.0, figure_dir: Path | None = None,
-           wanted: set[str] | None = None) -> dict[str, str]:
+           wanted: set[str] | None = None, pairs: list[tuple[str, str]] = ()) -> dict[str, str]:
     """The generated markdown per dataset, seeds merged: ``DATASET`` (the results table of the runs that
     are not budget-grid points), ``DATASET-budget`` (the accuracy budget), ``DATASET-stages`` (1b),
     ``DATASET-controls`` (each method against its controls), and the figures ``DATASET-curves`` and
-    ``DATASET-layers-KIND``, drawn into ``figure_dir`` when given (only those in ``wanted``, if given)."""
+    ``DATASET-layers-KIND``, drawn into ``figure_dir`` when given (only those in ``wanted``, if given).
+    ``pairs``: the experiment pairs the pages' prose compares, Holm-corrected with the controls table."""
     runs = [merge_runs(group) for group in seed_groups(load_runs(results))]
     blocks = {}
     for dataset in sorted({r.dataset for r in runs}):
@@ -88,7 +89,7 @@ def render(results: Path, max_drop: float = 5.0, figure_dir: Path | None = None,
         stages = tables.schedule_table(main)
         if stages:
             blocks[f"{dataset}-stages"] = stages + "\n"
-        compared = controls.controls_table(main)
+        compared = controls.controls_table(group, pairs)
         if compared:
             blocks[f"{dataset}-controls"] = compared + "\n"
         for name, draw in figures(group, dataset).items():
@@ -120,7 +121,7 @@ def update(readme: Path, results: Path, write: bool = True) -> list[str]:
     figure_dir = readme.parent / FIGURES if write and any("-curves" in n or "-layers-" in n for n in wanted) else None
     if figure_dir is not None:
         figure_dir.mkdir(exist_ok=True)
-    blocks = render(results, figure_dir=figure_dir, wanted=wanted)
+    blocks = render(results, figure_dir=figure_dir, wanted=wanted, pairs=prose.prose_pairs(readme.parent))
     stale: list[str] = []
 
     def replace(match: re.Match) -> str:

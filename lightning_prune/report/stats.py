@@ -70,27 +70,52 @@ def difference(a: float, b: float) -> Stat | float:
 
 @dataclass
 class Comparison:
-    """``a`` against ``b``: the difference (mean, 95 % CI), the test that was used and its two-sided p-value."""
+    """``a`` against ``b``: the difference (mean, 95 % CI), the test that was used, its two-sided p-value and that
+    p corrected for the family of comparisons it belongs to (Holm; ``p_holm`` = ``p`` until a family sets it)."""
 
     difference: float
     ci95: float
     test: str
     p: float
     n: tuple[int, int]
+    p_holm: float | None = None
+    family: int = 1
+
+    @property
+    def p_corrected(self) -> float:
+        return self.p if self.p_holm is None else self.p_holm
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): the family-wise error stays at alpha over all of ``ps``."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def shared_seeds(a: float, b: float) -> list[int]:
+    """The recorded seeds both figures have (each pair of runs of one seed started from the same baseline)."""
+    sa, sb = per_seed(a), per_seed(b)
+    return sorted(s for s in sa if s is not None and s in sb)
 
 
 def compare(a: float, b: float) -> Comparison | None:
-    """Paired t-test (``ttest_rel``) when ``a`` and ``b`` share their seeds, else Welch's (``ttest_ind``)."""
+    """Paired t-test (``ttest_rel``) on the seeds ``a`` and ``b`` share when they share two or more, else Welch's
+    (``ttest_ind``): a comparison never mixes paired and unpaired seeds, and runs that pair are always paired."""
     va, vb = getattr(a, "values", [float(a)]), getattr(b, "values", [float(b)])
     if len(va) < 2 or len(vb) < 2:
         return None
-    seeds = paired(a, b) if set(per_seed(a)) == set(per_seed(b)) else None
-    if seeds is not None:
+    seeds = shared_seeds(a, b)
+    if len(seeds) >= 2:
         sa, sb = per_seed(a), per_seed(b)
         xs, ys = [sa[s] for s in seeds], [sb[s] for s in seeds]
         result = sps.ttest_rel(xs, ys)
         diff = Stat([x - y for x, y in zip(xs, ys)])
-        return Comparison(float(diff), diff.ci95, "paired t", float(result.pvalue), (len(xs), len(ys)))
+        test = "paired t" if len(seeds) == len(va) == len(vb) else "paired t, shared seeds"
+        return Comparison(float(diff), diff.ci95, test, float(result.pvalue), (len(xs), len(ys)))
     result = sps.ttest_ind(va, vb, equal_var=False)
     ci = result.confidence_interval(0.95)
     mean = sum(va) / len(va) - sum(vb) / len(vb)

@@ -1,0 +1,83 @@
+"""Every verdict the docs state, recomputed from the kept results with scipy.stats and Holm's correction.
+
+Independent of the report's own statistics code: the per-seed top-1s are read from docs/results, each pair
+is tested here (paired on the shared seeds when there are two or more, else Welch), the family of every
+comparison the pages make is corrected by Holm's step-down method, and each verdict in the text (prose and
+controls table) must say what the corrected p allows.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from lightning_prune.report import controls
+from lightning_prune.report.collect import load_runs, seed_groups
+from lightning_prune.report.seeds import merge_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+VERDICT = re.compile(r"<!-- v:verdict/([^/\s]+)/([^/\s]+?) -->(.*?)<!-- /v -->")
+ROW = re.compile(r"^\| [12][ab]?: [^|]+\| `([^`]+)`: [^|]+\| `([^`]+)`: [^|]+\|[^|]+\|[^|]+\| ([^|]+) \|$", re.M)
+
+
+def _per_seed(run) -> dict[int, float]:
+    value = controls.pruned_top1(run)
+    return dict(zip(getattr(value, "seeds", []), getattr(value, "values", [])))
+
+
+def _p(a: dict[int, float], b: dict[int, float]) -> tuple[float, float]:
+    shared = sorted(set(a) & set(b) - {None})
+    if len(shared) >= 2:
+        xs, ys = [a[s] for s in shared], [b[s] for s in shared]
+        return sum(x - y for x, y in zip(xs, ys)) / len(xs), float(stats.ttest_rel(xs, ys).pvalue)
+    diff = sum(a.values()) / len(a) - sum(b.values()) / len(b)
+    return diff, float(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue)
+
+
+def _holm(ps: list[float]) -> list[float]:
+    m, order = len(ps), sorted(range(len(ps)), key=ps.__getitem__)
+    out, worst = [1.0] * m, 0.0
+    for k, i in enumerate(order):
+        worst = max(worst, (m - k) * ps[i])
+        out[i] = min(1.0, worst)
+    return out
+
+
+def _stated() -> list[tuple[str, str, str, str]]:
+    """(page, method experiment, control experiment, verdict text) for every verdict the pages state."""
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        found += [(page.name, a, b, v) for a, b, v in VERDICT.findall(text)]
+        found += [(page.name, a, b, v.strip()) for a, b, v in ROW.findall(text)]
+    return found
+
+
+def test_every_stated_verdict_follows_from_the_corrected_test():
+    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
+    stated = _stated()
+    assert len(stated) >= 16, stated  # the controls table and the prose
+    pairs = sorted({(a, b) for _, a, b, _ in stated})
+    tested = {pair: _p(_per_seed(runs[pair[0]]), _per_seed(runs[pair[1]])) for pair in pairs}
+    family = sorted({*pairs, *((a, b) for a, b in re.findall(r"<!-- v:cmp/([^/\s]+)/([^/\s]+?) -->",
+                                                              " ".join(p.read_text() for p in DOCS.glob("*.md"))))})
+    for pair in family:
+        tested.setdefault(pair, _p(_per_seed(runs[pair[0]]), _per_seed(runs[pair[1]])))
+    corrected = dict(zip(family, _holm([tested[pair][1] for pair in family])))
+    for page, a, b, text in stated:
+        diff, p_holm = tested[(a, b)][0], corrected[(a, b)]
+        expected = ("method better" if diff > 0 else "control better") if p_holm < 0.05 else "not established"
+        assert text.startswith(expected), (page, a, b, text, p_holm)
+        assert f"Holm p = {p_holm:.2g}" in text, (page, a, b, text, p_holm)
+
+
+def test_holm_matches_the_textbook_example():
+    # Holm (1979): p = 0.01, 0.04, 0.03, 0.005 -> 0.03, 0.06, 0.06, 0.02
+    assert _holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    from lightning_prune.report.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
