@@ -66,7 +66,7 @@ def _lookup(runs: dict[str, RunResults], key: str, tested: dict | None = None) -
         return tables.num(value, "{:.1%}" if parts[3] in ("top_removed", "removed", "sparsity") else "{:.3g}")
     if parts[0] == "layer":
         entry = next(m for m in run.data["models"] if m.get("variant") == "pruned-masked")
-        return tables.num(next(r["sparsity"] for r in entry["layers"] if r["name"] == parts[2]), "{:.0%}")
+        return tables.num(next(r["sparsity"] for r in entry["layers"] if r["name"] == parts[2]), "{:.1%}")
     if parts[1] == "epochs":
         return str(tables.trained_epochs(run))
     if parts[1] == "final":
