@@ -22,6 +22,7 @@ FIELDS = {  # field -> (where in a model entry, format)
     "train_top1": (("accuracy", "train_top1"), "{:.2f}"), "size": (("profile", "model_size_mb"), "{:.2f}"),
     "sparsity": (("profile", "sparsity"), "{:.1%}"), "nonzero": (("profile", "nonzero_params"), "{:,}"),
     "latency": (("profile", "latency_ms"), "{:.1f}"), "params": (("profile", "params"), "{:,}"),
+    "peak_memory": (("profile", "peak_memory_mb"), "{:.1f}"), "avg_memory": (("profile", "avg_memory_mb"), "{:.1f}"),
 }
 
 
