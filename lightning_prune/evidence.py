@@ -349,7 +349,8 @@ def ladder_shares(files: list[Path]) -> dict[str, float]:
     magnitude step then zeroes."""
     records: dict[str, list[dict]] = {}
     for path in files:
-        for v in json.loads(path.read_text())["variants"] + json.loads(path.read_text()).get("refused", []):
+        doc = json.loads(path.read_text())
+        for v in doc["variants"] + doc.get("refused", []):
             records.setdefault(path.parts[-4], []).append(v)
 
     def mean(experiment: str, key: str) -> float:

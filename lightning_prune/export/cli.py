@@ -143,7 +143,8 @@ def int8_settings(args: argparse.Namespace) -> Int8Settings:
                         qat_lr=args.qat_lr, max_drop=args.max_int8_drop, share_bits=args.share_bits)
 
 
-def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str]) -> dict[str, Any]:
+def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str],
+               settings: Int8Settings) -> dict[str, Any]:
     """Export the checkpoint ``path`` (named ``ref`` on the command line) into ``out``; returns its handoff entry.
 
     The files are written into a staging folder of ``out`` and stay there (``figures["staging"]``)
@@ -172,7 +173,6 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
           file=sys.stderr)
     stage = staging(out, variant)
     try:
-        settings = int8_settings(args)
         result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration, args.atol,
                                    settings, dm.train_dataloader)
         latency = [x for x, _ in test[: max(1, args.latency_batches)]]
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         formats = _formats(args.format)
         for module in ONNX_MODULES if "onnx" in formats else ():  # before any folder is made
             require(module)
-        int8_settings(args)  # every int8 option checked before any file is read
+        settings = int8_settings(args)  # every int8 option checked once, before any file is read
         for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
             value = getattr(args, option)
             if value is not None and value < 1:
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         entries: list[dict[str, Any]] = []
         try:
             for ref, p in zip(args.run, paths):
-                entries.append(export_run(args, ref, p, out, formats))
+                entries.append(export_run(args, ref, p, out, formats, settings))
         except BaseException:
             for entry in entries:
                 discard(entry["staging"])
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in refused:  # the int8 gate: nothing of a variant that lost accuracy is published
             discard(entry.pop("staging"))
             entry["files"] = {}
-            entry["reason"] = refusal(entry["variant"], entry["int8_gate"], int8_settings(args))
+            entry["reason"] = refusal(entry["variant"], entry["int8_gate"], settings)
         entries = [e for e in entries if e not in refused]
         for entry in entries:  # every variant checked: only now do their files replace the earlier ones
             moved = publish(entry.pop("staging"), out, entry["variant"])

@@ -95,14 +95,16 @@ def _rows(runs: list[RunResults]) -> list[dict[str, Any]]:
     return out
 
 
-def family(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> dict[tuple[str, str], Comparison]:
-    """Every comparison of the table, and of the experiment ``pairs`` the docs' prose makes, with Holm's p over all.
+def family(runs: list[RunResults], pairs: list[tuple[str, str]] = (),
+           rows: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], Comparison]:
+    """Every comparison of the table (``rows``, default: found in ``runs``), and of the experiment ``pairs`` the
+    docs' prose makes, with Holm's p over all.
 
     A pair whose experiments are not among ``runs`` (another dataset's) is not part of this family.
     """
     by_name = {r.experiment: r for r in runs}
     found: dict[tuple[str, str], Comparison] = {}
-    for row in _rows(runs):
+    for row in _rows(runs) if rows is None else rows:
         if row["comparison"] is not None:
             found[(row["method"].experiment, row["control"].experiment)] = row["comparison"]
     for a, b in pairs:
@@ -118,8 +120,8 @@ def family(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> dict[tu
 def comparisons(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Every control that ran beside its method: the two top-1s, their difference, the test and the verdict
     (Holm-corrected over the table and the prose ``pairs``)."""
-    tested = family(runs, pairs)
     rows = _rows(runs)
+    tested = family(runs, pairs, rows)
     for row in rows:
         result = tested.get((row["method"].experiment, row["control"].experiment))
         row["comparison"] = result

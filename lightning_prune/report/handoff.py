@@ -58,11 +58,6 @@ def records_of(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, A
     return records
 
 
-def published(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records whose files were published (the int8 gate refused none of them)."""
-    return [r for r in records if not r.get("refused")]
-
-
 def _latency(record: dict[str, Any], form: str = "onnx") -> str:
     cell = num(record.get(f"{form}_latency_ms"), "{:.1f}")
     if cell == MISSING:
