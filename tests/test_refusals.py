@@ -284,7 +284,17 @@ def test_a_killed_evidence_runner_takes_its_steps_with_it(tmp_path):
 
 def test_a_resume_waits_for_a_step_that_still_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    still = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)  # lightning_prune"])
+    go = tmp_path / "go"  # the step ends once the runner has decided to wait for it (its first pause), not on a timer
+    still = subprocess.Popen([sys.executable, "-c", f"import os, time\nend = time.time() + 60\n"
+                              f"while not os.path.exists({str(go)!r}) and time.time() < end: time.sleep(0.05)"
+                              "  # lightning_prune"])
+    pause = time.sleep
+
+    def first_pause(seconds: float) -> None:
+        go.touch()
+        pause(min(seconds, 0.2))
+
+    monkeypatch.setattr(evidence.time, "sleep", first_pause)
     step = evidence.Step("1a", "cifar10subset_unstructured", 0, ["fit", "--config", "x.yaml"])
     timing = tmp_path / "logs" / "evidence" / "timing.json"
     procs.Registry(timing.parent / "running.json").add(evidence._label(step), still.pid)
