@@ -52,7 +52,7 @@ results-docs: $(STAMP)
 # Only the rendering of the docs from what docs/results and benchmarks/results keep (no run needed).
 render-docs: $(STAMP)
 	mkdir -p logs/docs-report
-	$(CLI) report --logs docs/results --out logs/docs-report/REPORT.md --readme docs/results.md docs/deploy.md docs/discussion.md docs/benchmarks.md
+	$(CLI) report --logs docs/results --out logs/docs-report/REPORT.md --render-docs docs
 
 # The evidence on the real CIFAR-10 subset (../shared/data/cifar10-subset): the plateau baseline, every method
 # beside its controls, the compression ladder and the budget grid, SEEDS seeds (3; the headline comparisons 5),

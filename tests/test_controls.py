@@ -17,7 +17,9 @@ from lightning_prune.pruning.channel import prune_channels
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.shuffle import layer_sparsities, plan_from_checkpoint, random_masks
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning, current_masks
+from lightning_prune.report.collect import load_runs, seed_groups
 from lightning_prune.report.controls import controls_table, verdict
+from lightning_prune.report.seeds import merge_runs
 from lightning_prune.report.stats import Comparison, Stat, compare, difference
 from lightning_prune.report.tables import meets
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args
@@ -126,9 +128,6 @@ def test_controls_run_from_the_cli_and_meet_their_method_in_the_report(tmp_path,
     copied = [layer["sparsity"] for layer in results["r"]["models"][0]["layers"]]
     assert copied == pytest.approx(same, abs=1e-3)
     assert [(e["epoch"], e["reason"]) for e in results["o"]["schedule"]["stages"]] == [(0, "oneshot")]
-    from lightning_prune.report.collect import load_runs, seed_groups
-    from lightning_prune.report.seeds import merge_runs
-
     runs = [merge_runs(g) for g in seed_groups(load_runs(tmp_path / "logs"))]
     table = controls_table(runs)
     assert "1b: snip vs random at its layer sparsities (staged)" in table and "paired t, n = 2/2" in table

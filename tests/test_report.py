@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
+from lightning_prune.budget import grid_steps
 from lightning_prune.report.cli import build_report, main
 from lightning_prune.report.collect import load_runs, seed_groups
-from lightning_prune.report.plots import accuracy_series
+from lightning_prune.report.plots import _removed, accuracy_series
 from lightning_prune.report.seeds import merge_runs
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lightning_prune"
 
 
 def _model(variant: str, top1: float, sparsity: float, energy_cpu: float | None, latency: float = 10.0) -> dict:
@@ -158,8 +162,6 @@ def test_unknown_reference_is_one_clear_error(tmp_path, capsys):
 
 
 def test_accuracy_plot_counts_parameters_removed_against_the_dense_baseline():
-    from lightning_prune.report.plots import _removed
-
     # Channel pruning: fewer parameters though its own weights are mostly dense.
     assert _removed({"nonzero_params": 302_435, "sparsity": 0.467}, 1_256_724) == pytest.approx(0.7593, abs=1e-4)
     assert _removed({"sparsity": 0.9}, None) == 0.9  # no baseline: the run's own sparsity
@@ -228,8 +230,6 @@ def test_runs_that_differ_only_in_seed_show_mean_and_95_percent_interval(tmp_pat
 
 
 def test_budget_table_picks_the_highest_target_whose_interval_stays_within_the_drop(tmp_path):
-    from lightning_prune.budget import grid_steps
-
     logs = tmp_path / "logs"
     points = [("unstructured", 0.7, [93.0, 93.2, 92.8]), ("unstructured", 0.8, [90.5, 90.7, 90.3]),
               ("unstructured", 0.9, [85.0, 85.5, 84.5]), ("grasp", 0.7, [60.0, 61.0, 59.0]),
@@ -319,3 +319,50 @@ def test_budget_targets_keep_the_decimals_that_tell_them_apart(tmp_path):
     section = build_report(logs, tmp_path / "REPORT.md").split("### cifar10: the accuracy budget")[1]
     row = next(line for line in section.splitlines() if line.startswith("| unstructured"))
     assert "| 99.5% |" in row and "99.5%: 3.00; 99.9%: 14.00" in row and "100%" not in row
+
+
+def _run_time_nodes(tree: ast.AST):
+    """Every node of a module but those under ``if TYPE_CHECKING:`` (never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            todo += node.orelse
+            continue
+        yield node
+        todo += ast.iter_child_nodes(node)
+
+
+def _imports(modules: dict[str, Path], name: str) -> set[str]:
+    """The package's modules that ``name`` imports when it runs, at the top or inside a function."""
+    path = modules[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in _run_time_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up node.level - 1 folders
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {name: _imports(modules, name) for name in modules}
+    circular = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += graph[name]
+        circular += [start] if start in seen else []
+    assert not circular, f"modules that import themselves through others: {sorted(circular)}"

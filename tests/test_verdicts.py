@@ -2,8 +2,8 @@
 
 Independent of the report's own statistics code: the per-seed top-1s are read from docs/results, each pair
 is tested here (paired on the shared seeds when there are two or more, else Welch), the family of every
-comparison the pages make is corrected by Holm's step-down method, and each verdict in the text (prose and
-controls table) must say what the corrected p allows.
+comparison the pages make is corrected by Holm's step-down method, and each verdict in the text (the prose's,
+as its template renders it, and the controls tables') must say what the corrected p allows.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from lightning_prune.report import controls
+from lightning_prune.report import controls, docs
 from lightning_prune.report.collect import load_runs, seed_groups
 from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-VERDICT = re.compile(r"<!-- v:verdict/([^/\s]+)/([^/\s]+?) -->(.*?)<!-- /v -->")
 ROW = re.compile(r"^\| [12][ab]?: [^|]+\| `([^`]+)`: [^|]+\| `([^`]+)`: [^|]+\|[^|]+\|[^|]+\| ([^|]+) \|$", re.M)
 
 
@@ -47,24 +47,39 @@ def _holm(ps: list[float]) -> list[float]:
     return out
 
 
-def _stated() -> list[tuple[str, str, str, str]]:
-    """(page, method experiment, control experiment, verdict text) for every verdict the pages state."""
-    found = []
-    for page in sorted(DOCS.glob("*.md")):
-        text = page.read_text()
-        found += [(page.name, a, b, v) for a, b, v in VERDICT.findall(text)]
-        found += [(page.name, a, b, v.strip()) for a, b, v in ROW.findall(text)]
-    return found
+def _stated() -> tuple[list[tuple[str, str, str, str]], set[tuple[str, str]]]:
+    """(page, method experiment, control experiment, verdict text) for every verdict the pages state, and every
+    pair their prose compares (``cmp`` or ``verdict``): the templates are rendered with both calls recorded."""
+    env = docs.environment(DOCS, DOCS / "results")
+    found, compared, page = [], set(), ""
+
+    def recorded(name):
+        def call(a, b):
+            compared.add((a, b))
+            text = original[name](a, b)
+            if name == "verdict":
+                found.append((page, a, b, text))
+            return text
+        return call
+
+    original = {name: env.globals[name] for name in ("cmp", "verdict")}
+    env.globals.update({name: recorded(name) for name in original})
+    for template in docs.templates(env):
+        page = template
+        env.get_template(template).render()
+    for path in sorted(DOCS.glob("*.md")):
+        found += [(path.name, a, b, v.strip()) for a, b, v in ROW.findall(path.read_text())]
+    return found, compared
 
 
 def test_every_stated_verdict_follows_from_the_corrected_test():
     runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
-    stated = _stated()
+    stated, compared = _stated()
     assert len(stated) >= 16, stated  # the controls table and the prose
+    assert sum(page.endswith(".j2") for page, *_ in stated) >= 10, stated  # the prose's own verdicts
     pairs = sorted({(a, b) for _, a, b, _ in stated})
     tested = {pair: _p(_per_seed(runs[pair[0]]), _per_seed(runs[pair[1]])) for pair in pairs}
-    family = sorted({*pairs, *((a, b) for a, b in re.findall(r"<!-- v:cmp/([^/\s]+)/([^/\s]+?) -->",
-                                                              " ".join(p.read_text() for p in DOCS.glob("*.md"))))})
+    family = sorted({*pairs, *compared})
     for pair in family:
         tested.setdefault(pair, _p(_per_seed(runs[pair[0]]), _per_seed(runs[pair[1]])))
     corrected = dict(zip(family, _holm([tested[pair][1] for pair in family])))
@@ -78,6 +93,4 @@ def test_every_stated_verdict_follows_from_the_corrected_test():
 def test_holm_matches_the_textbook_example():
     # Holm (1979): p = 0.01, 0.04, 0.03, 0.005 -> 0.03, 0.06, 0.06, 0.02
     assert _holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    from lightning_prune.report.stats import holm
-
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])

@@ -57,21 +57,17 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
     Files that cannot be read at all are left out of the runs and appended to ``unreadable`` as
     (path, reason), so the report can list them instead of dropping them silently.
     """
-    runs = []
+    runs, unreadable = [], [] if unreadable is None else unreadable
     validator = jsonschema.Draft202012Validator(schema())
     for path in sorted(Path(logs).rglob(RESULTS_FILE)):
         try:
             data = json.loads(path.read_text())
+            reason = None if isinstance(data, dict) else "not a JSON object"
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            reason = " ".join(str(err).split())
+            reason = f"not readable JSON ({' '.join(str(err).split())})"
+        if reason:
             log.warning("skipping %s: %s", path, reason)
-            if unreadable is not None:
-                unreadable.append((path, f"not readable JSON ({reason})"))
-            continue
-        if not isinstance(data, dict):
-            log.warning("skipping %s: not a JSON object", path)
-            if unreadable is not None:
-                unreadable.append((path, "not a JSON object"))
+            unreadable.append((path, reason))
             continue
         problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
         if not isinstance(data.get("models"), list):

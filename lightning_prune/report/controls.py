@@ -62,7 +62,7 @@ def identity(run: RunResults) -> Spec:
             "copies": p.get("copies"), "reconstruct": p.get("reconstruct", True)}
 
 
-def find(runs: list[RunResults], spec: Spec) -> RunResults | None:
+def newest_matching(runs: list[RunResults], spec: Spec) -> RunResults | None:
     """The newest main run (no budget-grid suffix, not a chain of methods) whose pruning matches ``spec``."""
     found = [r for r in runs if not GRID_SUFFIX.search(r.experiment) and r.task != "baseline"
              and not r.data.get("lineage")
@@ -83,65 +83,43 @@ def verdict(result: Comparison) -> str:
     return f"not established ({p})"
 
 
-def _rows(runs: list[RunResults]) -> list[dict[str, Any]]:
-    out = []
-    for question, method_spec, control_spec in CONTROLS:
-        method, control = find(runs, method_spec), find(runs, control_spec)
-        if method is None or control is None:
-            continue
-        a, b = pruned_top1(method), pruned_top1(control)
-        out.append({"question": question, "method": method, "control": control, "method_top1": a, "control_top1": b,
-                    "comparison": compare(a, b) if a is not None and b is not None else None})
-    return out
+def _rows(runs: list[RunResults]) -> list[tuple[str, RunResults, RunResults]]:
+    """Each question of :data:`CONTROLS` whose method and control both ran: (question, method run, control run)."""
+    found = [(question, newest_matching(runs, method), newest_matching(runs, control))
+             for question, method, control in CONTROLS]
+    return [row for row in found if row[1] is not None and row[2] is not None]
 
 
-def family(runs: list[RunResults], pairs: list[tuple[str, str]] = (),
-           rows: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], Comparison]:
-    """Every comparison of the table (``rows``, default: found in ``runs``), and of the experiment ``pairs`` the
-    docs' prose makes, with Holm's p over all.
-
-    A pair whose experiments are not among ``runs`` (another dataset's) is not part of this family.
-    """
+def family(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> dict[tuple[str, str], Comparison]:
+    """Every comparison of the controls table and of the experiment ``pairs`` the docs' prose makes, by pair of
+    experiments, with Holm's p over all. A pair whose experiments are not among ``runs`` (another dataset's) is not
+    part of this family."""
     by_name = {r.experiment: r for r in runs}
     found: dict[tuple[str, str], Comparison] = {}
-    for row in _rows(runs) if rows is None else rows:
-        if row["comparison"] is not None:
-            found[(row["method"].experiment, row["control"].experiment)] = row["comparison"]
-    for a, b in pairs:
-        if (a, b) not in found and a in by_name and b in by_name:
-            result = compare(pruned_top1(by_name[a]), pruned_top1(by_name[b]))
-            if result is not None:
-                found[(a, b)] = result
+    for a, b in [row[1:] for row in _rows(runs)] + [(by_name[a], by_name[b]) for a, b in pairs
+                                                    if a in by_name and b in by_name]:
+        key, top1 = (a.experiment, b.experiment), (pruned_top1(a), pruned_top1(b))
+        result = compare(*top1) if key not in found and None not in top1 else None
+        if result is not None:
+            found[key] = result
     for result, p in zip(found.values(), holm([r.p for r in found.values()])):
         result.p_holm, result.family = p, len(found)
     return found
 
 
-def comparisons(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
-    """Every control that ran beside its method: the two top-1s, their difference, the test and the verdict
-    (Holm-corrected over the table and the prose ``pairs``)."""
-    rows = _rows(runs)
-    tested = family(runs, pairs, rows)
-    for row in rows:
-        result = tested.get((row["method"].experiment, row["control"].experiment))
-        row["comparison"] = result
-        row["verdict"] = verdict(result) if result else "not established (n < 2)"
-    return rows
-
-
 def controls_table(runs: list[RunResults], pairs: list[tuple[str, str]] = ()) -> str | None:
-    """Markdown: one row per method/control pair that both ran."""
-    rows = []
-    found = comparisons(runs, pairs)
-    size = max((c["comparison"].family for c in found if c["comparison"]), default=0)
-    for c in found:
-        r = c["comparison"]
-        diff = MISSING if r is None else f"{r.difference:+.2f} ± {r.ci95:.2f}"
-        test = MISSING if r is None else f"{r.test}, n = {r.n[0]}/{r.n[1]}, p = {r.p:.2g}"
-        rows.append([c["question"], f"`{c['method'].experiment}`: {num(c['method_top1'])}",
-                     f"`{c['control'].experiment}`: {num(c['control_top1'])}", diff, test, c["verdict"]])
+    """Markdown: one row per method/control pair that both ran, its verdict Holm-corrected over the table and the
+    prose ``pairs``."""
+    found, tested = _rows(runs), family(runs, pairs)
+    results = [tested.get((method.experiment, control.experiment)) for _, method, control in found]
+    rows = [[question, f"`{method.experiment}`: {num(pruned_top1(method))}",
+             f"`{control.experiment}`: {num(pruned_top1(control))}",
+             MISSING if r is None else f"{r.difference:+.2f} ± {r.ci95:.2f}",
+             MISSING if r is None else f"{r.test}, n = {r.n[0]}/{r.n[1]}, p = {r.p:.2g}",
+             verdict(r) if r else "not established (n < 2)"] for (question, method, control), r in zip(found, results)]
     if not rows:
         return None
+    size = max((r.family for r in results if r), default=0)
     header = ["comparison", "method: pruned top-1", "control: pruned top-1", "difference (points, 95 % CI)", "test",
               f"verdict (Holm-corrected p < 0.05 over {size} comparisons)"]
     return markdown(header, rows)

@@ -105,18 +105,9 @@ def _gate(record: dict[str, Any]) -> str:
 
 def _row(record: dict[str, Any]) -> list[str]:
     sizes = [num(record.get(k), "{:.3f}") for k in ("onnx_size_mb", "int8_onnx_size_mb", "compressed_mb")]
-    return [
-        str(record.get("variant", MISSING)),
-        str(record.get("structure", MISSING)),
-        num(record.get("float_top1")),
-        f"{num(record.get('int8_top1'))} / {num(record.get('int8_onnx_top1'))}",
-        " / ".join(sizes) + " MB",
-        _latency(record),
-        _latency(record, "int8_onnx"),
-        _float_int8_latency(record),
-        _match(record),
-        _gate(record),
-    ]
+    return [str(record.get("variant", MISSING)), str(record.get("structure", MISSING)), num(record.get("float_top1")),
+            f"{num(record.get('int8_top1'))} / {num(record.get('int8_onnx_top1'))}", " / ".join(sizes) + " MB",
+            _latency(record), _latency(record, "int8_onnx"), _float_int8_latency(record), _match(record), _gate(record)]
 
 
 def handoff_table(paths_or_records: Iterable[str | Path | dict[str, Any]]) -> str:
@@ -131,9 +122,5 @@ def handoff_table(paths_or_records: Iterable[str | Path | dict[str, Any]]) -> st
 
 def handoff_section(logs: Path) -> list[str]:
     """The report's hand-off section as markdown lines; empty when no handoff.json is under ``logs``."""
-    logs = Path(logs)
-    files = sorted(logs.rglob(HANDOFF_FILE)) if logs.is_dir() else []
-    records = records_of(files)
-    if not records:
-        return []
-    return ["## Hand-off: int8 and ONNX", "", NOTE, "", *handoff_table(records).splitlines(), ""]
+    records = records_of(sorted(Path(logs).rglob(HANDOFF_FILE)) if Path(logs).is_dir() else [])
+    return ["## Hand-off: int8 and ONNX", "", NOTE, "", *handoff_table(records).splitlines(), ""] if records else []

@@ -59,6 +59,16 @@ def _merged(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merge_values(list(by_seed.values()), list(by_seed))
 
 
+def ladders(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per dataset with a whole ladder, its table and goal line as one markdown block."""
+    out = {}
+    for dataset in sorted({str(r.get("dataset")) for r in records}):
+        found = ladder([r for r in records if r.get("dataset") == dataset])
+        if found:
+            out[dataset] = f"{found[0]}\n\n{found[1]}"
+    return out
+
+
 def ladder(records: list[dict[str, Any]]) -> tuple[str, str] | None:
     """The ladder table and its goal line, or None without a dense, a channel-pruned and a chained export."""
     rungs = {k: _merged(v) for k, v in _rung_records(records).items() if v}
@@ -70,24 +80,18 @@ def ladder(records: list[dict[str, Any]]) -> tuple[str, str] | None:
     def ratio(size) -> str:
         return num(reference / float(size), "{:.1f}") if isinstance(size, (int, float)) and size else MISSING
 
-    def row(name: str, file: str, r: dict, size, compressed, top1, int8: bool) -> list[str]:
+    def row(name: str, file: str, r: dict, size, compressed, top1) -> list[str]:
         latency = f"{num(r.get('onnx_latency_ms'), '{:.1f}')} / {num(r.get('int8_onnx_latency_ms'), '{:.1f}')}"
         return [name, file, num(size, "{:.3f}"), num(compressed, "{:.3f}"), num(r.get("nonzero_params"), "{:,}"),
                 num(r["macs"] / 1e6 if isinstance(r.get("macs"), (int, float)) else None, "{:.2f}"), latency,
                 num(top1), f"{ratio(size)} / {ratio(compressed)}"]
 
-    rows = [
-        row("1. dense fp32", "`.pt`", dense, dense.get("float_size_mb"), dense.get("float_compressed_mb"),
-            dense.get("float_top1"), False),
-        row("2. channel-pruned", "`.pt`", channel, channel.get("float_size_mb"), channel.get("float_compressed_mb"),
-            channel.get("float_top1"), False),
-        row("3. + unstructured", "`.pt`", chain, chain.get("float_size_mb"), chain.get("float_compressed_mb"),
-            chain.get("float_top1"), False),
-        row("4. + int8", "`.int8.onnx`", chain, chain.get("int8_onnx_size_mb"), chain.get("compressed_mb"),
-            chain.get("int8_onnx_top1"), True),
-        row("5. + compression", "`.int8.onnx.xz`", chain, chain.get("compressed_mb"), chain.get("compressed_mb"),
-            chain.get("int8_onnx_top1"), True),
-    ]
+    floats = ("float_size_mb", "float_compressed_mb", "float_top1")  # each rung: its size, compressed size, top-1
+    rows = [row(name, file, r, *(r.get(key) for key in keys)) for name, file, r, keys in [
+        ("1. dense fp32", "`.pt`", dense, floats), ("2. channel-pruned", "`.pt`", channel, floats),
+        ("3. + unstructured", "`.pt`", chain, floats),
+        ("4. + int8", "`.int8.onnx`", chain, ("int8_onnx_size_mb", "compressed_mb", "int8_onnx_top1")),
+        ("5. + compression", "`.int8.onnx.xz`", chain, ("compressed_mb", "compressed_mb", "int8_onnx_top1"))]]
     return markdown(COLUMNS, rows), goal(dense, chain)
 
 

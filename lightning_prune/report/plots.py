@@ -11,10 +11,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_prune.names import MASKED  # noqa: E402
+from lightning_prune.report.baselines import BASELINE, removed_share  # noqa: E402
 from lightning_prune.report.collect import RunResults  # noqa: E402
-from lightning_prune.report.tables import method, removed_share, task_label  # noqa: E402
+from lightning_prune.report.controls import identity  # noqa: E402
+from lightning_prune.report.stats import Stat  # noqa: E402
+from lightning_prune.report.tables import method, task_label  # noqa: E402
+from lightning_prune.runs import GRID_SUFFIX  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _points(runs: list[RunResults]):
@@ -73,9 +83,7 @@ def accuracy_vs_sparsity(runs: list[RunResults], path: Path, reference: dict | N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) -> Path | None:
@@ -105,9 +113,7 @@ def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) ->
     ax.set_xlabel("relative to the baseline (1.0 = same); error bars: 95 % CI over seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def layer_bars(series: dict[str, dict[str, float]], title: str = "Per-layer sparsity"):
@@ -139,20 +145,15 @@ def layer_sparsity(runs: list[RunResults], path: Path, title: str) -> Path | Non
             series[task_label(run, runs)] = {r.get("name"): r.get("sparsity", 0.0) for r in entry["layers"]}
     if not series:
         return None
-    fig = layer_bars(series, title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(layer_bars(series, title), path)
 
 
 def learning_curves(runs: list[RunResults], path: Path) -> Path | None:
     """Validation top-1 per epoch of the baselines (from the checkpoints they tested), mean ± 95 % CI over seeds."""
-    from lightning_prune.report.stats import Stat
-
     curves = {}
     for run in runs:
         histories = [h for h in run.data.get("histories") or [run.data.get("history")] if h]
-        if run.task != "baseline" or not histories:
+        if run.task != BASELINE or not histories:
             continue
         by_epoch: dict[int, list[float]] = {}
         for history in histories:
@@ -173,6 +174,15 @@ def learning_curves(runs: list[RunResults], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def layer_families(runs: list[RunResults]) -> dict[str, list[RunResults]]:
+    """The runs whose per-layer sparsities one figure compares: 1a, 1b per schedule, and GraSP in both
+    schedules (main runs, no grid)."""
+    main = [r for r in runs if not GRID_SUFFIX.search(r.experiment)]
+    staged = [r for r in main if r.task in ("grasp", "snip")]
+    return {"1a": [r for r in main if r.task == "unstructured" and not r.data.get("lineage")],
+            "1b_staged": [r for r in staged if identity(r)["schedule"] == "staged"],
+            "1b_oneshot": [r for r in staged if identity(r)["schedule"] == "oneshot"],
+            "1b_grasp": [r for r in staged if identity(r)["method"] == "grasp"]}

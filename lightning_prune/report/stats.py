@@ -51,9 +51,8 @@ def per_seed(value: float) -> dict[int | None, float]:
 
 def paired(a: float, b: float) -> list[int] | None:
     """The seeds ``a`` and ``b`` share, when each of ``b``'s has a partner in ``a`` (None: they cannot be paired)."""
-    sa, sb = per_seed(a), per_seed(b)
-    common = [s for s in sb if s is not None and s in sa]
-    return sorted(common) if len(common) == len(sb) and len(common) >= 2 else None
+    common = shared_seeds(a, b)
+    return common if len(common) == len(per_seed(b)) and len(common) >= 2 else None
 
 
 def difference(a: float, b: float) -> Stat | float:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from lightning_prune.names import DENSE, MASKED, NARROW
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
+from lightning_prune.report.baselines import BASELINE, dense_params, drop_value, reference_top1, removed_share
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.stats import Stat, difference
+from lightning_prune.report.stats import Stat
 
-BASELINE = "baseline"
 MISSING = "—"
 COLUMNS = (
     "task", "variant", "size (MB)", "sparsity (within the model)", "params removed (vs dense)", "params non-zero",
@@ -46,59 +46,10 @@ def scaled(value, factor: float):
     return Stat([v * factor for v in values]) if values else value * factor
 
 
-def trained_epochs(run: RunResults) -> int | None:
-    """Epochs the measured model was trained for (its checkpoint's epoch + 1), if recorded."""
-    epoch = (run.data.get("checkpoint") or {}).get("epoch")
-    return int(epoch) + 1 if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
-
-
-def baseline_run(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
-                 ) -> RunResults | None:
-    """The reference run of a dataset: the baseline named in ``references``; else, for a run trained from random
-    weights, the baseline trained for as many epochs (the same budget, never pruned); else the one measured over
-    the most seeds (a one-seed check such as a longer schedule is no reference), the most recent among equals."""
-    baselines = [r for r in runs if r.task == BASELINE and r.data["models"]]
-    named = [r for r in baselines if r.experiment in references]
-    budget = trained_epochs(for_run) if for_run is not None else None
-    same = [r for r in baselines if budget is not None and trained_epochs(r) == budget]
-    return max(named or same or baselines, key=lambda r: (len(r.data.get("seeds") or [r.seed]), r.created or ""),
-               default=None)
-
-
-def baseline_top1(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
-                  ) -> float | None:
-    """The reference accuracy: the dense model of the dataset's baseline run (for ``for_run``: see baseline_run)."""
-    run = baseline_run(runs, references, for_run)
-    if run is None:
-        return None
-    top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
-    if isinstance(top1, Stat):
-        return top1  # merged over seeds: a drop against it is taken seed by seed
-    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
-
-
-def drop_value(reference, top1):
-    """Top-1 points lost: seed by seed against the dense model of the same seed (its own, or the baseline's)."""
-    if reference is None or isinstance(top1, bool) or not isinstance(top1, (int, float)):
-        return None
-    return difference(reference, top1)
-
-
-def removed_share(profile: dict, dense_params: float | None):
-    """The share of the unpruned model's parameters that are gone (zeroed or cut out), per seed when merged."""
-    nonzero = profile.get("nonzero_params")
-    if isinstance(nonzero, bool) or not isinstance(nonzero, (int, float)) or not dense_params:
-        return None
-    per_seed = getattr(nonzero, "values", None)
-    return Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
-
-
 def row(run: RunResults, model: dict, reference: float | None, label: str | None = None,
         dense_params: float | None = None) -> list[str]:
     """One results-table row; ``dense_params`` (the unpruned model's parameter count) gives the removed share."""
     p, a = model.get("profile") or {}, model.get("accuracy") or {}
-    removed = removed_share(p, dense_params)
-    drop = num(drop_value(reference, a.get("test_top1")))
     latency = num(p.get("latency_ms"), "{:.1f}")
     merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
     if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING and not merged:
@@ -108,24 +59,12 @@ def row(run: RunResults, model: dict, reference: float | None, label: str | None
     peak = num(p.get("peak_memory_mb"), "{:.1f}")
     if peak != MISSING and p.get("memory_device"):
         peak += f" {p['memory_device']}"
-    return [
-        label or run.task,
-        str(model.get("variant", MISSING)),
-        num(p.get("model_size_mb")),
-        num(p.get("sparsity"), "{:.1%}"),
-        num(removed, "{:.1%}"),
-        num(p.get("nonzero_params"), "{:,}"),
-        num(scaled(p.get("macs"), 1e-6), "{:.1f}"),
-        latency,
-        peak,
-        num(p.get("avg_memory_mb"), "{:.1f}"),
-        energy(p),
-        num(a.get("test_top1")),
-        num(a.get("test_top5")),
-        num(a.get("train_top1")),
-        num(a.get("train_top5")),
-        drop,
-    ]
+    return [label or run.task, str(model.get("variant", MISSING)), num(p.get("model_size_mb")),
+            num(p.get("sparsity"), "{:.1%}"), num(removed_share(p, dense_params), "{:.1%}"),
+            num(p.get("nonzero_params"), "{:,}"), num(scaled(p.get("macs"), 1e-6), "{:.1f}"), latency, peak,
+            num(p.get("avg_memory_mb"), "{:.1f}"), energy(p),
+            *(num(a.get(key)) for key in ("test_top1", "test_top5", "train_top1", "train_top5")),
+            num(drop_value(reference, a.get("test_top1")))]
 
 
 def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
@@ -158,38 +97,10 @@ def task_label(run: RunResults, runs: list[RunResults]) -> str:
     return f"{method(run)} ({run.experiment})" if shared else method(run)
 
 
-def dense_params(run: RunResults, runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
-    """Parameters of the unpruned model: the run's own dense entry, else the dataset's baseline."""
-    for m in run.data["models"]:
-        params = (m.get("profile") or {}).get("params")
-        if m.get("variant") == DENSE and isinstance(params, (int, float)):
-            return float(params)
-    base = baseline_run(runs, references)
-    params = (base.data["models"][0].get("profile") or {}).get("params") if base else None
-    if isinstance(params, (int, float)) and run.task != "channel":
-        return float(params)
-    return None
-
-
-def dense_top1(run: RunResults) -> float | None:
-    """The run's own unpruned model, the fairest reference for what pruning cost."""
-    for m in run.data["models"]:
-        top1 = (m.get("accuracy") or {}).get("test_top1")
-        if m.get("variant") == DENSE and isinstance(top1, (int, float)):
-            return top1  # a Stat when merged over seeds: drops are then taken seed by seed
-    return None
-
-
 def results_table(runs: list[RunResults], references: Sequence[str] = ()) -> str:
     """One row per variant; the drop is against the run's own dense model, else the baseline run."""
-    rows = []
-    for run in runs:
-        reference = dense_top1(run)
-        if reference is None:
-            reference = baseline_top1(runs, references, run)
-        params = dense_params(run, runs, references)
-        for m in run.data["models"]:
-            rows.append(row(run, m, reference, task_label(run, runs), params))
+    rows = [row(run, m, reference_top1(run, runs, references), task_label(run, runs),
+                dense_params(run, runs, references)) for run in runs for m in run.data["models"]]
     return markdown(COLUMNS, rows)
 
 
@@ -250,13 +161,9 @@ def layer_table(runs: list[RunResults]) -> str | None:
 
 
 def environment_table(runs: list[RunResults]) -> str:
-    rows = []
-    for run in runs:
-        env = run.data.get("environment") or {}
-        rows.append([
-            run.experiment, run.task, run.created or MISSING, env.get("device", MISSING), env.get("torch", MISSING),
-            env.get("lightning", MISSING), f"`{run.data.get('command', MISSING)}`", str(run.path),
-        ])
+    rows = [[run.experiment, run.task, run.created or MISSING,
+             *((run.data.get("environment") or {}).get(key, MISSING) for key in ("device", "torch", "lightning")),
+             f"`{run.data.get('command', MISSING)}`", str(run.path)] for run in runs]
     return markdown(["experiment", "task", "finished", "device", "torch", "lightning", "command", "results"], rows)
 
 
@@ -282,17 +189,10 @@ def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
             if not isinstance(ops, list) or not ops:
                 continue
             ops = [op for op in ops if isinstance(op, dict)]
-            sparse = [
-                f"`{op.get('name')}` x{op.get('calls', '?')}"
-                for op in ops
-                if any(marker in str(op.get("name", "")) for marker in SPARSE_MARKERS)
-            ]
-            rows.append([
-                task_label(run, runs),
-                str(m.get("variant", MISSING)),
-                ", ".join(_operator_cell(op) for op in ops[:top]),
-                ", ".join(sparse) if sparse else "none",
-            ])
+            sparse = [f"`{op.get('name')}` x{op.get('calls', '?')}" for op in ops
+                      if any(marker in str(op.get("name", "")) for marker in SPARSE_MARKERS)]
+            rows.append([task_label(run, runs), str(m.get("variant", MISSING)),
+                         ", ".join(_operator_cell(op) for op in ops[:top]), ", ".join(sparse) or "none"])
     if not rows:
         return None
     return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
@@ -326,9 +226,7 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
         pruned = next((m for m in run.data["models"] if m.get("variant") in PRUNED_VARIANTS), None)
         if isinstance(target, bool) or not isinstance(target, (int, float)) or pruned is None:
             continue
-        own = dense_top1(run)
-        reference = own if own is not None else baseline_top1(runs, references, run)
-        drop = drop_value(reference, (pruned.get("accuracy") or {}).get("test_top1"))
+        drop = drop_value(reference_top1(run, runs, references), (pruned.get("accuracy") or {}).get("test_top1"))
         if drop is not None:
             points.setdefault(method(run), []).append((float(target), run, pruned, drop))
     if not points:
