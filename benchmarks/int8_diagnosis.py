@@ -36,7 +36,7 @@ from lightning_prune import evidence
 from lightning_prune.export import fold_masks, load_checkpoint_model, quantize_int8
 from lightning_prune.export.equalize import equalize, input_ranges
 from lightning_prune.export.fakequant import Int8Simulation
-from lightning_prune.export.measure import top1
+from lightning_prune.export.figures import top1
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import compressed_size_mb, quantize_onnx
 from lightning_prune.export.qat import qat_finetune

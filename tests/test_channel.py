@@ -30,7 +30,6 @@ from lightning_prune.pruning.channel import (
     vgg_parameter_count,
 )
 from lightning_prune.pruning.channel.budget import narrow_channels, params_removed_share, scale_ratios
-from lightning_prune.pruning.channel.ratios import check_keep
 from lightning_prune.pruning.layers import count_parameters
 from lightning_prune.results import validate
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, run_cli_expecting_error, tiny_cli_args
@@ -172,21 +171,10 @@ def test_prune_channels_end_to_end(tiny_model):
         assert 1 - mask.float().mean() == pytest.approx(0.8, abs=0.01)
 
 
-@pytest.mark.parametrize(
-    ("call", "words"),
-    [
-        (lambda m: check_keep(4, 4), ["keep", "[1, 3]"]),
-        (lambda m: check_keep(0, 4), ["keep", "[1, 3]"]),
-        (lambda m: resolve_ratios(1.0, m), ["ratios", "(0, 1)"]),
-        (lambda m: resolve_ratios({"features.3": 0.0}, m), ["ratios.features.3", "(0, 1)"]),
-        (lambda m: resolve_ratios({"features.0": 0.5}, m), ["features.0", "features.3", "features.40"]),
-        (lambda m: prune_channels(m, torch.randn(2, 3, 32, 32), -0.5), ["ratios", "(0, 1)"]),
-    ],
-)
-def test_bad_input(tiny_model, call, words):
-    with pytest.raises(ValueError) as err:
-        call(tiny_model)
-    assert all(w in str(err.value) for w in words), str(err.value)
+def test_unknown_ratio_layer_names_the_valid_ones(tiny_model):
+    with pytest.raises(ValueError) as err:  # the values are typed where parsed; the names are checked here
+        resolve_ratios({"features.0": 0.5}, tiny_model)
+    assert all(w in str(err.value) for w in ["features.0", "features.3", "features.40"]), str(err.value)
 
 
 @pytest.mark.slow
@@ -305,14 +293,11 @@ def test_ratios_for_target_full_size_grid():
     assert shares == sorted(shares)
 
 
-@pytest.mark.parametrize("target", [0.99, 1.5, 0.0, True])
-def test_ratios_for_target_bad_or_unreachable(tiny_model, target):
+def test_ratios_for_an_unreachable_target(tiny_model):
     ratios = resolve_ratios({"features.40": 0.5}, tiny_model)
     with pytest.raises(ValueError) as err:
-        ratios_for_target(ratios, tiny_model.channels, 10, TINY_CLASSIFIER, None, target)
-    assert "target_sparsity" in str(err.value) and str(target) in str(err.value)
-    if target == 0.99:
-        assert "at most 0." in str(err.value)
+        ratios_for_target(ratios, tiny_model.channels, 10, TINY_CLASSIFIER, None, 0.99)
+    assert "target_sparsity=0.99" in str(err.value) and "at most 0." in str(err.value)
 
 
 @pytest.mark.slow
@@ -340,5 +325,6 @@ def test_cli_bad_target_sparsity(tmp_path, monkeypatch, capsys):
     argv = ["fit", "--config", DEMO, *tiny_cli_args(tmp_path), "--model.pretrained=false"]
     err = run_cli_expecting_error([*argv, "--prune.target_sparsity=1.5"], capsys)
     assert "prune.target_sparsity: 1.5 is not allowed" in err and "Traceback" not in err, err[-2000:]
-    err = run_cli_expecting_error([*argv, "--prune.target_sparsity=0.0"], capsys)  # removes nothing: no type says so
-    assert "ChannelPruning.target_sparsity" in err and "(0, 1)" in err and "Traceback" not in err, err[-2000:]
+    err = run_cli_expecting_error([*argv, "--prune.target_sparsity=0.0"], capsys)  # removes nothing: its type says so
+    assert "prune.target_sparsity: 0.0 is not allowed (must satisfy value>0 and value<1)" in err, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]

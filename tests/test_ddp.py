@@ -83,7 +83,7 @@ def test_every_task_fits_under_ddp(tmp_path, task):
 def test_a_ddp_staged_fit_resumes_at_the_right_stage(tmp_path):
     args = [*tiny_cli_args(tmp_path, "ddp_resume"), *SMALL, *TASK_ARGS["snip"], *DDP]
     cli(tmp_path, ["fit", "--config", str(CONFIGS / "snip.yaml"), *args, "--trainer.max_epochs=2",
-                   "--prune.export=false"])
+                   "--prune.record=false"])
     ckpt = last_checkpoint(tmp_path, "ddp_resume")
     done = [s["epoch"] for s in torch.load(ckpt, weights_only=False)["callbacks"]["StagedPruning"]["events"]]
     assert done == [0, 1]

@@ -225,7 +225,7 @@ def test_best_reads_the_runs_own_folder_and_needs_a_monitor(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "best", 2), *FIRST_IS_BEST]) == 0
     assert main(["fit", "--config", SNIP, *_tiny(tmp_path, "nomonitor", 1), "--prune.fallback_epochs=[0,0,0]",
-                 "--prune.calibration_per_class=2", "--prune.export=false"]) == 0
+                 "--prune.calibration_per_class=2", "--prune.record=false"]) == 0
     ckpts = tmp_path / "checkpoints"
     with pytest.raises(ConfigError, match="monitored no metric"):
         resolve("run:nomonitor:best", ckpts)

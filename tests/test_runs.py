@@ -116,7 +116,7 @@ def test_without_a_logger_each_run_keeps_its_own_results(tmp_path, monkeypatch):
 def test_a_resumed_checkpoint_keeps_its_method_and_target(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = [*_tiny(tmp_path, "tiny_snip"), "--model.pretrained=false", "--prune.fallback_epochs=[0,0,0]",
-            "--prune.calibration_per_class=2", "--prune.export=false"]
+            "--prune.calibration_per_class=2", "--prune.record=false"]
     assert main(["fit", "--config", SNIP, *args]) == 0
     ckpt = last_checkpoint(tmp_path, "tiny_snip")
     assert torch.load(ckpt, weights_only=False)["pruning"]["method"] == "snip"

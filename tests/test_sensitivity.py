@@ -1,4 +1,4 @@
-"""The cached sensitivity sweep: same numbers as the naive loop, model untouched, clear errors."""
+"""The cached sensitivity sweep: same numbers as the naive loop, model untouched; the CSV and the plot."""
 
 from __future__ import annotations
 
@@ -45,20 +45,6 @@ def test_scan_on_chosen_layers(tiny_model, self_labelled):
     curves = sensitivity_scan(tiny_model, self_labelled, (0.0, 0.8), layers=["classifier.6", "features.0"])
     assert list(curves) == ["classifier.6", "features.0"]
     assert curves == naive_sensitivity_scan(tiny_model, self_labelled, (0.0, 0.8), ["classifier.6", "features.0"])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "words"),
-    [
-        ({"sparsities": (0.0, 1.0)}, ["sparsities", "[0, 1)", "1.0"]),
-        ({"sparsities": (-0.1,)}, ["sparsities", "[0, 1)"]),
-        ({"layers": ["features.1"]}, ["features.1", "features.0", "classifier.6"]),
-    ],
-)
-def test_bad_input(tiny_model, tiny_batches, kwargs, words):
-    with pytest.raises(ValueError) as err:
-        sensitivity_scan(tiny_model, tiny_batches, **kwargs)
-    assert all(w in str(err.value) for w in words)
 
 
 def test_csv_round_trip_and_plot(tmp_path):

@@ -60,7 +60,7 @@ def _fit(tmp_path, tiny_channels, script, pruning, max_epochs, ckpt_path=None):
 
 
 def _pruning(**kwargs) -> StagedPruning:
-    options = dict(target_sparsity=0.9, calibration_per_class=1, export=False)
+    options = dict(target_sparsity=0.9, calibration_per_class=1, record=False)
     return StagedPruning(**{**options, **kwargs})
 
 

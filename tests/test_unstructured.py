@@ -36,23 +36,6 @@ def test_exact_per_layer_sparsity(tiny_model):
     assert set(get_masks(tiny_model)) == {"features.0", "features.10", "classifier.3"}
 
 
-@pytest.mark.parametrize(
-    ("call", "words"),
-    [
-        (lambda m: apply_magnitude_pruning(m, {"features.0": 1.0}), ["sparsities.features.0", "[0, 1)", "1.0"]),
-        (lambda m: apply_magnitude_pruning(m, {"features.0": -0.2}), ["[0, 1)"]),
-        (lambda m: apply_magnitude_pruning(m, {"features.1": 0.5}), ["features.1", "features.0", "classifier.6"]),
-        (lambda m: choose_sparsities(m, target_sparsity=0.5, max_drop=1.0), ["exactly one", "target_sparsity"]),
-        (lambda m: choose_sparsities(m, target_sparsity=0.5), ["needs sensitivity curves"]),
-        (lambda m: choose_by_max_drop({"features.0": [1.0, 0.5]}, [0.0, 0.5], -1), ["max_drop", ">= 0"]),
-    ],
-)
-def test_bad_input(tiny_model, call, words):
-    with pytest.raises(ValueError) as err:
-        call(tiny_model)
-    assert all(w in str(err.value) for w in words), str(err.value)
-
-
 def test_target_sparsity_is_reached_where_it_hurts_least():
     levels = [0.0, 0.5, 0.9]
     sizes = {"big": 9000, "fragile": 900, "small": 100}
@@ -67,8 +50,6 @@ def test_target_sparsity_is_reached_where_it_hurts_least():
     assert chosen == {"big": pytest.approx(0.9), "fragile": pytest.approx(350 / 900), "small": pytest.approx(0.5)}
     with pytest.raises(ValueError, match=r"target_sparsity=0.95 cannot be reached.*at most 0.9000"):
         choose_for_target(curves, levels, sizes, 0.95)
-    with pytest.raises(ValueError, match=r"target_sparsity: sparsity must be a number in \[0, 1\)"):
-        choose_for_target(curves, levels, sizes, 1.2)
     # max_drop: highest sparsity losing at most 2 points, interpolated between the swept levels
     assert choose_by_max_drop(curves, levels, 2.0) == {"big": 0.9, "fragile": 0.03, "small": 0.54}
 
@@ -204,7 +185,7 @@ def test_cli_reuses_an_earlier_sweep(tmp_path, monkeypatch):
         "sweep": {"class_path": "lightning_prune.callbacks.SensitivityScan",
                   "init_args": {"curves_csv": str(csv)}},
         "prune": {"class_path": "lightning_prune.callbacks.unstructured.MagnitudePruning",
-                  "init_args": {"target_sparsity": 0.5, "export": False, "profile_dense": False}},
+                  "init_args": {"target_sparsity": 0.5, "record": False, "profile_dense": False}},
     }
     config = tmp_path / "reuse.yaml"
     config.write_text(json.dumps(groups))
@@ -215,5 +196,5 @@ def test_cli_reuses_an_earlier_sweep(tmp_path, monkeypatch):
     masks = [v for k, v in sd.items() if k.endswith("weight_mask")]
     total = sum(v.numel() for k, v in sd.items() if k.endswith(("weight_orig", ".weight")) and v.dim() > 1)
     assert sum(int((m == 0).sum()) for m in masks) / total == pytest.approx(0.5, abs=1e-4)
-    assert not (tmp_path / "logs" / "reuse" / "version_0" / "results.json").exists()  # export: false
+    assert not (tmp_path / "logs" / "reuse" / "version_0" / "results.json").exists()  # record: false
     assert (tmp_path / "logs" / "reuse" / "version_0" / "sensitivity.png").is_file()

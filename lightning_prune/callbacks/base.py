@@ -2,14 +2,14 @@
 
 A pruning callback checks its options once (``setup``), claims the model in ``on_fit_start`` (its
 ``describe()`` goes into every checkpoint; a resumed checkpoint pruned otherwise is refused), keeps
-its progress as state (``state_keys``), and at fit end hands the recorder what to profile and
-record (:class:`Handover`). It writes no file: the :class:`~lightning_prune.callbacks.recorder.Recorder`
-does.
+its progress as state (``state_keys``), and at fit end tells the recorder what to profile and record
+(:class:`PruningRecord`). It writes no file: the :class:`~lightning_prune.callbacks.recorder.Recorder` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -22,36 +22,34 @@ C = TypeVar("C", bound=L.Callback)
 
 
 @dataclass
-class Handover:
-    """What a pruning callback gives the recorder at fit end.
+class PruningRecord:
+    """What the recorder profiles and records of a pruning fit, as its pruning callback says at fit end."""
 
-    Args:
-        variant: The fitted model's variant (``pruned-masked`` or ``channel-pruned``).
-        masked: The model carries ``torch.nn.utils.prune`` masks: the recorder exports the masks and
-            COO weights and profiles the sparse variants too.
-        extra: Top-level results.json fields (``sweep``, ``schedule``, ``notes``, ...).
-        annotate: Adds per-model fields to the fitted model's entry (given it and the dense entry).
-        files: Text files for the run's folder, by name.
-        curves: The sensitivity sweep's ``(curves, levels, title)``, drawn and saved by the recorder.
-        record: Profile the models and write results.json; False: write only ``files`` and ``curves``.
-    """
-
-    variant: str
-    masked: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    annotate: Callable[[dict, dict | None], None] | None = None
-    files: dict[str, str] = field(default_factory=dict)
-    curves: tuple[dict[str, list[float]], list[float], str] | None = None
-    record: bool = True
+    variant: str  # the fitted model's: ``pruned-masked`` or ``channel-pruned``
+    masked: bool = False  # it carries prune masks: masks and COO weights exported, sparse variants profiled
+    extra: dict[str, Any] = field(default_factory=dict)  # top-level results.json fields (sweep, schedule, notes)
+    annotate: Callable[[dict, dict | None], None] | None = None  # adds fields to its entry (given the dense one)
+    files: dict[str, str] = field(default_factory=dict)  # text files for the run's folder, by name
+    curves: tuple[dict[str, list[float]], list[float], str] | None = None  # the sweep's (curves, levels, title)
+    record: bool = True  # profile the models and write results.json; False: only ``files`` and ``curves``
 
 
-def find(trainer: L.Trainer, kind: type[C]) -> C | None:
+@contextmanager
+def refused_as(prefix: str) -> Iterator[None]:
+    """A ``ValueError`` inside becomes one :class:`ConfigError` line, ``prefix`` + its message (exit 2)."""
+    try:
+        yield
+    except ValueError as err:
+        raise ConfigError(f"{prefix}{err}") from err
+
+
+def callback_of(trainer: L.Trainer, kind: type[C]) -> C | None:
     """The trainer's callback of type ``kind`` (the one place callbacks look each other up)."""
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
 class PruningCallback(L.Callback):
-    """Base of the task callbacks: option check, claim, state and hand-over; subclasses decide what to prune."""
+    """Base of the task callbacks: option check, claim, state and record; subclasses decide what to prune."""
 
     state_keys: ClassVar[tuple[str, ...]] = ()  # attributes saved in checkpoints (the callback's progress)
     profile_dense: bool = False  # the recorder profiles the unpruned model at fit setup
@@ -67,15 +65,13 @@ class PruningCallback(L.Callback):
         """What this callback prunes to: kept in every checkpoint, and a resumed fit must agree."""
         raise NotImplementedError
 
-    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
+    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningRecord | None:
         """What to profile and record at fit end; None: nothing."""
         raise NotImplementedError
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        try:
+        with refused_as(f"{type(self).__name__}."):
             self.check(trainer, pl_module.model)
-        except ValueError as err:
-            raise ConfigError(f"{type(self).__name__}.{err}") from err
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.claim_pruning(self.describe())
@@ -98,5 +94,6 @@ def log_text(trainer: L.Trainer, tag: str, text: str) -> None:
 
 
 def log_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Scalars on every logger, at the current step (callbacks outside a training step cannot ``self.log``)."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,37 +1,33 @@
 """Task 2: LASSO channel pruning before training, fine-tuning of the narrow VGG, dense vs pruned profiles.
 
-The surgery replaces ``pl_module.model`` in ``setup``, before the strategy wraps the model (DDP)
-and builds the optimizer, so every checkpoint holds the narrow network under the widths that
-rebuild it and DDP all-reduces the narrow network's parameters. The algorithm is in
-``lightning_prune.pruning.channel``.
+The surgery replaces ``pl_module.model`` in ``setup``, before the strategy wraps it (DDP) and builds the
+optimizer, so every checkpoint holds the narrow network under the widths that rebuild it. The algorithm
+is in ``lightning_prune.pruning.channel``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
+from jsonargparse.typing import OpenUnitInterval
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_prune.artifacts import annotate_channels, channel_files
-from lightning_prune.callbacks.base import Handover, PruningCallback
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord
 from lightning_prune.callbacks.run import from_rank_zero, resume_path
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.models import vgg16_bn
 from lightning_prune.models.vgg import VGG
 from lightning_prune.names import NARROW, Selection
 from lightning_prune.options import KeepRatio, PositiveInt, Sparsity, plain
-from lightning_prune.pruning.channel import (
-    check_target_sparsity,
-    hold_zeros,
-    prune_vgg,
-    ratios_to_prune,
-    resolve_ratios,
-    summary,
-    zero_masks,
-)
+from lightning_prune.pruning.channel import prune_channels, resolve_ratios, summary, target_ratios
+from lightning_prune.pruning.channel.reconstruction import hold_zeros, prune_linear, zero_masks
 from lightning_prune.pruning.layers import count_parameters
+
+ParameterShare = OpenUnitInterval  # a share of the dense model's parameters removed, in (0, 1): 0 would remove none
 
 
 class ChannelPruning(PruningCallback):
@@ -46,7 +42,7 @@ class ChannelPruning(PruningCallback):
     Args:
         ratios: Fraction of input channels each conv keeps: one number for convs 2-13, or
             ``{"features.N": ratio}`` for the listed convs only.
-        target_sparsity: Share of the dense model's parameters removed (the budget grid's target),
+        target_sparsity: Share of the dense model's parameters removed, in (0, 1) (the budget grid's target),
             counting the ``linear_sparsity`` zeros: scales ``ratios`` by the largest common factor that
             reaches it, keeping their per-layer profile; null: use ``ratios`` as given.
         images_per_class: Training images per class in the calibration batch.
@@ -65,7 +61,7 @@ class ChannelPruning(PruningCallback):
     task = "channel"
     state_keys = ("channels", "dense_channels", "layers", "seconds", "ratios_used")
 
-    def __init__(self, ratios: KeepRatio | dict[str, KeepRatio] = 0.5, target_sparsity: Sparsity | None = None,
+    def __init__(self, ratios: KeepRatio | dict[str, KeepRatio] = 0.5, target_sparsity: ParameterShare | None = None,
                  images_per_class: PositiveInt = 50, samples: PositiveInt | None = 5000, positions: PositiveInt = 10,
                  linear_sparsity: Sparsity | None = None, seed: int = 0, selection: Selection = "lasso",
                  reconstruct: bool = True, progress: bool = True, profile_dense: bool = True) -> None:
@@ -79,6 +75,7 @@ class ChannelPruning(PruningCallback):
         self.layers: list[dict] = []
         self.seconds: float | None = None
         self.ratios_used: dict[str, float] | None = None  # the ratios pruned with (scaled for target_sparsity)
+        self.plan: float | dict[str, float] | None = None  # the ratios to prune with, decided in check
         self.masks: dict = {}
 
     def check(self, trainer: L.Trainer, model: nn.Module) -> None:
@@ -86,10 +83,10 @@ class ChannelPruning(PruningCallback):
             raise ValueError(f"model: channel pruning needs the VGG of lightning_prune.models, got {type(model)}")
         if not hasattr(trainer.datamodule, "calibration_batch"):
             raise ValueError("datamodule: needs calibration_batch (lightning_prune.data.ImageDataModule)")
-        resolve_ratios(self.ratios, model)
-        check_target_sparsity(self.target_sparsity)
+        keep = resolve_ratios(self.ratios, model)  # the layer names: what no type checks
         if self.channels is None and not resume_path(trainer):  # an unreachable target fails before any work
-            ratios_to_prune(self.ratios, model, self.target_sparsity, self.linear_sparsity)
+            self.plan = self.ratios if self.target_sparsity is None else target_ratios(
+                keep, model, self.target_sparsity, self.linear_sparsity)
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.task, "method": self.selection, "reconstruct": self.reconstruct, "ratios": self.ratios,
@@ -117,12 +114,14 @@ class ChannelPruning(PruningCallback):
     def select(self, trainer: L.Trainer, model: VGG) -> dict[str, Any]:
         """Select channels and reconstruct on a calibration batch: the work of rank 0 alone."""
         images, _ = trainer.datamodule.calibration_batch(self.images_per_class, seed=self.seed)
-        ratios = ratios_to_prune(self.ratios, model, self.target_sparsity, self.linear_sparsity)
-        narrow, reports, seconds = prune_vgg(model, images.to(trainer.strategy.root_device), ratios, self.samples,
-                                             self.positions, self.seed, self.linear_sparsity, self.progress,
-                                             self.selection, self.reconstruct)
-        return {"channels": list(narrow.channels), "layers": [r.row() for r in reports], "ratios": ratios,
-                "seconds": seconds, "state_dict": {k: v.cpu() for k, v in narrow.state_dict().items()}}
+        start = time.perf_counter()
+        narrow, reports = prune_channels(model, images.to(trainer.strategy.root_device), self.plan, self.samples,
+                                         self.positions, self.seed, self.progress, self.selection, self.reconstruct)
+        if self.linear_sparsity:  # the hidden linears' smallest weights zeroed too
+            prune_linear(narrow, self.linear_sparsity)
+        return {"channels": list(narrow.channels), "layers": [r.row() for r in reports], "ratios": self.plan,
+                "seconds": time.perf_counter() - start,
+                "state_dict": {k: v.cpu() for k, v in narrow.state_dict().items()}}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -133,7 +132,7 @@ class ChannelPruning(PruningCallback):
         if self.masks:
             hold_zeros(pl_module.model, self.masks)
 
-    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
+    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningRecord | None:
         if self.channels is None:
             return None
         dense, channels = self.dense_channels or self.channels, list(pl_module.model.channels)
@@ -148,4 +147,4 @@ class ChannelPruning(PruningCallback):
                 entry["param_reduction"] = 1 - entry["profile"]["nonzero_params"] / dense_entry["profile"]["params"]
 
         files = channel_files(self.layers, dense, channels, self.target_sparsity, self.ratios_used)
-        return Handover(NARROW, annotate=annotate, files=files)
+        return PruningRecord(NARROW, annotate=annotate, files=files)

@@ -1,7 +1,7 @@
 """The recorder: profiles every model variant of a run and writes its results.json, once, with its files.
 
 After ``test`` it profiles the tested model; at the end of a pruning fit it profiles what the
-pruning callback hands over (:class:`~lightning_prune.callbacks.base.Handover`): the dense model
+pruning callback hands over (:class:`~lightning_prune.callbacks.base.PruningRecord`): the dense model
 (profiled at fit setup, before any pruning), the fitted model and, for a masked one, its sparse
 variants, after writing masks, COO weights, sensitivity curves or channel tables into the run's
 folder. It is the only callback that writes files besides the run's identity (``RunInfo``).
@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_prune import artifacts as A
 from lightning_prune import results as R
-from lightning_prune.callbacks.base import Handover, PruningCallback, find
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord, callback_of
 from lightning_prune.callbacks.run import final_checkpoint, measured_checkpoint, on_rank_zero, resume_path, run_dir
 from lightning_prune.callbacks.run import run_info as identity
 from lightning_prune.errors import ConfigError
@@ -79,7 +79,7 @@ class Recorder(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Profile the unpruned model before the pruning callback touches it (not on resume: the state has it)."""
-        pruning = find(trainer, PruningCallback)
+        pruning = callback_of(trainer, PruningCallback)
         if stage == "fit" and pruning is not None and pruning.profile_dense and self.dense_entry is None \
                 and not resume_path(trainer):
             model = pl_module.model.to(trainer.strategy.root_device)
@@ -125,12 +125,12 @@ class Recorder(L.Callback):
 
     # ------------------------------------------------------------------ fit
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pruning = find(trainer, PruningCallback)
+        pruning = callback_of(trainer, PruningCallback)
         handover = pruning.handover(trainer, pl_module) if pruning is not None else None
         if handover is not None:  # a baseline fit records nothing: its profile comes from `test`
             on_rank_zero(trainer, lambda: self._record_fit(trainer, pl_module, pruning.task, handover))
 
-    def _record_fit(self, trainer: L.Trainer, pl_module: L.LightningModule, task: str, handover: Handover) -> None:
+    def _record_fit(self, trainer: L.Trainer, pl_module: L.LightningModule, task: str, handover: PruningRecord) -> None:
         out, model, checkpoint = run_dir(trainer), pl_module.model, final_checkpoint(trainer)
         if not handover.record:
             return self._files(trainer, out, handover)
@@ -163,7 +163,7 @@ class Recorder(L.Callback):
         entries[1]["coo_mismatches"] = export.total_mismatches
         return entries
 
-    def _files(self, trainer: L.Trainer, out: Path, handover: Handover) -> dict[str, str]:
+    def _files(self, trainer: L.Trainer, out: Path, handover: PruningRecord) -> dict[str, str]:
         """The hand-over's text files and sweep curves in the run's folder; their artifact names and paths."""
         files = {}
         for name, text in handover.files.items():

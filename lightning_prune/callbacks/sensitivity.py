@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_prune.artifacts import read_curves_csv
+from lightning_prune.callbacks.base import refused_as
 from lightning_prune.errors import ConfigError
 from lightning_prune.options import PositiveInt, Sparsity, plain
 from lightning_prune.pruning.layers import prunable_modules
@@ -55,12 +56,10 @@ class SensitivityScan(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """The options no type can check: files and layer names."""
-        if self.curves_csv is not None and not Path(self.curves_csv).is_file():
-            raise ConfigError(f"SensitivityScan.curves_csv: no such file {self.curves_csv}")
-        try:
+        with refused_as("SensitivityScan."):
+            if self.curves_csv is not None and not Path(self.curves_csv).is_file():
+                raise ValueError(f"curves_csv: no such file {self.curves_csv}")
             check_layer_names(self.layers or [], pl_module.model, "layers")
-        except ValueError as err:
-            raise ConfigError(f"SensitivityScan.{err}") from err
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.run(trainer, pl_module.model)
@@ -73,10 +72,8 @@ class SensitivityScan(L.Callback):
             raise ConfigError("SensitivityScan: the model is already pruned; sweep the dense model")
         if self.curves_csv is not None:
             self.sparsities, curves = read_curves_csv(self.curves_csv)
-            try:
+            with refused_as("SensitivityScan."):
                 check_layer_names(list(curves), model, "curves_csv")
-            except ValueError as err:
-                raise ConfigError(f"SensitivityScan.{err}") from err
             rank_zero_info(f"Sensitivity curves read from {self.curves_csv}")
             self.curves = curves
             return curves

@@ -1,12 +1,10 @@
 """Task 1b: staged GraSP (or SNIP, |GraSP|) pruning while training from random initialisation.
 
-Pruning happens in ``on_train_epoch_start``: validation and checkpointing of an epoch always see
-the network that epoch trained, so no checkpoint holds pruned weights labelled with the accuracy
-of the unpruned ones. Every conv/linear layer carries a ``torch.nn.utils.prune`` mask from fit
-setup on (all ones until its first stage), so stages only overwrite mask buffers: the parameter
-list and the optimizer (momentum, LR schedule) stay as they are, and checkpoints resume in order.
-The schedule is :class:`~lightning_prune.pruning.schedule.StageSchedule`; the scores are in
-``lightning_prune.pruning.saliency``.
+Pruning happens in ``on_train_epoch_start``, so an epoch's validation and checkpoint always see the
+network it trained. Every conv/linear carries a ``torch.nn.utils.prune`` mask from fit setup on (all
+ones until its first stage), so stages only overwrite mask buffers: the parameters and the optimizer
+stay as they are, and checkpoints resume in order. The schedule is
+:class:`~lightning_prune.pruning.schedule.StageSchedule`; the scores are in ``lightning_prune.pruning.saliency``.
 """
 
 from __future__ import annotations
@@ -20,10 +18,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks.base import Handover, PruningCallback, log_metrics, log_text
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord, log_metrics, log_text, refused_as
 from lightning_prune.callbacks.run import from_rank_zero
 from lightning_prune.checkpoint_io import read_checkpoint
-from lightning_prune.errors import ConfigError
 from lightning_prune.names import MASKED, STAGED_TASK, Schedule, StagedMethod
 from lightning_prune.options import Percent, PositiveFloat, PositiveInt, Sparsity, plain
 from lightning_prune.pruning.layers import prunable_modules
@@ -60,7 +57,8 @@ class StagedPruning(PruningCallback):
         calibration_chunks: Chunks the scoring batch is split into (memory).
         calibration_seed: Seed of the calibration images (stage i uses seed + i).
         temperature: GraSP's softmax temperature T.
-        export: Export masks and COO weights at fit end and profile the sparse variants.
+        record: At fit end, write masks and COO weights, profile the model and its sparse variants and write
+            results.json; false: record nothing.
     """
 
     def __init__(self, method: StagedMethod = "grasp", layerwise_from: str | None = None,
@@ -69,7 +67,7 @@ class StagedPruning(PruningCallback):
                  fractions: list[float] = [0.5, 0.75, 1.0],  # noqa: B006
                  fallback_epochs: list[int | None] | None = None, calibration_per_class: PositiveInt = 10,
                  calibration_chunks: PositiveInt = 2, calibration_seed: int = 0, temperature: PositiveFloat = 200.0,
-                 export: bool = True) -> None:
+                 record: bool = True) -> None:
         self.method, self.target_sparsity = method, plain(target_sparsity)
         self.layerwise_from, self.mode = layerwise_from, schedule
         stages = ([0.0], [1.0], [0]) if schedule == "oneshot" else (accuracy_triggers, fractions, fallback_epochs)
@@ -77,7 +75,7 @@ class StagedPruning(PruningCallback):
         self.plan: list[dict[str, float]] | None = None  # random: the per-layer sparsities of each stage
         self.copied_task = self.copied_method = None
         self.per_class, self.chunks = int(calibration_per_class), int(calibration_chunks)
-        self.seed, self.temperature, self.export = calibration_seed, float(temperature), export
+        self.seed, self.temperature, self.record = calibration_seed, float(temperature), record
 
     @property
     def task(self) -> str:
@@ -90,11 +88,9 @@ class StagedPruning(PruningCallback):
                              "for method=random)")
         if self.method == "random" and self.plan is None:
             checkpoint = read_checkpoint(self.layerwise_from, "prune.layerwise_from")
-            try:
+            with refused_as("layerwise_from: "):
                 check_copyable(checkpoint, {n: tuple(m.weight.shape) for n, m in prunable_modules(model).items()})
                 self.plan = plan_from_checkpoint(checkpoint, self.schedule.stages)
-            except ValueError as err:
-                raise ValueError(f"layerwise_from: {err}") from err
             copied = checkpoint.get("pruning") or {}
             self.copied_task, self.copied_method = copied.get("task"), copied.get("method")
         if not hasattr(trainer.datamodule, "calibration_batch"):
@@ -153,21 +149,19 @@ class StagedPruning(PruningCallback):
         if notes:
             rank_zero_warn("StagedPruning: " + "; ".join(notes))
 
-    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
-        if not self.export:
+    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningRecord | None:
+        if not self.record:
             return None
         achieved = mask_sparsity(current_masks(pl_module.model))
         schedule = {"method": self.method, "schedule": self.mode, "layerwise_from": self.layerwise_from,
                     **self.schedule.summary(achieved),
                     "temperature": self.temperature if self.method != "snip" else None,
                     "calibration_images": self.per_class * trainer.datamodule.num_classes}
-        return Handover(MASKED, masked=True, extra={"schedule": schedule, "notes": self.schedule.notes(achieved)})
+        return PruningRecord(MASKED, masked=True, extra={"schedule": schedule, "notes": self.schedule.notes(achieved)})
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        try:
+        with refused_as("StagedPruning: "):
             self.schedule.load_state_dict(state_dict)
-        except ValueError as err:
-            raise ConfigError(f"StagedPruning: {err}") from err

@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_prune.callbacks.base import Handover, PruningCallback, find, log_metrics
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord, callback_of, log_metrics, refused_as
 from lightning_prune.callbacks.run import from_rank_zero
 from lightning_prune.callbacks.sensitivity import SensitivityScan
 from lightning_prune.errors import ConfigError
@@ -55,7 +55,8 @@ class MagnitudePruning(PruningCallback):
             at the least predicted loss), or the controls ``global`` (one magnitude threshold over all
             weights, Lightning's ``ModelPruning`` default) and ``uniform`` (every layer at the target),
             which need no sweep.
-        export: Write masks and torch.sparse COO weights at fit end and profile the sparse variants.
+        record: At fit end, write masks and torch.sparse COO weights, profile the model and its sparse variants
+            and write results.json; false: only the sweep's curves are written.
         profile_dense: Profile the dense model before pruning (the ``dense`` row of the results).
     """
 
@@ -63,11 +64,11 @@ class MagnitudePruning(PruningCallback):
     state_keys = ("chosen", "predicted")
 
     def __init__(self, sparsities: dict[str, Sparsity] | None = None, target_sparsity: Sparsity | None = None,
-                 max_drop: NonNegativeFloat | None = None, allocation: Allocation = "sensitivity", export: bool = True,
+                 max_drop: NonNegativeFloat | None = None, allocation: Allocation = "sensitivity", record: bool = True,
                  profile_dense: bool = True) -> None:
         self.sparsities, self.target_sparsity = plain(sparsities), plain(target_sparsity)
         self.max_drop, self.allocation = plain(max_drop), allocation
-        self.export, self.profile_dense = export, profile_dense
+        self.record, self.profile_dense = record, profile_dense
         self.chosen: dict[str, float] | None = None
         self.predicted: float | None = None
 
@@ -82,9 +83,9 @@ class MagnitudePruning(PruningCallback):
             if self.target_sparsity is None:
                 raise ValueError(f"allocation={self.allocation!r} splits a target_sparsity; set target_sparsity")
             if self.chosen is None:  # refused here, before any training, when a layer would fall under its floor
-                (choose_global if self.allocation == "global" else choose_uniform)(model, self.target_sparsity)
+                self.split(model)
             return None
-        scan = find(trainer, SensitivityScan)
+        scan = callback_of(trainer, SensitivityScan)
         if scan is None:
             raise ValueError(f"{given[0]} needs sensitivity curves: add a SensitivityScan callback (its curves_csv "
                              "option reuses an earlier sweep)")
@@ -117,33 +118,36 @@ class MagnitudePruning(PruningCallback):
             + f"\n  overall sparsity {overall:.4f} of {sum(sizes.values()):,} prunable weights")
         log_metrics(trainer, {"prune/overall_sparsity": overall})
 
+    def split(self, model: nn.Module) -> dict[str, float]:
+        """The controls' per-layer sparsities: one threshold over all weights, or every layer at the target."""
+        return (choose_global if self.allocation == "global" else choose_uniform)(model, self.target_sparsity)
+
     def choose(self, trainer: L.Trainer, model: nn.Module) -> None:
         """The per-layer sparsities: rank 0 decides from the curves every rank swept its share of."""
-        if self.allocation != "sensitivity" and self.sparsities is None:
-            split = choose_global if self.allocation == "global" else choose_uniform
-            try:
-                self.chosen = from_rank_zero(trainer, lambda: split(model, self.target_sparsity))
-            except ValueError as err:
-                raise ConfigError(f"MagnitudePruning.{err}") from err
-            return
-        scan = find(trainer, SensitivityScan)
-        curves, levels = (None, None) if self.sparsities is not None else (scan.run(trainer, model), scan.sparsities)
-        try:
-            self.chosen = from_rank_zero(trainer, lambda: choose_sparsities(
-                model, self.sparsities, self.target_sparsity, self.max_drop, curves, levels))
-        except ValueError as err:
-            raise ConfigError(f"MagnitudePruning.{err}") from err
+        curves = levels = None
+        if self.allocation == "sensitivity" and self.sparsities is None:
+            scan = callback_of(trainer, SensitivityScan)
+            curves, levels = scan.run(trainer, model), scan.sparsities
+        control = self.allocation != "sensitivity" and self.sparsities is None
+
+        def decide() -> dict[str, float]:
+            if control:
+                return self.split(model)
+            return choose_sparsities(model, self.sparsities, self.target_sparsity, self.max_drop, curves, levels)
+
+        with refused_as("MagnitudePruning."):
+            self.chosen = from_rank_zero(trainer, decide)
         if curves is not None:
             self.predicted = predicted_drop(curves, levels, self.chosen)
             rank_zero_info(f"Sum of the single-layer top-1 drops read off the curves: {self.predicted:.1f} points "
                            "(what the choice minimises; fine-tuning recovers much of it)")
 
-    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Handover | None:
-        """The masked model (exported and profiled unless ``export`` is off) and the sweep's curves."""
-        scan = find(trainer, SensitivityScan)
+    def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningRecord | None:
+        """The masked model (profiled and recorded unless ``record`` is off) and the sweep's curves."""
+        scan = callback_of(trainer, SensitivityScan)
         floors = {"layer_floors": layer_floors(pl_module.model)}  # the fewest weights each layer was allowed
         if scan is None or scan.curves is None or self.allocation != "sensitivity":
-            return Handover(MASKED, masked=True, extra=floors) if self.export else None
+            return PruningRecord(MASKED, masked=True, extra=floors) if self.record else None
         title = scan.title(getattr(trainer.datamodule, "dataset", ""))
-        return Handover(MASKED, masked=True, extra={"sweep": scan.describe(), **floors}, record=self.export,
-                        curves=(scan.curves, scan.sparsities, title))
+        return PruningRecord(MASKED, masked=True, extra={"sweep": scan.describe(), **floors}, record=self.record,
+                             curves=(scan.curves, scan.sparsities, title))

@@ -1,14 +1,11 @@
 """The ``state_dict`` artifact: plain dense weights (masks folded to exact zeros) plus a JSON sidecar.
 
-The sidecar is all a consumer needs to rebuild the network: the three architecture numbers of
-``lightning_prune.models.vgg16_bn``, the input it expects (shape, normalisation), what the weights
-came from (task, method, sparsity, accuracy, source checkpoint) and the other files of the variant
-(ONNX, int8). No training hyperparameter is needed to load it.
+The sidecar is all a consumer needs: the three architecture numbers of ``vgg16_bn``, the input it
+expects, what the weights came from (task, method, sparsity, accuracy, source) and the variant's other files.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG, vgg16_bn
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.unstructured import copy_model, is_masked, make_permanent
-from lightning_prune.results import atomic_write_bytes
+from lightning_prune.results import atomic_torch_save, atomic_write_bytes
 
 SIDECAR_FORMAT = "lightning_prune.vgg16_bn"
 SIDECAR_VERSION = 1
@@ -56,27 +53,23 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(f"{stem}.json")
 
 
+def write_json(path: str | Path, doc: Any) -> Path:
+    """``doc`` as indented JSON, written atomically."""
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return Path(path)
+
+
 def write_sidecar(path: str | Path, model: VGG, metadata: dict[str, Any], files: dict[str, str]) -> Path:
     """Write the variant's JSON description (atomically); ``files`` maps format to file name beside it."""
-    doc = {
-        "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_VERSION,
-        "architecture": architecture(model),
-        "metadata": metadata,
-        "files": files,
-    }
-    path = Path(path)
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
-    return path
+    return write_json(path, {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
+                             "architecture": architecture(model), "metadata": metadata, "files": files})
 
 
 def update_sidecar(path: str | Path, metadata: dict[str, Any]) -> Path:
     """Add ``metadata`` entries to an existing sidecar (e.g. the accuracy measured after export)."""
-    path = sidecar_path(path)
     doc = read_sidecar(path)
     doc["metadata"] = {**doc.get("metadata", {}), **metadata}
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
-    return path
+    return write_json(sidecar_path(path), doc)
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
@@ -95,9 +88,7 @@ def save_state_dict(model: VGG, path: str | Path) -> Path:
     """``torch.save`` of a plain (mask-free) VGG's state dict, written atomically."""
     if any(is_masked(m) for m in prunable_modules(model).values()):
         raise ExportError("save_state_dict: fold the masks first (fold_masks), the artifact holds plain weights")
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(model.state_dict(), path)
     return Path(path)
 
 
@@ -108,11 +99,7 @@ def build_from_sidecar(doc: dict[str, Any]) -> VGG:
 
 
 def load_state_dict_model(path: str | Path) -> VGG:
-    """Rebuild a plain ``vgg16_bn`` from a ``state_dict`` artifact and its sidecar, in eval mode.
-
-    Args:
-        path: The ``<variant>.pt`` file or its ``<variant>.json`` sidecar.
-    """
+    """Rebuild a plain ``vgg16_bn`` in eval mode from a ``state_dict`` artifact (``<variant>.pt`` or its sidecar)."""
     doc = read_sidecar(path)
     name = doc.get("files", {}).get("state_dict")
     if not name:

@@ -1,8 +1,7 @@
 """A Lightning checkpoint of ``ImageClassifier`` read back as a plain VGG, without Lightning.
 
-The architecture is read off the weights' shapes (not the training hyperparameters), so a dense,
-a masked (``weight_orig`` + ``weight_mask``) and a channel-pruned checkpoint all rebuild the same
-way, and so does a bare ``VGG.state_dict()``.
+The architecture is read off the weights' shapes, so dense, masked and channel-pruned checkpoints (and a
+bare ``VGG.state_dict()``) all rebuild the same way.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.export.errors import ExportError
@@ -25,24 +22,15 @@ MODEL_PREFIX = "model."
 
 @dataclass
 class CheckpointModel:
-    """A checkpoint's model (masks re-created, as trained) and what the checkpoint says about it.
-
-    Args:
-        model: The VGG in eval mode; masked layers still carry ``torch.nn.utils.prune`` masks.
-        path: The checkpoint file.
-        hparams: The LightningModule's saved hyperparameters (empty for a bare state dict).
-        data_hparams: The datamodule's saved hyperparameters (dataset, data_dir, ...), if any.
-        callbacks: The callbacks' saved states, by state key (``ChannelPruning``, ``ModelCheckpoint{...}``).
-        pruning: What pruned the model (``checkpoint["pruning"]``: task, method, target), if anything did.
-    """
+    """A checkpoint's model (in eval mode, masks re-created as trained) and what the checkpoint says about it."""
 
     model: VGG
     path: Path
-    hparams: dict[str, Any] = field(default_factory=dict)
-    data_hparams: dict[str, Any] = field(default_factory=dict)
-    callbacks: dict[str, Any] = field(default_factory=dict)
-    pruning: dict[str, Any] = field(default_factory=dict)
-    lineage: list[dict[str, Any]] = field(default_factory=list)
+    hparams: dict[str, Any] = field(default_factory=dict)  # the LightningModule's (empty for a bare state dict)
+    data_hparams: dict[str, Any] = field(default_factory=dict)  # the datamodule's (dataset, data_dir, ...)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # the callbacks' states, by state key
+    pruning: dict[str, Any] = field(default_factory=dict)  # checkpoint["pruning"]: task, method, target
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # the pruning steps before this run's own
 
     @property
     def masked_layers(self) -> list[str]:
@@ -78,24 +66,11 @@ class CheckpointModel:
         return self.pruning.get("method") or ("none" if self.structure == "dense" else None)
 
 
-def architecture_from_state(state: dict[str, torch.Tensor], option: str = "--run") -> dict[str, Any]:
-    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes."""
-    try:
-        return architecture_of(state)
-    except ValueError as err:
-        raise ExportError(f"{option}: {err}") from err
-
-
 def load_checkpoint_model(path: str | Path, option: str = "--run") -> CheckpointModel:
-    """Rebuild the checkpoint's VGG with its masks (as ``ImageClassifier.on_load_checkpoint`` does).
+    """Rebuild the VGG of a checkpoint of ``ImageClassifier`` (or a bare state dict) with its masks.
 
-    Args:
-        path: A Lightning checkpoint of ``ImageClassifier``, or a bare VGG state dict.
-        option: The option that named the file, for error messages.
-
-    Raises:
-        ConfigError: The file is missing or unreadable (one line naming ``option`` and the file).
-        ExportError: The file holds no VGG16-BN of this package, or its weights do not fit it.
+    As ``ImageClassifier.on_load_checkpoint`` does. A missing or unreadable file, or one that holds no
+    VGG16-BN of this package, is one line naming ``option`` (the option that named the file).
     """
     ckpt = read_checkpoint(path, option)
     raw = ckpt.get("state_dict", ckpt)
@@ -103,7 +78,10 @@ def load_checkpoint_model(path: str | Path, option: str = "--run") -> Checkpoint
         raise ExportError(f"{option}: {path} holds no state_dict")
     prefixed = any(k.startswith(MODEL_PREFIX) for k in raw)
     state = {k.removeprefix(MODEL_PREFIX): v for k, v in raw.items() if not prefixed or k.startswith(MODEL_PREFIX)}
-    arch = architecture_from_state(state, option)
+    try:
+        arch = architecture_of(state)  # read off the weights' shapes
+    except ValueError as err:
+        raise ExportError(f"{option}: {err}") from err
     model = VGG(arch["num_classes"], arch["channels"], arch["classifier_width"])
     restore_masks(model, state)
     try:

@@ -5,21 +5,17 @@ Examples::
     lightning-prune export --run run:digits_unstructured --quantize
     lightning-prune export --run checkpoints/digits_channel/version_0/last.ckpt --format onnx --out deploy/
 
-Each run becomes one variant in the output folder: ``<variant>.json`` (architecture and metadata),
-``<variant>.pt`` (plain weights, pruned ones exactly 0), ``<variant>.onnx``, ``<variant>.int8.pt``
-(``--quantize``), and ``handoff.json`` with every variant's figures (``handoff.md``: the table).
-The default folder is the run's own: ``logs/<experiment>/version_N/export`` when that run folder
-exists, else ``export/`` beside the checkpoint.
+Each run becomes one variant: ``<variant>.json`` (architecture and metadata), ``<variant>.pt`` (plain
+weights, pruned ones exactly 0), ``<variant>.onnx``, the int8 files (``--quantize``), and ``handoff.json``
+with every variant's figures (``handoff.md``: the table), by default in the run's own
+``logs/<experiment>/version_N/export`` (else ``export/`` beside the checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +28,19 @@ from lightning_prune.export.errors import ExportError
 from lightning_prune.export.figures import handoff_figures
 from lightning_prune.export.int8 import Int8Settings, gate, refusal
 from lightning_prune.export.onnx_export import ONNX_MODULES, require
-from lightning_prune.export.pipeline import ATOL, FORMATS, check_formats, export_checkpoint
-from lightning_prune.export.publish import check_out, discard, publish, remove_if_empty, staging
-from lightning_prune.export.sources import DATASETS, datamodule, recorded, run_parts
+from lightning_prune.export.pipeline import ATOL, FORMATS, export_checkpoint
+from lightning_prune.export.publish import (
+    HANDOFF_TABLE,
+    check_out,
+    discard,
+    publish,
+    remove_if_empty,
+    staging,
+    write_handoff,
+)
+from lightning_prune.export.sources import DATASETS, datamodule, default_out, recorded, variant_name
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
-from lightning_prune.results import atomic_write_bytes
-
-HANDOFF_TABLE = "handoff.md"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,9 +92,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _formats(values: list[str] | None) -> list[str]:
+    """The ``--format`` values (repeated or comma-separated), each one of :data:`FORMATS`; default: all."""
     if values is None:
         return list(FORMATS)
-    return check_formats([f for v in values for f in v.split(",") if f])
+    formats = [f for v in values for f in v.split(",") if f]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"--format: unsupported format {', '.join(map(repr, unknown)) or '(none)'}; "
+                          f"allowed: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
 
 
 def _checkpoint(ref: str, checkpoints: str) -> Path:
@@ -108,26 +115,6 @@ def _checkpoint(ref: str, checkpoints: str) -> Path:
     return resolved.path
 
 
-def variant_name(path: Path) -> str:
-    """``<experiment>_v<N>`` for a run's ``last.ckpt`` (``_<stem>`` added for its other checkpoints), else the stem.
-
-    Two runs never share a name, so exports of several runs (or versions) into one folder never mix.
-    """
-    experiment, version = run_parts(path)
-    if version is None:
-        return experiment
-    name = f"{experiment}_v{version.removeprefix('version_')}"
-    return name if path.stem == "last" else f"{name}_{path.stem}"
-
-
-def default_out(path: Path, logs: Path) -> Path:
-    """The run's own export folder: ``logs/<experiment>/version_N/export`` if that run folder exists."""
-    experiment, version = run_parts(path)
-    if version is not None and (logs / experiment / version).is_dir():
-        return logs / experiment / version / "export"
-    return path.parent / "export"
-
-
 def _take(loader, images: int | None = None, batches: int | None = None) -> list:
     out, seen = [], 0
     for i, batch in enumerate(loader):
@@ -136,11 +123,6 @@ def _take(loader, images: int | None = None, batches: int | None = None) -> list
         out.append(batch)
         seen += len(batch[0])
     return out
-
-
-def int8_settings(args: argparse.Namespace) -> Int8Settings:
-    return Int8Settings(equalize=args.equalize, calibration=args.calibration, qat_epochs=args.qat_epochs,
-                        qat_lr=args.qat_lr, max_drop=args.max_int8_drop, share_bits=args.share_bits)
 
 
 def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str],
@@ -173,8 +155,8 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
           file=sys.stderr)
     stage = staging(out, variant)
     try:
-        result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration, args.atol,
-                                   settings, dm.train_dataloader)
+        result = export_checkpoint(ck, stage, formats, test[0][0], variant, metadata, calibration_batches=calibration,
+                                   atol=args.atol, int8=settings, train_batches=dm.train_dataloader)
         latency = [x for x, _ in test[: max(1, args.latency_batches)]]
         figures = handoff_figures(result, test, latency)
         if args.quantize:
@@ -189,47 +171,57 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     return figures
 
 
-def export_environment() -> dict[str, str]:
-    versions = {}
-    for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {"device": f"cpu ({torch.get_num_threads()} threads, {platform.machine()})",
-            "quantized_engine": torch.backends.quantized.engine, **versions}
+def _refuse(err: ConfigError) -> int:
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
 
 
-def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str],
-                  refused: list[dict[str, Any]] = ()) -> Path:
-    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``.
+def _checked(args: argparse.Namespace) -> tuple[list[str], Int8Settings, list[Path]]:
+    """Every option checked once, before any folder is made or checkpoint read; the checkpoints to export."""
+    formats = _formats(args.format)
+    for module in ONNX_MODULES if "onnx" in formats else ():
+        require(module)
+    settings = Int8Settings(equalize=args.equalize, calibration=args.calibration, qat_epochs=args.qat_epochs,
+                            qat_lr=args.qat_lr, max_drop=args.max_int8_drop, share_bits=args.share_bits)
+    for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ExportError(f"--{option.replace('_', '-')}: must be >= 1, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's count
+    paths = [_checkpoint(ref, args.checkpoints) for ref in args.run]
+    names = [variant_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")
+    if args.out is None and len(paths) > 1:
+        raise ExportError("--out: name one folder when exporting several runs")
+    return formats, settings, paths
 
-    ``refused``: variants the int8 gate turned down, with their figures and the reason (no files).
+
+def _export_all(args: argparse.Namespace, paths: list[Path], out: Path, formats: list[str], settings: Int8Settings
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every run exported into a staging folder, then published unless the int8 gate refused it: (published, refused).
+
+    Only once every variant is checked do their files replace the earlier ones; nothing of a refused one is published.
     """
-    path = out / HANDOFF_FILE
-    old: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            old = old if isinstance(old, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            old = {}
-    names = {e["variant"] for e in [*entries, *refused]}
-
-    def kept(key: str) -> list[dict[str, Any]]:
-        items = old.get(key) if isinstance(old.get(key), list) else []
-        return [e for e in items if isinstance(e, dict) and e.get("variant") not in names]
-
-    doc = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["lightning-prune", "export", *argv]),
-        "environment": export_environment(),
-        "variants": kept("variants") + entries,
-        "refused": kept("refused") + list(refused),
-    }
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
-    atomic_write_bytes(out / HANDOFF_TABLE, (handoff_table([doc]) + "\n").encode())
-    return path
+    entries: list[dict[str, Any]] = []
+    try:
+        for ref, p in zip(args.run, paths):
+            entries.append(export_run(args, ref, p, out, formats, settings))
+    except BaseException:
+        for entry in entries:
+            discard(entry["staging"])
+        raise
+    refused = [e for e in entries if not e.get("int8_gate", {"passed": True})["passed"]]
+    for entry in refused:
+        discard(entry.pop("staging"))
+        entry["files"] = {}
+        entry["reason"] = refusal(entry["variant"], entry["int8_gate"], settings)
+    entries = [e for e in entries if e not in refused]
+    for entry in entries:
+        moved = publish(entry.pop("staging"), out, entry["variant"])
+        entry["files"] = {k: str(moved.get(v, v)) for k, v in entry["files"].items()}
+    return entries, refused
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,53 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except ConfigError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return _refuse(err)
     try:
-        formats = _formats(args.format)
-        for module in ONNX_MODULES if "onnx" in formats else ():  # before any folder is made
-            require(module)
-        settings = int8_settings(args)  # every int8 option checked once, before any file is read
-        for option in ("calibration_images", "latency_batches", "eval_batches", "threads"):
-            value = getattr(args, option)
-            if value is not None and value < 1:
-                raise ExportError(f"--{option.replace('_', '-')}: must be >= 1, got {value}")
-        if args.threads:
-            torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's count
-        paths = [_checkpoint(ref, args.checkpoints) for ref in args.run]
-        names = [variant_name(p) for p in paths]
-        if len(set(names)) < len(names):
-            raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")
-        if args.out is None and len(paths) > 1:
-            raise ExportError("--out: name one folder when exporting several runs")
+        formats, settings, paths = _checked(args)
         out = args.out or default_out(paths[0], args.logs)
         made = out if not out.exists() else None  # removed again when nothing lands in it
-        out = check_out(out)
-        entries: list[dict[str, Any]] = []
-        try:
-            for ref, p in zip(args.run, paths):
-                entries.append(export_run(args, ref, p, out, formats, settings))
-        except BaseException:
-            for entry in entries:
-                discard(entry["staging"])
-            raise
-        refused = [e for e in entries if not e.get("int8_gate", {"passed": True})["passed"]]
-        for entry in refused:  # the int8 gate: nothing of a variant that lost accuracy is published
-            discard(entry.pop("staging"))
-            entry["files"] = {}
-            entry["reason"] = refusal(entry["variant"], entry["int8_gate"], settings)
-        entries = [e for e in entries if e not in refused]
-        for entry in entries:  # every variant checked: only now do their files replace the earlier ones
-            moved = publish(entry.pop("staging"), out, entry["variant"])
-            entry["files"] = {k: str(moved.get(v, v)) for k, v in entry["files"].items()}
+        entries, refused = _export_all(args, paths, check_out(out), formats, settings)
         path = write_handoff(out, entries, argv, refused)
     except ConfigError as err:
         remove_if_empty(made)
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return _refuse(err)
+    for entry in refused:
+        print(f"error: {entry['reason']}", file=sys.stderr)
     if refused:
-        for entry in refused:
-            print(f"error: {entry['reason']}", file=sys.stderr)
         return 2
     print(handoff_table([json.loads(path.read_text())]))
     print(f"hand-off written to {path.parent.resolve()} ({HANDOFF_FILE}, {HANDOFF_TABLE})", file=sys.stderr)

@@ -1,18 +1,13 @@
 """Cross-layer equalization (Nagel et al., ICCV 2019, "Data-Free Quantization"): one range per channel pair.
 
-int8 gives each activation tensor one range and each output channel of a weight one scale. A channel
-whose BatchNorm scale is orders of magnitude above its neighbours' (training can leave one, and a
-pruned-then-refitted network often does) takes the whole activation range, and every other channel
-of that tensor rounds to a few levels. ReLU and max-pooling commute with a positive per-channel
-scale, so channel ``i`` of one layer can be divided by ``s_i`` and the next layer's input ``i``
-multiplied by it without changing the function. With ``r1_i`` the range of output channel ``i``
-(BatchNorm folded) and ``r2_i`` the range of the next layer's input ``i``,
-``s_i = sqrt(r1_i / r2_i)`` makes both ``sqrt(r1_i * r2_i)``: the two layers share the precision.
-
-Here the scale goes into BatchNorm's ``weight`` and ``bias`` (the conv itself is untouched, so every
-pruned zero stays exactly zero) and into the next conv's or linear's input columns. Pairs: each conv
-with the next, the last conv with ``classifier.0`` (32x32 inputs end at 1x1, so channel ``i`` is
-feature ``i``), and the two hidden linears with the next linear. No data is needed.
+int8 gives each activation tensor one range and each weight channel one scale, so a channel whose
+BatchNorm scale dwarfs its neighbours' (a pruned-then-refitted network often has one) takes the whole
+range. ReLU and max-pooling commute with a positive per-channel scale: dividing output channel ``i`` by
+``s_i = sqrt(r1_i / r2_i)`` (``r1``: its range, BatchNorm folded; ``r2``: the next layer's input range)
+and multiplying the next layer's input ``i`` by it keeps the function and gives both ``sqrt(r1_i r2_i)``.
+The scale goes into BatchNorm (the conv is untouched: pruned zeros stay exact) and the next layer's
+input columns. Pairs: consecutive convs, the last conv and ``classifier.0`` (32x32 inputs end at 1x1),
+and the hidden linears with the next linear. No data is needed.
 """
 
 from __future__ import annotations
@@ -71,13 +66,9 @@ def _scale_pair(producer: nn.Module, bn: nn.Module | None, consumer: nn.Module, 
 def equalize(model: VGG, iterations: int = 20, tolerance: float = 1e-6) -> VGG:
     """A copy of ``model`` (plain, masks folded) with every channel pair equalized; ``model`` is unchanged.
 
-    Sweeps over the pairs until no scale moves by more than ``tolerance`` (relative), at most
-    ``iterations`` times: each pair's equalization changes its neighbours' ranges. Channels with an
-    all-zero side (pruned) keep scale 1.
-
-    Raises:
-        ValueError: The model still carries pruning masks, or its classifier does not read one
-            feature per last-conv channel.
+    Sweeps over the pairs until no scale moves by more than ``tolerance`` (relative), at most ``iterations``
+    times (each pair changes its neighbours' ranges). Channels with an all-zero side (pruned) keep scale 1.
+    ValueError for a masked model, or a classifier that does not read one feature per last-conv channel.
     """
     if any(hasattr(m, "weight_mask") for m in model.modules()):
         raise ValueError("equalize: fold the pruning masks first")

@@ -1,13 +1,11 @@
 """int8 simulated in float (fake quantization), on the grid ONNX Runtime's static quantization uses.
 
-Weights: per output channel, symmetric, ``scale = max|w| / 127`` and integers in [-127, 127] (what
-``quantize_static(per_channel=True, WeightSymmetric=True)`` writes); BatchNorm only rescales whole
-output channels, so quantizing the conv's own rows gives the same integers as quantizing the folded
-weight. Activations: one uint8 range per tensor (``[min, max]`` seen on calibration images, zero
-exactly representable), at the input of every conv and linear layer, as the QDQ graph quantizes
-them. Rounding uses a straight-through gradient, so the same simulation serves two purposes: find
-which part of int8 costs accuracy (weights, activations, one layer), and quantization-aware
-fine-tuning (:mod:`lightning_prune.export.qat`).
+Weights: per output channel, symmetric, ``scale = max|w| / 127``, integers in [-127, 127] (what
+``quantize_static(per_channel=True, WeightSymmetric=True)`` writes; BatchNorm only rescales whole
+channels, so the conv's own rows give the same integers as the folded weight). Activations: one uint8
+range per tensor at the input of every conv and linear, as the QDQ graph quantizes them. Rounding has
+a straight-through gradient, so the same simulation finds which part of int8 costs accuracy and
+fine-tunes through it (:mod:`lightning_prune.export.qat`).
 """
 
 from __future__ import annotations
@@ -89,14 +87,10 @@ class ActivationQuant:
 
 
 class Int8Simulation:
-    """A copy of ``model`` that computes as its int8 form would; choose weights, activations and layers.
+    """A copy of ``model`` (plain VGG, masks folded) that computes as its int8 form would.
 
-    Args:
-        model: A plain VGG (masks folded); not modified.
-        weights: Round the weights of the chosen layers.
-        activations: Round the inputs of the chosen layers (calibrate first).
-        layers: Names of the conv/linear layers to quantize (default: all).
-        share_bits: Weight sharing of the int8 weights (0: none).
+    ``weights`` and ``activations`` (inputs, calibrate first) of the chosen ``layers`` (default: every conv
+    and linear) are rounded; ``share_bits``: the int8 weights' sharing (0: none).
     """
 
     def __init__(self, model: nn.Module, weights: bool = True, activations: bool = True,
@@ -141,3 +135,4 @@ class Int8Simulation:
                 parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
             layer._forward_pre_hooks.clear()
         return out.eval()
+

@@ -1,22 +1,77 @@
-"""The hand-off figures of one exported variant: accuracy, size, latency and MACs of its float, int8 and ONNX forms.
+"""The hand-off figures: output agreement, top-1, latency, size and MACs of a variant's float, int8 and ONNX forms.
 
-Every form is measured by the same functions on the same batches (:mod:`lightning_prune.export.measure`),
-so the numbers compare; ``handoff.json`` keeps one such entry per variant.
+The same functions measure any ``tensor -> tensor`` model (PyTorch float, int8, an ONNX Runtime session)
+on the same batches with the same warm-up and timer, so the numbers compare; ``handoff.json`` keeps one
+entry per variant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightning_prune.export.measure import Forward, latency_ms, size_mb, top1
 from lightning_prune.export.onnx_export import onnx_runner
 from lightning_prune.export.onnx_int8 import compressed_size_mb
-from lightning_prune.export.pipeline import ExportResult
 from lightning_prune.profiling.static import count_macs
 from lightning_prune.pruning.layers import count_parameters
+
+if TYPE_CHECKING:
+    from lightning_prune.export.pipeline import ExportResult
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def max_abs_diff(a: Forward, b: Forward, x: torch.Tensor) -> float:
+    """Largest absolute difference between the two models' outputs on the batch ``x``."""
+    return float((a(x).float() - b(x).float()).abs().max())
+
+
+@torch.no_grad()
+def same_top1(a: Forward, b: Forward, x: torch.Tensor) -> bool:
+    """Both models predict the same class for every image of ``x``."""
+    return bool(torch.equal(a(x).argmax(1), b(x).argmax(1)))
+
+
+@torch.no_grad()
+def top1(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+    """Top-1 in percent over the batches, and the number of images it counts."""
+    correct = total = 0
+    for x, y in batches:
+        correct += int((forward(x).argmax(1) == y).sum())
+        total += len(y)
+    return (100.0 * correct / total if total else float("nan")), total
+
+
+@torch.no_grad()
+def latency_ms(
+    forwards: dict[str, Forward], batches: Sequence[torch.Tensor], warmup: int = 2
+) -> dict[str, tuple[float, float]]:
+    """Mean and std in ms of one call per batch for each model, after ``warmup`` untimed calls each.
+
+    The models take turns batch by batch, so a load that other processes put on a shared CPU
+    falls on all of them alike instead of on whichever ran at the wrong moment.
+    """
+    for i in range(warmup):
+        for forward in forwards.values():
+            forward(batches[i % len(batches)])
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    for x in batches:
+        for name, forward in forwards.items():
+            start = time.perf_counter()
+            forward(x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (statistics.fmean(t), statistics.stdev(t) if len(t) > 1 else 0.0) for name, t in times.items()}
+
+
+def size_mb(path: str | Path) -> float:
+    """File size in MB (1e6 bytes), like the profile's serialized size."""
+    return Path(path).stat().st_size / 1e6
 
 
 @torch.no_grad()
@@ -28,45 +83,30 @@ def handoff_figures(
 ) -> dict[str, Any]:
     """Accuracy, size, latency and MACs of the variant's float, int8 and ONNX forms (``handoff.json`` entry).
 
-    Every form is measured on the same batches: top-1 over ``eval_batches`` (the test set), latency
-    as ms per batch over ``latency_batches`` after ``warmup`` untimed passes, the forms taking turns.
-    """
-    model = result.float_model
+    Top-1 over ``eval_batches`` (the test set); latency in ms per batch over ``latency_batches`` after
+    ``warmup`` untimed passes, the forms taking turns."""
+    model, meta = result.float_model, result.metadata
     float_top1, images = top1(model, eval_batches)
     params, nonzero = count_parameters(model)
     fig: dict[str, Any] = {
-        "variant": result.variant,
-        "task": result.metadata.get("task"),
-        "method": result.metadata.get("method"),
-        "structure": result.metadata.get("structure"),
-        "lineage": result.metadata.get("lineage") or [],
-        "lineage_sources": result.metadata.get("lineage_sources") or [],
-        "seed": result.metadata.get("seed"),
-        "params": params,
-        "nonzero_params": nonzero,
-        "sparsity": result.metadata.get("sparsity"),
-        "source_checkpoint": result.metadata.get("source_checkpoint"),
-        "channels": list(model.channels),
-        "eval_images": images,
-        "batch_size": len(latency_batches[0]) if latency_batches else None,
-        "float_top1": float_top1,
-        "macs": count_macs(model),
-        "files": {k: str(v) for k, v in result.files.items()},
+        "variant": result.variant, **{k: meta.get(k) for k in ("task", "method", "structure")},
+        "lineage": meta.get("lineage") or [], "lineage_sources": meta.get("lineage_sources") or [],
+        "seed": meta.get("seed"), "params": params, "nonzero_params": nonzero, "sparsity": meta.get("sparsity"),
+        "source_checkpoint": meta.get("source_checkpoint"), "channels": list(model.channels), "eval_images": images,
+        "batch_size": len(latency_batches[0]) if latency_batches else None, "float_top1": float_top1,
+        "macs": count_macs(model), "files": {k: str(v) for k, v in result.files.items()},
         "outputs_match": {k: m.as_dict() for k, m in result.matches.items()},
     }
+    forwards: dict[str, Forward] = {"float": model}
     if "state_dict" in result.files:
         fig["float_size_mb"] = size_mb(result.files["state_dict"])
-    forwards: dict[str, Forward] = {"float": model}
-    run_onnx = result.onnx_forward()
-    if run_onnx is not None:
-        forwards["onnx"] = run_onnx
-        fig["onnx_size_mb"] = size_mb(result.files["onnx"])
-        fig["onnx_top1"], _ = top1(run_onnx, eval_batches)
+    for form, forward in (("onnx", result.onnx_forward()), ("int8", result.int8)):
+        if forward is not None:
+            forwards[form] = forward
+            fig[f"{form}_size_mb"] = size_mb(result.files[form])
+            fig[f"{form}_top1"], _ = top1(forward, eval_batches)
     if result.int8 is not None:
-        forwards["int8"] = result.int8
-        fig["int8_size_mb"] = size_mb(result.files["int8"])
-        fig["int8_top1"], _ = top1(result.int8, eval_batches)
-        fig["int8"] = result.metadata.get("int8")
+        fig["int8"] = meta.get("int8")
     if "state_dict" in result.files:
         fig["float_compressed_mb"] = compressed_size_mb(result.files["state_dict"])
     if result.int8_onnx is not None:
@@ -74,7 +114,7 @@ def handoff_figures(
         fig["int8_onnx_size_mb"] = size_mb(result.files["int8_onnx"])
         fig["compressed_mb"] = size_mb(result.files["compressed"])
         fig["int8_onnx_top1"], _ = top1(forwards["int8_onnx"], eval_batches)
-        fig["int8_onnx"] = result.metadata.get("int8_onnx")
+        fig["int8_onnx"] = meta.get("int8_onnx")
     for name, (mean, std) in latency_ms(forwards, latency_batches, warmup).items():
         fig[f"{name}_latency_ms"], fig[f"{name}_latency_ms_std"] = mean, std
     return fig

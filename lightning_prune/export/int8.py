@@ -1,10 +1,8 @@
 """How the float model becomes int8, and the gate that refuses an int8 model which lost accuracy.
 
 :class:`Int8Settings` is checked once, where it is made (every value names its ``export`` option).
-:func:`prepare` turns the measured float model into the one both int8 paths quantize: cross-layer
-equalization (data-free, function-preserving), then optionally quantization-aware fine-tuning. The
-float files of the hand-off stay the measured model; only the int8 files come from the prepared one.
-:func:`gate` compares every int8 form's top-1 with the float model's on the same test images.
+:func:`prepare` gives the model both int8 paths quantize (cross-layer equalization, then optionally QAT);
+the float files stay the measured model. :func:`gate` compares each int8 form's top-1 with the float's.
 """
 
 from __future__ import annotations
@@ -76,13 +74,10 @@ def prepare(
     calibration: Sequence[torch.Tensor],
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """The float model the int8 paths quantize, and the seconds each remedy took.
+    """The float model the int8 paths quantize (``model``, masks folded, is not modified) and each remedy's seconds.
 
-    Args:
-        model: The measured float VGG, masks folded; not modified.
-        settings: What to apply.
-        calibration: Image batches (the check that equalization kept the function runs on the first).
-        train_batches: Training batches for QAT (called once); required when ``settings.qat_epochs`` > 0.
+    Equalization is checked to keep the function on the first ``calibration`` batch; ``train_batches``
+    (called once) feeds QAT and is required when ``settings.qat_epochs`` > 0.
     """
     seconds: dict[str, float] = {}
     prepared = model

@@ -1,10 +1,8 @@
 """ONNX export with a dynamic batch axis, and running the file in ONNX Runtime.
 
-Exporter: ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter. In torch
-2.14 it is the default and the TorchScript exporter (``dynamo=False``) still works offline but warns
-that it will be removed; the dynamo exporter needs ``onnxscript`` (in the ``deploy`` extra, a PyPI
-package: nothing is downloaded at export time). ``external_data=False`` keeps the weights inside
-the one ``.onnx`` file (VGG16-BN is far below ONNX's 2 GB limit), so the hand-off is a single file.
+``torch.onnx.export(..., dynamo=True)``: torch 2.14's default, the TorchScript exporter warns it will be
+removed; it needs ``onnxscript`` (the ``deploy`` extra; nothing is downloaded at export time).
+``external_data=False`` keeps the weights in the one ``.onnx`` file (far below ONNX's 2 GB limit).
 """
 
 from __future__ import annotations
@@ -47,10 +45,8 @@ def require(module: str) -> None:
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
     """Write ``model`` (eval mode, CPU) to ``path``: input ``input`` (N, 3, 32, 32), output ``logits`` (N, classes).
 
-    Args:
-        model: A plain module (masks folded): the exporter traces what the forward pass runs.
-        path: The ``.onnx`` file to write (its folder must exist).
-        example: A batch of at least 2 images to trace with; the batch axis is exported as dynamic.
+    ``model`` is plain (masks folded): the exporter traces what its forward pass runs, on ``example``, a
+    batch of at least 2 images (the batch axis is exported as dynamic). ``path``'s folder must exist.
     """
     for name in ("onnx", "onnxscript"):
         require(name)

@@ -1,14 +1,10 @@
 """int8 for ONNX Runtime: static quantization of the exported float ONNX, checked like every export file.
 
-``onnxruntime.quantization.quantize_static`` in QDQ format: per-channel symmetric int8 weights (every
-zero point 0, so a pruned weight, exactly 0.0, stays int 0), uint8 activations calibrated on training
-images by MinMax (default), percentile or entropy (``export --calibration``). BatchNorm is already
-folded into the convs by the exporter, which only rescales whole output channels: zeros stay zeros.
-The check reads the int8 initializers back and compares them with the float ones, layer by layer;
-ONNX Runtime fuses the QDQ pairs into QLinearConv / QGemm kernels at session creation.
-
-The compressed file (``<variant>.int8.onnx.xz``, LZMA) is what a device downloads: int8 stores the
-zeros densely, and only an entropy coder turns unstructured sparsity into fewer bytes.
+``onnxruntime.quantization.quantize_static`` in QDQ format: per-channel symmetric int8 weights (zero
+point 0, so a pruned 0.0 stays int 0), uint8 activations calibrated on training images (``export
+--calibration``). The exporter folds BatchNorm into the convs, rescaling whole channels: zeros stay zeros.
+The compressed file (``<variant>.int8.onnx.xz``, LZMA) is what a device downloads: int8 stores zeros
+densely, and only an entropy coder turns unstructured sparsity into fewer bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from __future__ import annotations
 import lzma
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +46,14 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
 
     class Batches(CalibrationDataReader):
         def __init__(self, batches: list[np.ndarray]) -> None:
-            self.batches, self.position = batches, 0
+            self.batches = batches
+            self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.position == len(self.batches):
-                return None
-            self.position += 1
-            return {INPUT_NAME: self.batches[self.position - 1]}
+            return next(self.feeds, None)
 
         def rewind(self) -> None:
-            self.position = 0
+            self.feeds = iter([{INPUT_NAME: b} for b in self.batches])
 
     batches = [np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for x in calibration]
     if not batches:
@@ -79,24 +73,14 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
 
 @dataclass
 class OnnxInt8Check:
-    """What the int8 ONNX model kept of the float one, read off both files' initializers.
+    """What the int8 ONNX model kept of the float one, read off both files' initializers."""
 
-    Args:
-        zeros_preserved: Every float weight that is exactly 0.0 is int 0.
-        zero_points_zero: Every weight zero point is 0 (symmetric).
-        widths_kept: Every quantized weight has its float weight's shape.
-        layers: Conv/linear weights quantized.
-        float_zeros: Exact zeros over those float weights.
-        int8_zeros: Int zeros over the int8 weights (>= float_zeros: tiny weights round to 0 too).
-        weight_count: Weights compared.
-    """
-
-    zeros_preserved: bool
-    zero_points_zero: bool
-    widths_kept: bool
-    layers: int
+    zeros_preserved: bool  # every exact 0.0 float weight is int 0
+    zero_points_zero: bool  # symmetric
+    widths_kept: bool  # every quantized weight has its float weight's shape
+    layers: int  # conv/linear weights quantized
     float_zeros: int
-    int8_zeros: int
+    int8_zeros: int  # >= float_zeros: tiny weights round to 0 too
     weight_count: int
 
     @property
@@ -104,9 +88,7 @@ class OnnxInt8Check:
         return self.zeros_preserved and self.zero_points_zero and self.widths_kept and self.layers > 0
 
     def as_dict(self) -> dict:
-        return {"zeros_preserved": self.zeros_preserved, "zero_points_zero": self.zero_points_zero,
-                "widths_kept": self.widths_kept, "layers": self.layers, "float_zeros": self.float_zeros,
-                "int8_zeros": self.int8_zeros, "weight_count": self.weight_count}
+        return asdict(self)
 
 
 def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
@@ -136,16 +118,20 @@ def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
     return OnnxInt8Check(preserved, zp_zero, widths, layers, float_zeros, int8_zeros, count)
 
 
+def _xz(path: Path) -> bytes:
+    return lzma.compress(Path(path).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
+
+
 def compress(path: Path) -> Path:
     """``<file>.xz``: LZMA at its strongest preset, written atomically beside the file."""
     out = path.with_name(path.name + COMPRESSED_SUFFIX)
-    atomic_write_bytes(out, lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME))
+    atomic_write_bytes(out, _xz(path))
     return out
 
 
 def compressed_size_mb(path: Path) -> float:
     """Bytes / 1e6 that :func:`compress` would write, without writing them (for the float files)."""
-    return len(lzma.compress(Path(path).read_bytes(), preset=9 | lzma.PRESET_EXTREME)) / 1e6
+    return len(_xz(path)) / 1e6
 
 
 def load_compressed(path: Path, threads: int | None = None):

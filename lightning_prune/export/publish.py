@@ -1,24 +1,33 @@
 """An export lands whole or not at all: its files are written and checked in a staging folder first.
 
-Only when every file of every variant has been reloaded and checked are they moved into the output
-folder, each with an atomic rename, and the variant's files of an earlier export that this one did not
-write again (an int8 file after a re-export without ``--quantize``) are removed. ``handoff.json`` is
-written after that, so it lists exactly the files present. A killed or failed export leaves the
-output folder as it was (and a ``.staging-*`` folder at most, which the next export into it removes).
+Only when every file of every variant is reloaded and checked are they moved into the output folder
+(atomic renames), and a variant's files this export did not write again are removed; ``handoff.json``
+comes last, so it lists exactly the files present. A killed or failed export leaves the folder as it
+was (and a ``.staging-*`` folder at most, which the next export into it removes).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import shutil
 import time
 import uuid
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
-from lightning_prune.export.artifact import SUFFIXES
+import torch
+
+from lightning_prune.export.artifact import SUFFIXES, write_json
 from lightning_prune.export.errors import ExportError
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
+from lightning_prune.results import atomic_write_bytes
 
+HANDOFF_TABLE = "handoff.md"
 STAGING_PREFIX = ".staging-"
 _STAGED = re.compile(r"-(?P<pid>\d+)-[0-9a-f]{8}$")  # .staging-<variant>-<pid>-<random>
 
@@ -110,7 +119,42 @@ def remove_if_empty(folder: Path | None) -> None:
         folder.rmdir()
 
 
-def published_files(files: dict[str, Path], moved: dict[str, Path]) -> dict[str, Path]:
-    """An ``ExportResult.files`` map with the staged paths replaced by where the files now are."""
-    return {fmt: moved.get(str(path), path) for fmt, path in files.items()}
+def export_environment() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {"device": f"cpu ({torch.get_num_threads()} threads, {platform.machine()})",
+            "quantized_engine": torch.backends.quantized.engine, **versions}
 
+
+def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str],
+                  refused: list[dict[str, Any]] = ()) -> Path:
+    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``.
+
+    ``refused``: variants the int8 gate turned down, with their figures and the reason (no files).
+    """
+    path = out / HANDOFF_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    names = {e["variant"] for e in [*entries, *refused]}
+
+    def kept(key: str) -> list[dict[str, Any]]:
+        items = old.get(key) if isinstance(old.get(key), list) else []
+        return [e for e in items if isinstance(e, dict) and e.get("variant") not in names]
+
+    doc = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["lightning-prune", "export", *argv]),
+        "environment": export_environment(),
+        "variants": kept("variants") + entries,
+        "refused": kept("refused") + list(refused),
+    }
+    write_json(path, doc)
+    atomic_write_bytes(out / HANDOFF_TABLE, (handoff_table([doc]) + "\n").encode())
+    return path

@@ -1,14 +1,10 @@
 """Quantization-aware fine-tuning: a few epochs through the int8 simulation, pruned zeros and widths kept.
 
 The network trains with its weights and layer inputs rounded as ONNX Runtime will round them
-(:class:`~lightning_prune.export.fakequant.Int8Simulation`, straight-through gradients), so the float
-weights it ends with sit where int8 loses little. The weight grid is a function of the weights
-themselves (per-channel ``max|w| / 127``), so ``quantize_static`` later reproduces exactly the
-integers that training saw; activation ranges follow a moving min/max during training and are
-calibrated again by the exporter. The network trains in eval mode (BatchNorm keeps its running
-statistics, dropout is off: the weights only learn to absorb the rounding, from a model already
-fine-tuned to its minimum, hence a small learning rate), every weight that was exactly 0.0 is put
-back to 0.0 after each step, and no layer changes shape.
+(:class:`~lightning_prune.export.fakequant.Int8Simulation`, straight-through gradients), so its float
+weights end where int8 loses little. The weight grid is a function of the weights (per-channel
+``max|w| / 127``), so ``quantize_static`` later reproduces the integers training saw; activation ranges
+follow a moving min/max and are calibrated again by the exporter.
 """
 
 from __future__ import annotations
@@ -22,10 +18,6 @@ from lightning_prune.export.fakequant import Int8Simulation
 from lightning_prune.pruning.layers import prunable_modules
 
 
-def _zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: (layer.weight.detach() != 0) for name, layer in prunable_modules(model).items()}
-
-
 def qat_finetune(
     model: nn.Module,
     train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -35,23 +27,17 @@ def qat_finetune(
     momentum: float = 0.01,
     share_bits: int = 0,
 ) -> nn.Module:
-    """A fine-tuned float copy of ``model`` (plain VGG, masks folded) that int8 rounding barely changes.
+    """A fine-tuned float copy of ``model`` (plain VGG, masks folded; not modified) that int8 rounding barely changes.
 
-    Args:
-        model: The float network; not modified.
-        train_batches: (images, labels) batches, iterated once per epoch (e.g. an augmented loader).
-        calibration: Batches that set the initial activation ranges.
-        epochs: Passes over ``train_batches`` (>= 1).
-        lr: SGD learning rate (momentum 0.9, no weight decay: zeros must stay zeros).
-        momentum: Weight of each batch in the moving activation range.
-        share_bits: Train through the export's weight sharing too (Deep Compression's retraining of the
-            shared weights, here with the levels found again at every step).
-
-    The ranges follow the batches in eval mode too: :class:`ActivationQuant` moves them whenever
-    ``momentum`` > 0 and gradients are on.
+    ``epochs`` (>= 1) passes over ``train_batches`` through the simulation, after ``calibration`` set the
+    activation ranges, which then follow each batch by ``momentum``. SGD at ``lr`` (momentum 0.9, no weight
+    decay); every exact 0.0 weight is put back to 0.0 after each step, and no layer changes shape. It trains
+    in eval mode (BatchNorm keeps its statistics, dropout is off): the weights, already fine-tuned to their
+    minimum, only learn to absorb the rounding, hence the small ``lr``. ``share_bits``: train through the
+    export's weight sharing too (Deep Compression's retraining, with the levels found again at every step).
     """
     assert epochs >= 1, "qat_finetune needs epochs >= 1"
-    keep = _zero_masks(model)
+    keep = {name: layer.weight.detach() != 0 for name, layer in prunable_modules(model).items()}
     sim = Int8Simulation(model, share_bits=share_bits).calibrate(calibration)
     for observer in sim.observers.values():
         observer.momentum = momentum

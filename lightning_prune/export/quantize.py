@@ -1,25 +1,18 @@
 """int8 post-training static quantization of the VGG, and the checks that it kept the pruning.
 
-Path chosen: eager-mode ``torch.ao.quantization`` (QuantStub/DeQuantStub, conv-BN-ReLU and
-linear-ReLU fusion, ``prepare`` -> calibration -> ``convert``) with the ``x86`` backend's default
-qconfig (fbgemm/onednn kernels). Why: in torch 2.14 it is the one path that produces a model that
-really runs int8 kernels on CPU (``quantized::conv2d_relu``, ``quantized::linear``) and saves int8
-weights, with no extra package. The PT2E flow now lives in ``torchao`` (another dependency) and
-its output runs as float "dequantize -> op -> quantize" graphs unless lowered by ``torch.compile``.
-``torch.ao.quantization`` warns that it is deprecated, and the warning is left visible: torchao's PT2E
-flow was measured as its replacement (docs/deploy.md) and needs ``torch.compile`` to run int8 kernels.
+Eager-mode ``torch.ao.quantization`` (QuantStub/DeQuantStub, conv-BN-ReLU and linear-ReLU fusion,
+``prepare`` -> calibration -> ``convert``) with the ``x86`` backend's default qconfig: in torch 2.14 the
+one path that runs real int8 kernels on CPU and saves int8 weights with no extra package (torchao's PT2E
+flow, measured in docs/deploy.md, needs ``torch.compile`` for that). Its deprecation warning stays visible.
 
-Pruning survives: weights use the x86 qconfig's per-channel *symmetric* int8 observer, so every
-zero point is 0 and an exact 0.0 weight quantizes to int 0; BN folding (fusion) multiplies each
-output channel by a constant, which keeps zeros zero. Fusion keeps the conv widths, so a
-channel-pruned model stays narrow.
+Pruning survives: per-channel *symmetric* int8 weights have zero point 0, so an exact 0.0 stays int 0;
+BN folding scales whole output channels, which keeps zeros zero, and fusion keeps the conv widths.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +25,7 @@ from lightning_prune.export.artifact import build_from_sidecar, read_sidecar
 from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.results import atomic_write_bytes
+from lightning_prune.results import atomic_torch_save
 
 PREFERRED_BACKENDS = ("x86", "fbgemm", "qnnpack")
 
@@ -105,17 +98,12 @@ def _convert(wrapper: QuantizedVGG, backend: str) -> QuantizedVGG:
 def quantize_int8(
     model: VGG, calibration_batches: Iterable[torch.Tensor], backend: str | None = None
 ) -> QuantizedVGG:
-    """int8 static post-training quantization (eager mode, per-channel symmetric weights).
+    """int8 static post-training quantization (eager mode, per-channel symmetric weights) of a plain VGG.
 
-    ``model`` must be plain (masks folded, e.g. ``fold_masks``) and is not modified. The returned
-    module takes and returns float tensors on the CPU; it sets ``torch.backends.quantized.engine``,
-    which must stay the same to run it.
-
-    Args:
-        model: The float VGG.
-        calibration_batches: Image batches (N, 3, 32, 32), eval transforms: a few hundred training
-            images are enough to set the activation ranges.
-        backend: ``x86`` (default where available), ``fbgemm`` or ``qnnpack``.
+    ``model`` (masks folded) is not modified. ``calibration_batches``: image batches, eval transforms (a few
+    hundred training images set the activation ranges); ``backend``: ``x86`` (default where available),
+    ``fbgemm`` or ``qnnpack``. The result takes and returns float CPU tensors; it sets
+    ``torch.backends.quantized.engine``, which must stay the same to run it.
     """
     if any(hasattr(m, "weight_mask") for m in prunable_modules(model).values()):
         raise ExportError("quantize_int8: fold the pruning masks first (fold_masks)")
@@ -133,19 +121,15 @@ def quantize_int8(
 
 def save_int8(qmodel: QuantizedVGG, path: str | Path) -> Path:
     """``torch.save`` of the int8 model's state dict (int8 weights, scales, zero points), atomically."""
-    buffer = io.BytesIO()
-    torch.save(qmodel.state_dict(), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(qmodel.state_dict(), path)
     return Path(path)
 
 
 def load_int8(path: str | Path, float_skeleton: VGG | None = None, backend: str | None = None) -> QuantizedVGG:
     """Rebuild the int8 model from its saved state dict (``<variant>.int8.pt``).
 
-    An untrained VGG of the same widths (default: built from the variant's sidecar) is fused,
-    observed and converted without calibration (only the structure matters); every int8 weight,
-    scale and zero point then comes from the file. ``backend`` defaults to the one the sidecar
-    records, else x86.
+    An untrained VGG of the same widths (default: from the sidecar) is converted without calibration; every
+    int8 weight, scale and zero point then comes from the file. ``backend``: default the sidecar's, else x86.
     """
     if float_skeleton is None or backend is None:
         doc = read_sidecar(path)
@@ -173,22 +157,13 @@ def int8_weights(qmodel: QuantizedVGG) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Int8Check:
-    """What quantization kept: zeros at every pruned position, and the widths.
-
-    Args:
-        zeros_preserved: Every weight that is exactly 0.0 in the float model is int 0 in the int8 one.
-        float_zeros: Exact zeros over the float conv/linear weights.
-        int8_zeros: Int zeros over the int8 weights (>= float_zeros: tiny weights round to 0 too).
-        zero_points_zero: Every per-channel weight zero point is 0 (symmetric quantization).
-        widths_kept: The int8 convs have the float model's 13 widths and classifier width.
-        weight_count: Weights compared.
-    """
+    """What quantization kept: every exact 0.0 weight an int 0, symmetric zero points, the float model's widths."""
 
     zeros_preserved: bool
-    float_zeros: int
-    int8_zeros: int
+    float_zeros: int  # exact zeros over the float conv/linear weights
+    int8_zeros: int  # >= float_zeros: tiny weights round to 0 too
     zero_points_zero: bool
-    widths_kept: bool
+    widths_kept: bool  # the 13 conv widths and the classifier width
     weight_count: int
 
     @property

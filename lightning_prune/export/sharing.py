@@ -1,12 +1,9 @@
 """Weight sharing on the int8 grid (Deep Compression's second stage, Han et al., ICLR 2016), for the download.
 
-int8 spends 8 bits on every kept weight, and their values are spread over nearly all 254 levels, so
-even an entropy coder keeps about 7.8 bits each. Sharing replaces each layer's non-zero int8 values
-by the nearest of ``2**bits - 1`` integer levels, found by 1-D k-means over the layer's own values
-(weighted Lloyd iterations on its histogram, levels started at its quantiles). Zero stays zero and no
-kept weight becomes zero, so the pruned structure is untouched. The file stays an ordinary int8 ONNX
-model that ONNX Runtime runs as before (the "decoding" is the int8 model itself), only its weights
-now take at most ``2**bits`` values per layer, which LZMA codes in about ``bits`` bits each.
+int8 values spread over nearly all 254 levels, so even an entropy coder keeps about 7.8 bits a weight.
+Sharing moves each layer's non-zero int8 values to the nearest of ``2**bits - 1`` levels found by 1-D
+k-means on the layer's histogram (started at its quantiles). Zero stays zero and no kept weight becomes
+zero; the file stays an ordinary int8 ONNX model, whose weights LZMA now codes in about ``bits`` bits.
 """
 
 from __future__ import annotations

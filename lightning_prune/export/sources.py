@@ -24,6 +24,26 @@ def run_parts(path: Path) -> tuple[str, str | None]:
     return path.stem, None
 
 
+def variant_name(path: Path) -> str:
+    """``<experiment>_v<N>`` for a run's ``last.ckpt`` (``_<stem>`` added for its other checkpoints), else the stem.
+
+    Two runs never share a name, so exports of several runs (or versions) into one folder never mix.
+    """
+    experiment, version = run_parts(path)
+    if version is None:
+        return experiment
+    name = f"{experiment}_v{version.removeprefix('version_')}"
+    return name if path.stem == "last" else f"{name}_{path.stem}"
+
+
+def default_out(path: Path, logs: Path) -> Path:
+    """The run's own export folder: ``logs/<experiment>/version_N/export`` if that run folder exists."""
+    experiment, version = run_parts(path)
+    if version is not None and (logs / experiment / version).is_dir():
+        return logs / experiment / version / "export"
+    return path.parent / "export"
+
+
 def recorded(path: Path, logs: Path) -> dict[str, Any]:
     """What the experiment's results.json files say about this exact file (same path and SHA-256).
 

@@ -1,12 +1,9 @@
 """How a global sparsity target is split over the layers (task 1a): the per-layer sparsities to prune to.
 
-- ``sensitivity``: at the least loss predicted by each layer's sensitivity curve (the marginal cost of
-  every further weight removed), or per layer the highest sparsity within ``max_drop`` points;
-- ``global``: one magnitude threshold over all prunable weights (Lightning's ``ModelPruning`` default):
-  the layers whose weights are small lose most;
-- ``uniform``: every layer at the target.
-
-The last two are the controls of the first: they reach the same overall sparsity without the sweep.
+``sensitivity``: at the least loss the layers' sensitivity curves predict (or per layer the highest
+sparsity within ``max_drop`` points). Its controls reach the same overall sparsity without a sweep:
+``global``, one magnitude threshold over all weights (Lightning's ``ModelPruning`` default: layers of
+small weights lose most), and ``uniform``, every layer at the target.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import torch
 from torch import nn
 
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, layer_sizes
+from lightning_prune.pruning.unstructured import layer_sizes
 
 Curves = Mapping[str, Sequence[float]]
 MIN_KEPT_SHARE = 0.01  # the least share of its weights any layer keeps (see layer_floors)
@@ -51,8 +48,7 @@ def choose_by_max_drop(
 ) -> dict[str, float]:
     """Per layer, the highest sparsity up to which the interpolated drop stays within ``max_drop`` points
     (and at most the layer's ``caps`` entry: the sparsity that keeps its floor)."""
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-        raise ValueError(f"max_drop: must be a number of top-1 points >= 0, got {max_drop!r}")
+    assert max_drop >= 0, f"max_drop must be >= 0, got {max_drop!r}"
     xs, ys = _sorted_curves(curves, levels)
     grid = np.append(np.arange(0.0, xs[-1], step), xs[-1])
     chosen = {}
@@ -80,6 +76,30 @@ def check_reachable(target: float, top: float, sizes: Mapping[str, int], layers:
     return need
 
 
+Move = tuple[tuple[float, int], float, int, float]  # (cost per weight, -weights), sparsity, removed, drop
+
+
+def _cheapest_move(k: int, d: float, removed: int, need: int, n: int, ks: np.ndarray, ds: np.ndarray,
+                   ss: np.ndarray, xs: np.ndarray, y: np.ndarray) -> Move | None:
+    """One layer's cheapest step up its grid (``ks`` weights removed, ``ds`` drop at sparsity ``ss``) from
+    ``k`` removed at drop ``d``; a step that reaches ``need`` overall is trimmed to the exact count."""
+    ok = ks > k
+    if not ok.any():
+        return None
+    ks, ds, ss = ks[ok], ds[ok], ss[ok]
+    finish = removed - k + ks >= need
+    if finish.any():  # stop at the first point that reaches the target, trimmed to the exact count
+        i = int(np.argmax(finish))
+        ks, ss = ks[: i + 1].copy(), ss[: i + 1].copy()
+        ks[i] = k + need - removed
+        ss[i] = ks[i] / n
+        ds = np.interp(ss, xs, y[0] - y)
+    gain = ks - k
+    costs = (ds - d) / gain
+    j = int(np.lexsort((-gain, costs))[0])
+    return (float(costs[j]), -int(gain[j])), float(ss[j]), int(ks[j]), float(ds[j])
+
+
 def choose_for_target(
     curves: Curves,
     levels: Sequence[float],
@@ -90,19 +110,13 @@ def choose_for_target(
 ) -> dict[str, float]:
     """Per-layer sparsities that remove ``target`` of all prunable weights at the least predicted loss.
 
-    Greedy on the marginal cost: at each step, over all layers and all higher sparsities on a grid,
-    take the move with the smallest predicted accuracy loss per removed weight (ties: the move that
-    removes most), so large layers that tolerate pruning absorb most of the budget. A layer never
-    goes past the highest swept level (no extrapolation) nor its ``caps`` sparsity (its floor); layers
-    without a curve stay dense.
+    Greedy on the marginal cost: each step takes, over all layers and higher grid sparsities, the move of
+    least predicted top-1 loss per removed weight (ties: the larger move), so large tolerant layers absorb
+    most of the budget. No layer goes past the highest swept level nor its ``caps`` sparsity (its floor);
+    layers without a curve stay dense.
     """
-    check_sparsity(target, "target_sparsity")
     xs, ys = _sorted_curves(curves, levels)
-    unknown = [n for n in ys if n not in sizes]
-    if unknown:
-        raise ValueError(
-            f"sensitivity curves name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(sizes)}"
-        )
+    assert 0 <= target < 1 and set(ys) <= set(sizes), "a target in [0, 1) and curves of known layers"
     top = xs[-1]
     need = check_reachable(target, top, sizes, list(ys), caps)
     grid = np.unique(np.round(np.concatenate([np.arange(step, top, step), xs[1:]]), 6))
@@ -112,30 +126,11 @@ def choose_for_target(
     state = dict.fromkeys(ys, (0.0, 0, 0.0))  # sparsity, removed, drop
     removed = 0
     while removed < need:
-        best = None
-        for name in ys:
-            _, k, d = state[name]
-            n = sizes[name]
-            ok = counts[name] > k
-            if not ok.any():
-                continue
-            ks, ds, ss = counts[name][ok], drop[name][ok], grids[name][ok]
-            finish = removed - k + ks >= need
-            if finish.any():  # stop at the first point that reaches the target, trimmed to the exact count
-                i = int(np.argmax(finish))
-                ks, ss = ks[: i + 1].copy(), ss[: i + 1].copy()
-                ks[i] = k + need - removed
-                ss[i] = ks[i] / n
-                ds = np.interp(ss, xs, ys[name][0] - ys[name])
-            gain = ks - k
-            costs = (ds - d) / gain
-            j = int(np.lexsort((-gain, costs))[0])
-            key = (float(costs[j]), -int(gain[j]))
-            if best is None or key < best[0]:
-                best = (key, name, float(ss[j]), int(ks[j]), float(ds[j]))
-        if best is None:  # cannot happen after the reachability check
-            raise ValueError(f"target_sparsity={target} cannot be reached with the swept levels")
-        _, name, s, k, d = best
+        moves = [(move, name) for name in ys if (move := _cheapest_move(
+            state[name][1], state[name][2], removed, need, sizes[name], counts[name], drop[name], grids[name], xs,
+            ys[name])) is not None]
+        assert moves, "the reachability check guarantees a move"
+        (_, s, k, d), name = min(moves, key=lambda m: m[0][0])
         removed += k - state[name][1]
         state[name] = (s, k, d)
     return {n: float(s) for n, (s, _, _) in state.items()}
@@ -173,7 +168,6 @@ def choose_global(model: nn.Module, target: float) -> dict[str, float]:
     so each layer loses its own smallest weights: what ``torch.nn.utils.prune.global_unstructured`` does,
     except that each layer's ``layer_floors`` largest weights are never candidates (no layer is emptied).
     """
-    check_sparsity(target, "target_sparsity")
     floors = layer_floors(model)
     weights = {name: m.weight.detach().abs().flatten().double().cpu() for name, m in prunable_modules(model).items()}
     for name, w in weights.items():
@@ -195,7 +189,6 @@ def choose_global(model: nn.Module, target: float) -> dict[str, float]:
 
 def choose_uniform(model: nn.Module, target: float) -> dict[str, float]:
     """Every prunable layer at ``target``; refused when that leaves a layer under its floor."""
-    check_sparsity(target, "target_sparsity")
     chosen = dict.fromkeys(prunable_modules(model), float(target))
     return check_floors(chosen, layer_floors(model), layer_sizes(model), f"target_sparsity={target}")
 
@@ -208,20 +201,16 @@ def choose_sparsities(
     curves: Curves | None = None,
     levels: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """One of: an explicit ``{layer: sparsity}`` map, a ``target_sparsity`` or a ``max_drop`` rule."""
-    given = [k for k, v in (("sparsities", sparsities), ("target_sparsity", target_sparsity), ("max_drop", max_drop))
-             if v is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"set exactly one of sparsities, target_sparsity, max_drop (got {', '.join(given) or 'none'})"
-        )
+    """One of: an explicit ``{layer: sparsity}`` map, a ``target_sparsity`` or a ``max_drop`` rule.
+
+    The options are the callback's, checked there (exactly one given, known layers, curves for a rule);
+    what only the choice shows (a layer under its floor, an unreachable target) is refused here.
+    """
+    assert [sparsities, target_sparsity, max_drop].count(None) == 2, "exactly one of sparsities, target, max_drop"
     if sparsities is not None:
-        check_layer_names(list(sparsities), model, "sparsities")
-        chosen = {n: check_sparsity(s, f"sparsities.{n}") for n, s in sparsities.items()}
+        chosen = {n: float(s) for n, s in sparsities.items()}
         return check_floors(chosen, layer_floors(model), layer_sizes(model), "sparsities")
-    if curves is None or levels is None:
-        raise ValueError(f"{given[0]} needs sensitivity curves (a sweep of every layer)")
-    check_layer_names(list(curves), model, "sensitivity curves")
+    assert curves is not None and levels is not None, f"{'max_drop' if max_drop is not None else 'target'} needs curves"
     caps = sparsity_caps(layer_floors(model), layer_sizes(model))
     if target_sparsity is not None:
         return choose_for_target(curves, levels, layer_sizes(model), target_sparsity, caps=caps)

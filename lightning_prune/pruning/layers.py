@@ -11,12 +11,12 @@ PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
 def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv and linear layers by module name (``features.0`` ... ``classifier.6``), in order."""
+    """Conv and linear layers (and their COO forms) by module name (``features.0`` ... ``classifier.6``), in order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) or _is_sparse_layer(m)}
 
 
 def _is_sparse_layer(m: nn.Module) -> bool:
-    return hasattr(m, "weight") and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_sparse
+    return isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_sparse
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
@@ -47,6 +47,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
+def layer_table(model: nn.Module) -> list[dict]:
+    """Per prunable layer: name, shape, parameter count, sparsity (the results.json ``layers``)."""
+    rows = []
+    for name, module in prunable_modules(model).items():
+        w = effective_weight(module).detach()
+        rows.append({"name": name, "shape": list(w.shape), "params": w.numel(),
+                     "sparsity": 1 - int(torch.count_nonzero(w)) / w.numel()})
+    return rows
+
+
 def weight_sparsity(model: nn.Module) -> float:
     """1 - non-zero / total over the prunable (conv and linear) weights."""
     total = zeros = 0
@@ -55,19 +65,3 @@ def weight_sparsity(model: nn.Module) -> float:
         total += w.numel()
         zeros += w.numel() - int(torch.count_nonzero(w))
     return zeros / total if total else 0.0
-
-
-def layer_table(model: nn.Module) -> list[dict]:
-    """Per prunable layer: name, shape, parameter count, sparsity (the results.json ``layers``)."""
-    rows = []
-    for name, module in prunable_modules(model).items():
-        w = effective_weight(module).detach()
-        rows.append(
-            {
-                "name": name,
-                "shape": list(w.shape),
-                "params": w.numel(),
-                "sparsity": 1 - int(torch.count_nonzero(w)) / w.numel(),
-            }
-        )
-    return rows

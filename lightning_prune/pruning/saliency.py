@@ -1,9 +1,8 @@
 """GraSP and SNIP saliency scores, and global masks from them.
 
-GraSP (Wang et al., ICLR 2020) scores a weight by ``-theta * Hg``: removing the highest scores
-keeps the gradient flow largest. SNIP (Lee et al., ICLR 2019) scores it by ``|g * theta|``: removing
-the lowest scores changes the loss least. Both are computed on a copy of the model, so its weights,
-gradients, BatchNorm running statistics and train/eval mode are never touched.
+GraSP (Wang et al., ICLR 2020) scores a weight by ``-theta * Hg`` (removing the highest keeps the gradient
+flow largest), SNIP (Lee et al., ICLR 2019) by ``|g * theta|`` (removing the lowest changes the loss least),
+both on a copy of the model, whose weights, gradients, BatchNorm statistics and mode are never touched.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from torch import nn
 
 from lightning_prune.names import REMOVES
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.unstructured import copy_model, current_masks, is_masked, make_permanent
+from lightning_prune.pruning.unstructured import Masks, copy_model, current_masks, is_masked, make_permanent
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Masks = Mapping[str, torch.Tensor]
 
 
 def _scoring_copy(model: nn.Module, masks: Masks | None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -35,9 +33,7 @@ def _scoring_copy(model: nn.Module, masks: Masks | None) -> tuple[nn.Module, dic
         if isinstance(m, nn.Dropout):
             m.eval()
     modules = prunable_modules(net)
-    unknown = sorted(set(masks or {}) - set(modules))
-    if unknown:
-        raise ValueError(f"masks name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(modules)}")
+    assert set(masks or {}) <= set(modules), "masks of unknown layers"
     weights = {}
     with torch.no_grad():
         for name, module in modules.items():
@@ -63,18 +59,30 @@ def _batches(batches: Iterable[Batch]) -> list[Batch]:
     return batches
 
 
+def _gradient(net: nn.Module, weights: dict[str, torch.Tensor], batches: list[Batch], temperature: float,
+              keep_images: int = 0) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, ...] | None]]:
+    """g summed over the batches, and each batch's gradient with its autograd graph while ``keep_images`` last."""
+    device = next(iter(weights.values())).device
+    params = list(weights.values())
+    g = [torch.zeros_like(p) for p in params]
+    kept: list[tuple[torch.Tensor, ...] | None] = []
+    room = keep_images
+    for batch in batches:
+        keep = room > 0 and len(batch[1]) <= room
+        room -= len(batch[1]) if keep else 0
+        grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=keep)
+        for acc, grad in zip(g, grads):
+            acc += grad.detach()
+        kept.append(grads if keep else None)
+    return g, kept
+
+
 def gradient(
     model: nn.Module, batches: Iterable[Batch], temperature: float = 1.0, masks: Masks | None = None
 ) -> dict[str, torch.Tensor]:
     """g: gradient of the cross-entropy of logits / T w.r.t. each conv/linear weight, summed over batches."""
     net, weights = _scoring_copy(model, masks)
-    device = next(iter(weights.values())).device
-    names, params = list(weights), list(weights.values())
-    total = [torch.zeros_like(p) for p in params]
-    for batch in _batches(batches):
-        for acc, grad in zip(total, torch.autograd.grad(_loss(net, batch, temperature, device), params)):
-            acc += grad
-    return dict(zip(names, total))
+    return dict(zip(weights, _gradient(net, weights, _batches(batches), temperature)[0]))
 
 
 def gradient_and_hg(
@@ -84,31 +92,18 @@ def gradient_and_hg(
     masks: Masks | None = None,
     keep_images: int = 256,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(g, Hg) as GraSP's Algorithm 1: g summed over all batches first, then Hg batch by batch.
+    """(g, Hg) on the masked network as GraSP's Algorithm 1: g summed over all batches, then Hg batch by batch.
 
-    Hg is the gradient of ``z = <stop_grad(g), grad L_b>`` summed over the batches, a
-    Hessian-vector product that never forms the Hessian. Both live on the masked network.
-
-    The first pass keeps the autograd graph of each batch's gradient (``create_graph``), for
-    batches holding at most ``keep_images`` images in all, and the Hg pass differentiates those
-    graphs directly instead of running the forward and backward pass again: the same numbers,
-    about a quarter less work, and memory that grows with the kept images (about 4 MB per image
-    for the full-width VGG16-BN). Other batches are recomputed as in the paper; 0 recomputes all.
+    Hg, the gradient of ``z = <stop_grad(g), grad L_b>`` summed over the batches, is a Hessian-vector
+    product that never forms the Hessian. The graphs of the first pass are kept for batches of at most
+    ``keep_images`` images in all and differentiated again directly: the same numbers, a quarter less
+    work, about 4 MB per kept image at full width. Other batches are recomputed as in the paper.
     """
     batches = _batches(batches)
     net, weights = _scoring_copy(model, masks)
     device = next(iter(weights.values())).device
-    names, params = list(weights), list(weights.values())
-    g = [torch.zeros_like(p) for p in params]
-    kept: list[tuple[torch.Tensor, ...] | None] = []
-    room = keep_images
-    for batch in batches:
-        keep = len(batch[1]) <= room
-        room -= len(batch[1]) if keep else 0
-        grads = torch.autograd.grad(_loss(net, batch, temperature, device), params, create_graph=keep)
-        for acc, grad in zip(g, grads):
-            acc += grad.detach()
-        kept.append(grads if keep else None)
+    params = list(weights.values())
+    g, kept = _gradient(net, weights, batches, temperature, keep_images)
     hg = [torch.zeros_like(p) for p in params]
     for i, batch in enumerate(batches):
         grads, kept[i] = kept[i], None  # free each graph once used
@@ -119,7 +114,7 @@ def gradient_and_hg(
         for acc, h in zip(hg, torch.autograd.grad(z, params, allow_unused=True)):
             if h is not None:
                 acc += h
-    return dict(zip(names, g)), dict(zip(names, hg))
+    return dict(zip(weights, g)), dict(zip(weights, hg))
 
 
 def grasp_scores(
@@ -164,14 +159,9 @@ def masks_from_scores(
     whatever their score, so they never come back and count towards the budget; asking for fewer
     removals than are already pruned is an error.
     """
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    if remove not in ("highest", "lowest"):
-        raise ValueError(f"remove must be 'highest' or 'lowest', got {remove!r}")
+    assert 0 <= sparsity < 1 and remove in ("highest", "lowest"), (sparsity, remove)
     names = list(scores)
-    unknown = sorted(set(masks or {}) - set(names))
-    if unknown:
-        raise ValueError(f"masks name layer(s) without scores: {', '.join(unknown)}")
+    assert set(masks or {}) <= set(names), "masks of layers without scores"
     flat = torch.cat([scores[n].detach().flatten().double().cpu() for n in names])
     if not torch.isfinite(flat).all():
         raise ValueError("saliency scores contain NaN or infinity (diverged training?)")
@@ -212,13 +202,11 @@ def stage_diagnostics(
 ) -> dict[str, float | None]:
     """What one pruning stage did, measured: does a criterion spare the large weights?
 
-    ``top_removed``: of the ``top_fraction`` largest-magnitude weights still kept before the stage,
-    the share the stage removed (magnitude pruning: ~0; random: the stage's removal rate).
-    ``filter_sum_ratio``: over conv filters, sum |sum of the filter's scores| / sum of |scores|.
-    With BatchNorm after every conv the loss is invariant to a filter's scale, so GraSP's scores of
-    one filter sum to its squared gradient norm (tiny at T = 200): the ratio is near 0 when scores
-    cancel within filters and ranking by them barely follows magnitude. ``filter_sum_mean``: the mean
-    per-filter sum itself. Without ``scores`` (random masks) both filter figures are None.
+    ``top_removed``: the share of the ``top_fraction`` largest kept weights the stage removed (magnitude
+    pruning: ~0; random: its removal rate). ``filter_sum_ratio``: over conv filters, sum |filter score
+    sum| / sum |scores|; BatchNorm makes the loss invariant to a filter's scale, so GraSP's scores of a
+    filter sum to its tiny squared gradient norm, and a ratio near 0 means scores cancel within filters.
+    ``filter_sum_mean``: the mean per-filter sum. Both filter figures are None without ``scores``.
     """
     names = [n for n in (weights if scores is None else scores) if n in weights]
     kept = torch.cat([before[n].flatten().bool().cpu() for n in names])
@@ -255,8 +243,7 @@ def prune_by_saliency(
     ``snip`` the lowest ``|g * theta|``; one global threshold over all conv and linear weights.
     The masks come back on the CPU (ready to broadcast); ``model`` is not modified.
     """
-    if method not in REMOVES:
-        raise ValueError(f"method must be one of {', '.join(REMOVES)}, got {method!r}")
+    assert method in REMOVES, f"method must be one of {', '.join(REMOVES)}, got {method!r}"
     masks = current_masks(model)
     batches = list(batches)
     if method == "snip":

@@ -1,10 +1,8 @@
 """Task 1b's schedule: when the next pruning stage is due, and to what sparsity it prunes. No Lightning.
 
-Stage ``i`` prunes to ``fractions[i] * target`` (over all conv and linear weights) when the
-validation top-1 first reaches ``triggers[i]`` %, or at the start of epoch ``fallbacks[i]`` at the
-latest. At most one stage fires per epoch, so each trigger is judged on the accuracy reached after
-the previous stage. The schedule's progress (stages done, accuracies seen) is its state, saved in
-checkpoints so a resumed fit goes on at the right stage.
+Stage ``i`` prunes to ``fractions[i] * target`` when validation top-1 first reaches ``triggers[i]`` %,
+or at the start of epoch ``fallbacks[i]`` at the latest; at most one stage fires per epoch, so each
+trigger is judged after the previous stage. Its progress is its state, saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -14,25 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
 @dataclass
 class StageSchedule:
-    """Triggers, fractions and fallback epochs of the stages, and what happened so far.
+    """Triggers, fractions and fallback epochs of the stages, and what happened so far."""
 
-    Args:
-        target: Overall sparsity after the last stage.
-        triggers: Validation top-1 (%) at which each stage fires, ascending.
-        fractions: Fraction of ``target`` each stage reaches, strictly increasing, in (0, 1].
-        fallbacks: Per stage, the 0-based epoch at which it fires even below its trigger (None: never).
-    """
-
-    target: float
-    triggers: Sequence[float]
-    fractions: Sequence[float]
-    fallbacks: Sequence[int | None] | None = None
+    target: float  # overall sparsity after the last stage
+    triggers: Sequence[float]  # validation top-1 (%) at which each stage fires, ascending
+    fractions: Sequence[float]  # of ``target``, each stage's, strictly increasing, in (0, 1]
+    fallbacks: Sequence[int | None] | None = None  # per stage, the epoch it fires at below its trigger
     events: list[dict[str, Any]] = field(default_factory=list)
     last_top1: float | None = None
     best_top1: float | None = None
@@ -42,22 +29,19 @@ class StageSchedule:
         self.fallbacks = None if self.fallbacks is None else list(self.fallbacks)
 
     def check(self) -> None:
-        """ValueError naming the list that is wrong and what it must be."""
+        """ValueError naming the list that is wrong and what it must be (what the option types cannot say)."""
         triggers, fractions, fallbacks = self.triggers, self.fractions, self.fallbacks
         if not triggers or len(triggers) != len(fractions):
             raise ValueError(f"accuracy_triggers and fractions must be non-empty lists of the same length, got "
                              f"{len(triggers)} and {len(fractions)}")
-        if not all(_number(t) and 0 <= t <= 100 for t in triggers) or list(triggers) != sorted(triggers):
+        if triggers != sorted(triggers):
             raise ValueError(f"accuracy_triggers: validation top-1 percentages in [0, 100], ascending; got {triggers}")
-        if not all(_number(f) and 0 < f <= 1 for f in fractions) or any(b <= a for a, b in zip(fractions,
-                                                                                               fractions[1:])):
+        if not all(0 < f <= 1 for f in fractions) or any(b <= a for a, b in zip(fractions, fractions[1:])):
             raise ValueError(f"fractions: fractions of target_sparsity in (0, 1], strictly increasing; got {fractions}")
-        if fallbacks is not None:
-            if len(fallbacks) != len(triggers):
-                raise ValueError(f"fallback_epochs: one epoch (or null) per stage, {len(triggers)} in all; "
-                                 f"got {fallbacks}")
-            if not all(e is None or (isinstance(e, int) and not isinstance(e, bool) and e >= 0) for e in fallbacks):
-                raise ValueError(f"fallback_epochs: integers >= 0 or null; got {fallbacks}")
+        if fallbacks is not None and len(fallbacks) != len(triggers):
+            raise ValueError(f"fallback_epochs: one epoch (or null) per stage, {len(triggers)} in all; got {fallbacks}")
+        if fallbacks is not None and not all(e is None or e >= 0 for e in fallbacks):
+            raise ValueError(f"fallback_epochs: integers >= 0 or null; got {fallbacks}")
 
     @property
     def stages(self) -> int:

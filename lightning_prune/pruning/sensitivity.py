@@ -9,53 +9,21 @@ never modified: the masked weight is passed to the layer's functional form.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
 from lightning_prune.pruning.layers import effective_weight, prunable_modules
-from lightning_prune.pruning.unstructured import check_layer_names, check_sparsity, is_masked
+from lightning_prune.pruning.unstructured import is_masked, magnitude_masks
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
 CPU_PASS_MB = 8.0  # largest activation of one pass on the CPU: beyond the caches, more images run slower each
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # progress(done, total, layer, sparsity): called after every (batch, layer, level) step.
 Progress = Callable[[int, int | None, str, float], None]
-
-
-def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """The mask ``prune.l1_unstructured`` would give ``weight`` at ``sparsity`` (same ties, same count)."""
-    return prune.L1Unstructured(amount=sparsity).compute_mask(weight, torch.ones_like(weight))
-
-
-def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[torch.Tensor]:
-    """:func:`magnitude_mask` at every level, from one partial sort of ``|weight|`` instead of a top-k per level.
-
-    ``l1_unstructured`` removes the k = round(s n) smallest magnitudes. Where the k-th and (k+1)-th
-    smallest differ, those are exactly the weights <= the k-th, so a comparison gives the same mask;
-    where they tie, which of the tied weights top-k drops is its own choice, and that level falls
-    back to :func:`magnitude_mask`.
-    """
-    magnitude = weight.detach().abs()
-    flat = magnitude.flatten().cpu().numpy()
-    n = flat.size
-    counts = [round(s * n) for s in sparsities]  # torch.nn.utils.prune's count for a float amount
-    cuts = sorted({i for k in counts if 0 < k < n for i in (k - 1, k)})
-    ordered = np.partition(flat, cuts) if cuts else flat
-    masks = []
-    for s, k in zip(sparsities, counts):
-        if k == 0:
-            masks.append(torch.ones_like(weight))
-        elif k == n:
-            masks.append(torch.zeros_like(weight))
-        elif ordered[k - 1] < ordered[k]:
-            masks.append((magnitude > float(ordered[k - 1])).to(weight.dtype))
-        else:
-            masks.append(magnitude_mask(weight, s))
-    return masks
 
 
 def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -70,19 +38,13 @@ def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     )
 
 
-def _run(flat: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:
-    for _, stage in flat:
-        x = stage(x)
-    return x
-
-
-def _stage_sizes(flat: list[tuple[str, nn.Module]], x: torch.Tensor) -> list[int]:
-    """Bytes of every stage's output for one image (``x`` holds one)."""
+def _run(flat: list[tuple[str, nn.Module]], x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The flat network's output on ``x``, and the bytes of every stage's output for one image."""
     sizes = []
     for _, stage in flat:
         x = stage(x)
         sizes.append(x[0].numel() * x.element_size())
-    return sizes
+    return x, sizes
 
 
 def _layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -105,10 +67,9 @@ def _tqdm_progress(total: int | None) -> tuple[Progress, Callable[[], None]]:
 
 
 def _resolve(model: nn.Module, sparsities: Sequence[float], layers: Sequence[str] | None) -> list[str]:
-    for s in sparsities:
-        check_sparsity(s, "sparsities")
+    """The swept layers (default: every conv and linear); their names and the levels are checked where parsed."""
     names = list(prunable_modules(model)) if layers is None else list(layers)
-    check_layer_names(names, model, "layers")
+    assert all(0 <= s < 1 for s in sparsities) and set(names) <= set(prunable_modules(model)), (sparsities, names)
     return names
 
 
@@ -118,6 +79,91 @@ def _count(batches: Batches, max_batches: int | None) -> int | None:
     except TypeError:
         return None
     return n if max_batches is None else min(n, max_batches)
+
+
+def _masked_levels(modules: dict[str, nn.Module], names: Sequence[str], sparsities: Sequence[float]
+                   ) -> dict[str, list[torch.Tensor | None]]:
+    """Each swept layer's masked weight at every level, computed once; None where the level prunes nothing."""
+    masked = {}
+    for n in names:
+        w = effective_weight(modules[n])
+        masked[n] = [w * m if s > 0 else None for s, m in zip(sparsities, magnitude_masks(w, sparsities))]
+    return masked
+
+
+def _unpruned_pass(flat: list[tuple[str, nn.Module]], needed: set[int], pieces: list[tuple[torch.Tensor, torch.Tensor]]
+                   ) -> tuple[list[dict[int, torch.Tensor]], int]:
+    """Top-1 hits of the unpruned network on the pieces, keeping the input of every swept layer."""
+    cached, hits = [], 0
+    for x, y in pieces:
+        inputs, h = {}, x
+        for i, (_, stage) in enumerate(flat):
+            if i in needed:
+                inputs[i] = h
+            h = stage(h)
+        hits += int((h.argmax(1) == y).sum())
+        cached.append(inputs)
+    return cached, hits
+
+
+def _suffix_hits(flat: list[tuple[str, nn.Module]], i: int, weights: list[torch.Tensor],
+                 pieces: list[tuple[torch.Tensor, torch.Tensor]], cached: list[dict[int, torch.Tensor]]) -> list[int]:
+    """Top-1 hits with stage ``i`` at each of ``weights``, the levels stacked along the batch: one suffix pass."""
+    hits = [0] * len(weights)
+    for (_, y), inputs in zip(pieces, cached):
+        out = torch.cat([_layer_forward(flat[i][1], inputs[i], w) for w in weights])
+        for _, stage in flat[i + 1 :]:
+            out = stage(out)
+        for j, h in enumerate((out.argmax(1).view(len(weights), -1) == y).sum(1).tolist()):
+            hits[j] += int(h)
+    return hits
+
+
+@dataclass
+class _Sweep:
+    """One sweep's fixed plan (stages, swept layers, masked weights, pass bounds) and its counts so far."""
+
+    flat: list[tuple[str, nn.Module]]
+    at: list[tuple[int, str]]  # stage index and name of each swept layer, in network order
+    masked: dict[str, list[torch.Tensor | None]]
+    sparsities: Sequence[float]
+    max_images: int
+    limit: float | None  # bytes of the activation one pass may start from; None: no bound
+    progress: Progress | None
+    total: int | None
+    correct: dict[str, list[int]]
+    seen: int = 0
+    done: int = 0
+    sizes: list[int] | None = None  # bytes of each stage's output for one image
+
+    def batch(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """One batch: the unpruned pass once, then every (layer, level), cut into pieces within the bound."""
+        if self.sizes is None:
+            out, self.sizes = _run(self.flat, xb[:2])
+            if not torch.allclose(out, model(xb[:2]), rtol=1e-4, atol=1e-5):
+                raise TypeError("the model's forward is not features -> flatten -> classifier")
+        rows = len(yb) if self.limit is None else max(1, min(len(yb), int(self.limit // max(self.sizes))))
+        pieces = [(xb[a : a + rows], yb[a : a + rows]) for a in range(0, len(yb), rows)]
+        cached, hits = _unpruned_pass(self.flat, {i for i, _ in self.at}, pieces)
+        self.seen += len(yb)
+        for i, name in self.at:
+            self.layer(i, name, pieces, cached, hits, rows)
+
+    def layer(self, i: int, name: str, pieces: list[tuple[torch.Tensor, torch.Tensor]],
+              cached: list[dict[int, torch.Tensor]], hits: int, rows: int) -> None:
+        """Every level of one layer on the batch, as many stacked per pass as ``max_images`` and the bound allow."""
+        todo = [j for j, w in enumerate(self.masked[name]) if w is not None]
+        for j in set(range(len(self.sparsities))) - set(todo):
+            self.correct[name][j] += hits
+        cap = self.max_images if self.limit is None else max(1, min(self.max_images, int(self.limit // self.sizes[i])))
+        group = max(1, cap // rows)
+        for start in range(0, len(todo), group):
+            js = todo[start : start + group]
+            for j, h in zip(js, _suffix_hits(self.flat, i, [self.masked[name][j] for j in js], pieces, cached)):
+                self.correct[name][j] += h
+            self.done += len(js)
+            if self.progress:
+                self.progress(self.done, self.total, name, self.sparsities[js[-1]])
 
 
 @torch.inference_mode()
@@ -135,102 +181,46 @@ def sensitivity_scan(
 ) -> dict[str, list[float]]:
     """Top-1 (%) per layer and sparsity, pruning one layer at a time by absolute magnitude.
 
-    ``shard=(rank, world)`` evaluates every ``world``-th batch only, starting at ``rank``, and
-    ``reduce`` sums the correct-prediction counts over the shards (an all-reduce under DDP): the
-    curves equal the unsharded ones, and N processes sweep about N times faster.
-
-    ``layers`` defaults to every conv and linear layer. ``progress``: True for a tqdm bar, or a
-    callable ``(done, total, layer, sparsity)``. Levels of one layer run stacked along the batch,
-    at most ``max_images`` images per pass (memory grows with it). The model is evaluated in eval
-    mode and comes back exactly as it was (weights, masks and train/eval mode).
-
-    ``max_pass_mb`` also bounds each pass by the size of the activation it starts from: batches
-    are cut into pieces whose largest activation stays within it, and levels are stacked only while
-    the stacked output of the swept layer does. On a CPU a convolution over more images than fit
-    in cache runs slower per image (full-width VGG16-BN: 3.0 ms per image in passes of 32, 4.2 in
-    passes of 768), so the default (None) is 8 MB there; on CUDA, where larger passes are faster,
-    only ``max_images`` applies.
+    ``shard=(rank, world)`` evaluates every ``world``-th batch from ``rank`` on and ``reduce`` sums the
+    counts over the shards (an all-reduce under DDP): the unsharded curves, N times faster. ``layers``
+    defaults to every conv and linear; ``progress``: True for a tqdm bar, or ``(done, total, layer,
+    sparsity)``. A layer's levels run stacked along the batch, at most ``max_images`` images per pass.
+    ``max_pass_mb`` also bounds the activation a pass starts from: on a CPU a conv over more images than
+    fit in cache runs slower per image (full-width VGG16-BN: 3.0 ms per image in passes of 32, 4.2 in
+    passes of 768), so it defaults to 8 MB there; on CUDA only ``max_images`` applies. The model comes
+    back exactly as it was (weights, masks, train/eval mode).
     """
     names = _resolve(model, sparsities, layers)
-    flat = stages(model)
-    modules = prunable_modules(model)
+    flat, modules = stages(model), prunable_modules(model)
     index = {id(m): i for i, (_, m) in enumerate(flat)}
-    at = sorted((index[id(modules[n])], n) for n in names)  # stage index of each scanned layer
-    needed = {i for i, _ in at}
-    masked = {}  # masked weights, computed once; None where the level prunes nothing
-    for n in names:
-        w = effective_weight(modules[n])
-        masked[n] = [w * m if s > 0 else None for s, m in zip(sparsities, magnitude_masks(w, sparsities))]
+    masked = _masked_levels(modules, names, sparsities)
     device = next(model.parameters()).device
-    pairs = sum(w is not None for ws in masked.values() for w in ws)
     n_batches = _count(dataloader, max_batches)
-    total = None if n_batches is None else n_batches * pairs
+    total = None if n_batches is None else n_batches * sum(w is not None for ws in masked.values() for w in ws)
     close: Callable[[], None] = lambda: None  # noqa: E731
     if progress is True:
         progress, close = _tqdm_progress(total)
-    correct = {n: [0] * len(sparsities) for n in names}
-    base, seen, done = 0, 0, 0
-    rank, world = shard
     if max_pass_mb is None and device.type == "cpu":
         max_pass_mb = CPU_PASS_MB
-    limit = None if max_pass_mb is None else max_pass_mb * 1e6
-    sizes: list[int] | None = None  # bytes of each stage's output for one image
+    sweep = _Sweep(flat, sorted((index[id(modules[n])], n) for n in names), masked, sparsities, max_images,
+                   None if max_pass_mb is None else max_pass_mb * 1e6, progress or None, total,
+                   {n: [0] * len(sparsities) for n in names})
+    rank, world = shard
     was_training = model.training
     model.eval()
     try:
         for b, (xb, yb) in enumerate(dataloader):
             if max_batches is not None and b >= max_batches:
                 break
-            if b % world != rank:
-                continue
-            xb, yb = xb.to(device), yb.to(device)
-            if sizes is None:
-                sizes = _stage_sizes(flat, xb[:1])
-                if not torch.allclose(_run(flat, xb[:2]), model(xb[:2]), rtol=1e-4, atol=1e-5):
-                    raise TypeError("the model's forward is not features -> flatten -> classifier")
-            rows = len(yb) if limit is None else max(1, min(len(yb), int(limit // max(sizes))))
-            pieces = [(xb[a : a + rows], yb[a : a + rows]) for a in range(0, len(yb), rows)]
-            cached, hits = [], 0
-            for x, y in pieces:  # the unpruned pass, keeping the input of every swept layer
-                inputs, h = {}, x
-                for i, (_, stage) in enumerate(flat):
-                    if i in needed:
-                        inputs[i] = h
-                    h = stage(h)
-                hits += int((h.argmax(1) == y).sum())
-                cached.append(inputs)
-            base += hits
-            seen += len(yb)
-            for i, name in at:
-                todo = []
-                for j, w in enumerate(masked[name]):
-                    if w is None:
-                        correct[name][j] += hits
-                    else:
-                        todo.append(j)
-                cap = max_images if limit is None else max(1, min(max_images, int(limit // sizes[i])))
-                group = max(1, cap // rows)
-                for start in range(0, len(todo), group):
-                    js = todo[start : start + group]
-                    for (_, y), inputs in zip(pieces, cached):
-                        # several levels stacked along the batch: one suffix pass, larger kernels
-                        out = torch.cat([_layer_forward(flat[i][1], inputs[i], masked[name][j]) for j in js])
-                        for _, stage in flat[i + 1 :]:
-                            out = stage(out)
-                        hits_per_level = (out.argmax(1).view(len(js), -1) == y).sum(1).tolist()
-                        for j, h_j in zip(js, hits_per_level):
-                            correct[name][j] += int(h_j)
-                    done += len(js)
-                    if progress:
-                        progress(done, total, name, sparsities[js[-1]])
-            del cached
+            if b % world == rank:
+                sweep.batch(model, xb.to(device), yb.to(device))
     finally:
         model.train(was_training)
         close()
-    counts = torch.tensor([[seen, *correct[n]] for n in names], dtype=torch.float64)
+    counts = torch.tensor([[sweep.seen, *sweep.correct[n]] for n in names], dtype=torch.float64)
     if reduce is not None:
         counts = reduce(counts)
-    seen = int(counts[0, 0]) if len(names) else seen
+    seen = int(counts[0, 0]) if len(names) else sweep.seen
     if seen == 0:
         raise ValueError("sensitivity_scan got an empty dataloader")
     return {n: [100.0 * float(c) / seen for c in counts[i, 1:]] for i, n in enumerate(names)}

@@ -1,8 +1,7 @@
 """The layer-wise shuffle control (Frankle et al., ICLR 2021): another method's per-layer sparsities, random masks.
 
-If random masks at the per-layer sparsities a saliency criterion chose train as well as the
-criterion's own masks, the criterion's value lies in its allocation over the layers, not in
-which weights of a layer it keeps. No Lightning.
+If random masks at a criterion's per-layer sparsities train as well as its own masks, its value lies in
+its allocation over the layers, not in which weights of a layer it keeps. No Lightning.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Any
 
 import torch
 
-Masks = Mapping[str, torch.Tensor]
+from lightning_prune.pruning.unstructured import Masks
 
 
 def layer_sparsities(masks: Masks) -> dict[str, float]:

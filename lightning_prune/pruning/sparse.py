@@ -31,20 +31,28 @@ def coo_from_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(indices, weight.detach()[mask], weight.shape, check_invariants=False).coalesce()
 
 
-def _module_copy(module: nn.Module, memo: dict) -> nn.Module:
-    """Deep copy that clones sparse parameters (``Parameter.__deepcopy__`` cannot)."""
-    new = module.__class__.__new__(module.__class__)
-    memo[id(module)] = new
-    new.__dict__ = {k: v for k, v in module.__dict__.items() if k != "_parameters"}
-    new.__dict__ = copy.deepcopy(new.__dict__, memo)
-    new._parameters = {
-        k: None if p is None else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for k, p in module._parameters.items()
-    }
-    return new
+class _SparseLayer(nn.Module):
+    """A conv or linear layer holding its weight as COO; :meth:`densified` gives the ordinary layer back."""
+
+    def _filled(self, layer: nn.Module) -> nn.Module:
+        """``layer`` (a fresh dense conv or linear) with this layer's weight and bias."""
+        with torch.no_grad():
+            layer.weight.copy_(self.weight.to_dense())
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer
+
+    def __deepcopy__(self, memo: dict) -> _SparseLayer:
+        """A deep copy that clones the sparse parameters (``Parameter.__deepcopy__`` cannot)."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__ = copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_parameters"}, memo)
+        new._parameters = {k: None if p is None else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                           for k, p in self._parameters.items()}
+        return new
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(_SparseLayer):
     """A conv whose weight is a COO tensor, densified in every forward call."""
 
     def __init__(self, conv: nn.Conv2d, weight: torch.Tensor) -> None:
@@ -61,21 +69,12 @@ class SparseConv2d(nn.Module):
         return F.conv2d(x, self.weight.to_dense(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def densified(self) -> nn.Conv2d:
-        conv = nn.Conv2d(
+        return self._filled(nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.groups, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(self.weight.to_dense())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
-
-    def __deepcopy__(self, memo: dict) -> SparseConv2d:
-        return _module_copy(self, memo)
+            self.groups, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype))
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(_SparseLayer):
     """A linear layer computing ``W x`` with ``torch.sparse.mm`` on its COO weight."""
 
     def __init__(self, linear: nn.Linear, weight: torch.Tensor) -> None:
@@ -92,18 +91,8 @@ class SparseLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def densified(self) -> nn.Linear:
-        linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.weight.device, dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight.to_dense())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
-
-    def __deepcopy__(self, memo: dict) -> SparseLinear:
-        return _module_copy(self, memo)
+        return self._filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                      device=self.weight.device, dtype=self.weight.dtype))
 
 
 SPARSE_TYPES = (SparseConv2d, SparseLinear)
@@ -146,9 +135,8 @@ def load_sparse_model(
 ) -> nn.Module:
     """Rebuild a saved sparse model on a copy of a dense ``template`` of the same architecture.
 
-    Layers whose weight is sparse in ``state_dict`` become ``SparseConv2d``/``SparseLinear``
-    (``densify_once``: ordinary layers filled from the COO weight).
-    """
+    Layers whose weight is sparse in ``state_dict`` become ``SparseConv2d``/``SparseLinear`` (``densify_once``:
+    ordinary layers filled from the COO weight)."""
     model = make_permanent(copy_model(template))
     for name, module in prunable_modules(model).items():
         weight = state_dict.get(f"{name}.weight")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -17,15 +18,9 @@ from lightning_prune.pruning.layers import prunable_modules
 
 Masks = Mapping[str, torch.Tensor]
 
-def check_sparsity(value: float, option: str) -> float:
-    """A sparsity must be in [0, 1): 1 would delete the layer."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{option}: sparsity must be a number in [0, 1), got {value!r}")
-    return float(value)
-
 
 def check_layer_names(names: Sequence[str], model: nn.Module, option: str) -> None:
-    """Unknown layer names fail with the list of valid ones."""
+    """Unknown layer names fail with the list of valid ones (the options' one check of them)."""
     valid = list(prunable_modules(model))
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -37,11 +32,8 @@ def is_masked(module: nn.Module) -> bool:
 
 
 def _refresh_masked_weight(module: nn.Module, incompatible_keys: object = None) -> None:
-    """Recompute ``weight`` from the just-loaded ``weight_orig`` and ``weight_mask``.
-
-    ``torch.nn.utils.prune`` only refreshes ``weight`` in the forward pre-hook, so right after
-    ``load_state_dict`` it would still show the pre-load values to anyone reading it.
-    """
+    """Recompute ``weight`` from the just-loaded ``weight_orig`` and ``weight_mask``: ``torch.nn.utils.prune``
+    only refreshes it in the forward pre-hook, so after ``load_state_dict`` it would show the pre-load values."""
     if is_masked(module):
         module.weight = module.weight_orig * module.weight_mask
 
@@ -52,19 +44,50 @@ def keep_fresh_on_load(module: nn.Module) -> None:
         module.register_load_state_dict_post_hook(_refresh_masked_weight)
 
 
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The mask ``prune.l1_unstructured`` would give ``weight`` at ``sparsity`` (same ties, same count)."""
+    return prune.L1Unstructured(amount=sparsity).compute_mask(weight, torch.ones_like(weight))
+
+
+def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[torch.Tensor]:
+    """:func:`magnitude_mask` at every level, from one partial sort of ``|weight|`` instead of a top-k per level.
+
+    ``l1_unstructured`` removes the k = round(s n) smallest magnitudes: where the k-th and (k+1)-th
+    smallest differ, a comparison with the k-th gives the same mask; where they tie, which tied weight
+    top-k drops is its own choice, so that level falls back to :func:`magnitude_mask`.
+    """
+    magnitude = weight.detach().abs()
+    flat = magnitude.flatten().cpu().numpy()
+    n = flat.size
+    counts = [round(s * n) for s in sparsities]  # torch.nn.utils.prune's count for a float amount
+    cuts = sorted({i for k in counts if 0 < k < n for i in (k - 1, k)})
+    ordered = np.partition(flat, cuts) if cuts else flat
+    masks = []
+    for s, k in zip(sparsities, counts):
+        if k == 0:
+            masks.append(torch.ones_like(weight))
+        elif k == n:
+            masks.append(torch.zeros_like(weight))
+        elif ordered[k - 1] < ordered[k]:
+            masks.append((magnitude > float(ordered[k - 1])).to(weight.dtype))
+        else:
+            masks.append(magnitude_mask(weight, s))
+    return masks
+
+
 def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float], whole_layers: bool = False
                             ) -> dict[str, float]:
-    """Prune each named layer's weight by absolute magnitude (``l1_unstructured``) to its sparsity.
+    """Mask exactly ``round(s * n)`` of each named layer's weights by magnitude (``l1_unstructured``).
 
-    Exactly ``round(s * n)`` weights of a layer are masked. Layers at 0 get no mask. ``whole_layers``
-    allows a sparsity of 1 (a layer pruned away, as one global threshold can do). Returns the achieved
-    sparsity of every named layer.
+    Layers at 0 get no mask; ``whole_layers`` allows a sparsity of 1 (a layer pruned away, as one global
+    threshold can do). Returns every named layer's achieved sparsity; the names and sparsities are the
+    callers' (checked where parsed).
     """
-    check_layer_names(list(sparsities), model, "sparsities")
     modules = prunable_modules(model)
     achieved = {}
     for name, s in sparsities.items():
-        s = 1.0 if whole_layers and s == 1 else check_sparsity(s, f"sparsities.{name}")
+        assert name in modules and (0 <= s < 1 or (whole_layers and s == 1)), f"sparsities.{name}: {s!r}"
+        s = float(s)
         module = modules[name]
         if s > 0:
             prune.l1_unstructured(module, "weight", amount=s)
@@ -96,11 +119,8 @@ def restore_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor], pref
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on masked models.
-
-    A masked layer's ``weight`` is ``weight_orig * weight_mask`` computed with autograd, which
-    deepcopy refuses; the copy gets it detached (the forward pre-hook recomputes it anyway).
-    """
+    """``copy.deepcopy`` that also works on masked models: a masked ``weight`` is computed with autograd,
+    which deepcopy refuses, so the copy gets it detached (the forward pre-hook recomputes it anyway)."""
     masked = [m for m in prunable_modules(model).values() if is_masked(m)]
     saved = [m.weight for m in masked]
     try:
@@ -148,15 +168,10 @@ def ensure_masks(model: nn.Module) -> list[str]:
 
 
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Apply keep-masks with ``torch.nn.utils.prune.custom_from_mask`` (or overwrite an existing mask).
-
-    Overwriting keeps ``weight_orig`` the same parameter object, so the optimizer needs no rebuild.
-    The caller keeps masks monotone (:func:`masks_from_scores` does).
-    """
+    """Apply keep-masks with ``torch.nn.utils.prune.custom_from_mask``, or overwrite an existing mask (the same
+    ``weight_orig`` object, so the optimizer needs no rebuild). The caller keeps masks monotone."""
     modules = prunable_modules(model)
-    unknown = sorted(set(masks) - set(modules))
-    if unknown:
-        raise ValueError(f"masks name unknown layer(s) {', '.join(unknown)}; layers are {', '.join(modules)}")
+    assert set(masks) <= set(modules), f"masks of unknown layers: {sorted(set(masks) - set(modules))}"
     for name, mask in masks.items():
         module = modules[name]
         if is_masked(module):

@@ -1,4 +1,4 @@
-"""A parameter budget: how much of the dense VGG a set of keep ratios removes, and the ratios for a target.
+"""How many input channels each conv keeps, and the share of the dense VGG's parameters that removes.
 
 Pure arithmetic on the widths, hence the same answer on every DDP rank.
 """
@@ -8,7 +8,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from lightning_prune.models.vgg import VGG
-from lightning_prune.pruning.channel.ratios import Ratios, keep_count, prunable_convs, resolve_ratios
+
+Ratios = float | Mapping[str, float]
+
+
+def prunable_convs(model: VGG) -> dict[str, int]:
+    """Conv names whose input channels may be pruned, with their conv ordinal (all but the first)."""
+    return {name: i for i, (name, _, _) in enumerate(model.conv_layers()) if i > 0}
+
+
+def resolve_ratios(ratios: Ratios, model: VGG) -> dict[int, float]:
+    """Per conv ordinal, the fraction of its input channels to keep; one number applies to all.
+
+    The layer names are the one thing no option type checks; the values are typed (0, 1) where parsed.
+    """
+    names = prunable_convs(model)
+    if not isinstance(ratios, Mapping):
+        ratios = dict.fromkeys(names, ratios)
+    unknown = [n for n in ratios if n not in names]
+    if unknown:
+        raise ValueError(f"ratios: unknown layer {unknown[0]!r}; choose among {', '.join(names)} "
+                         "(the conv whose input channels are pruned; the first conv's RGB input is not)")
+    assert all(0 < r < 1 for r in ratios.values()), f"ratios must be fractions in (0, 1), got {ratios}"
+    return {names[n]: float(r) for n, r in ratios.items()}
+
+
+def keep_count(ratio: float, channels: int) -> int:
+    """Channels left by a keep ratio: rounded, at least one."""
+    return min(channels, max(1, round(ratio * channels)))
 
 
 def vgg_parameter_count(channels: Sequence[int], num_classes: int, classifier_width: int) -> int:
@@ -26,21 +53,11 @@ def vgg_parameter_count(channels: Sequence[int], num_classes: int, classifier_wi
 
 
 def zeroed_linear_weights(channels: Sequence[int], classifier_width: int, linear_sparsity: float | None) -> int:
-    """Weights :func:`~lightning_prune.pruning.channel.linear.prune_linear` zeroes in the hidden linears.
-
-    Its rounding: ``round(amount * numel)`` per layer.
-    """
+    """Weights :func:`~lightning_prune.pruning.channel.reconstruction.prune_linear` zeroes (``round(s * n)`` each)."""
     if not linear_sparsity:
         return 0
     sizes = (channels[-1] * classifier_width, classifier_width * classifier_width)
     return sum(round(linear_sparsity * n) for n in sizes)
-
-
-def check_target_sparsity(target: float | None, option: str = "target_sparsity") -> None:
-    """A share of parameters to remove lies in (0, 1): 0 removes nothing, 1 would remove everything."""
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1):
-        raise ValueError(f"{option} must be a fraction of the dense model's parameters to remove in (0, 1) "
-                         f"or null, got {target!r}")
 
 
 def narrow_channels(ratios: Mapping[int, float], channels: Sequence[int]) -> list[int]:
@@ -80,18 +97,17 @@ def ratios_for_target(
     target: float,
     steps: int = 100,
 ) -> dict[int, float]:
-    """The configured keep ratios scaled by the largest common factor that removes >= ``target`` of the parameters.
+    """The keep ratios scaled by the largest common factor that removes >= ``target`` of the parameters.
 
     One factor keeps the configured per-layer profile (early convs keep more). The share removed
-    only falls as the factor grows, so a bisection finds it; pure arithmetic on the widths, hence
-    the same answer on every DDP rank. An unreachable target (even one channel per pruned conv
-    removes too little) is an error naming the highest share reachable.
+    only falls as the factor grows, so a bisection finds it. An unreachable target (even one channel
+    per pruned conv removes too little) is an error naming the highest share reachable.
     """
-    check_target_sparsity(target)
+    assert 0 < target < 1, f"target_sparsity must be in (0, 1), got {target!r}"
 
     def removed(factor: float) -> float:
         return params_removed_share(scale_ratios(ratios, channels, factor), channels, num_classes, classifier_width,
-                             linear_sparsity)
+                                    linear_sparsity)
 
     best = removed(0.0)
     if best < target:
@@ -111,10 +127,9 @@ def ratios_for_target(
     return scale_ratios(ratios, channels, lo)
 
 
-def ratios_to_prune(ratios: Ratios, model: VGG, target: float | None, linear_sparsity: float | None) -> Ratios:
-    """The ratios to prune ``model`` with: as given, or scaled to remove ``target`` of its parameters."""
-    if target is None:
-        return ratios
-    scaled = ratios_for_target(resolve_ratios(ratios, model), model.channels, model.num_classes,
-                               model.classifier_width, linear_sparsity, target)
+def target_ratios(ratios: Mapping[int, float], model: VGG, target: float, linear_sparsity: float | None
+                  ) -> dict[str, float]:
+    """:func:`ratios_for_target` on ``model``'s widths, by conv name (what :func:`prune_channels` takes)."""
+    scaled = ratios_for_target(ratios, model.channels, model.num_classes, model.classifier_width, linear_sparsity,
+                               target)
     return {name: scaled[i] for name, i in prunable_convs(model).items() if i in scaled}

@@ -1,14 +1,19 @@
-"""Least-squares reconstruction: new weights for the kept channels that best reproduce the conv's output."""
+"""New weights after the cut: least squares for the kept channels, and the hidden linears' smallest weights zeroed."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
+from torch.nn.utils import prune
+
+HIDDEN_LINEAR = ("classifier.0", "classifier.3")
 
 
 def columns(kept: torch.Tensor, kk: int) -> torch.Tensor:
+    """The unfolded columns (channel-major, ``kk`` per channel) of the kept channels."""
     return (torch.as_tensor(kept)[:, None] * kk + torch.arange(kk)).reshape(-1)
 
 
@@ -45,3 +50,36 @@ def relative_error(x_unf: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, k
     x = x_unf[:, columns(kept, kk)].float()
     residual = torch.addmm(y.float(), x, weight.reshape(weight.shape[0], -1).float().T, alpha=-1)
     return float(residual.norm() / y.float().norm().clamp(min=1e-30))
+
+
+def prune_linear(model: nn.Module, sparsity: float, names: Sequence[str] = HIDDEN_LINEAR) -> dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude ``sparsity`` of each hidden linear layer's weights, in place; the keep-masks.
+
+    ``prune.l1_unstructured``'s mask on the plain weight: no ``weight_orig`` (the checkpoint loads into a
+    plain VGG) and no re-registration (which would move ``weight`` after ``bias`` and misalign a resumed
+    optimizer); :func:`hold_zeros` keeps the zeros. The output layer stays dense: each row is one class.
+    """
+    assert 0 <= sparsity < 1, f"linear_sparsity must be in [0, 1), got {sparsity!r}"
+    modules = dict(model.named_modules())
+    masks = {}
+    for name in names:
+        weight = modules[name].weight
+        mask = prune.L1Unstructured(amount=sparsity).compute_mask(weight.detach(), torch.ones_like(weight))
+        with torch.no_grad():
+            weight.mul_(mask)
+        masks[name] = mask.bool()
+    return masks
+
+
+def zero_masks(model: nn.Module, names: Sequence[str] = HIDDEN_LINEAR) -> dict[str, torch.Tensor]:
+    """The keep-masks of linear layers pruned earlier, read back from their zeros (resumed fits)."""
+    modules = dict(model.named_modules())
+    return {name: modules[name].weight.detach() != 0 for name in names}
+
+
+@torch.no_grad()
+def hold_zeros(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Re-zero pruned weights after an optimizer step (whatever the optimizer does to them)."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        modules[name].weight.mul_(mask.to(modules[name].weight.device))
