@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml
 
 SEEDS ?= 1
 demo: $(STAMP)
-	$(PY) -m lightning_prune.demo --seeds $(SEEDS)
+	$(PY) -m studies.demo --seeds $(SEEDS)
 
 # Two pytest-xdist workers; the tests that start processes (DDP ranks, a killed fit) share one of them.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lightning_prune tests benchmarks
+	$(VENV)/bin/ruff check lightning_prune tests benchmarks studies
 
 # Full-size runs (internet for CIFAR and the pretrained weights; a GPU is advisable), then the report.
 DATASET ?= cifar10
@@ -37,7 +37,7 @@ reproduce: $(STAMP)
 # The accuracy budget: each method at 70 / 80 / 90 % (after `make demo`, whose baseline 1a prunes),
 # then the report's budget table (`lightning-prune report --max-drop POINTS`).
 budget: $(STAMP)
-	$(PY) -m lightning_prune.budget --seeds $(SEEDS)
+	$(PY) -m studies.budget --seeds $(SEEDS)
 	$(CLI) report --logs logs --out REPORT.md
 
 # The result tables of docs/results.md, docs/deploy.md and docs/discussion.md, regenerated from the
@@ -59,7 +59,7 @@ render-docs: $(STAMP)
 # two runs at a time on one thread each; it resumes where it stopped. docs/results.md states its wall time.
 # One group alone: make evidence-baseline | evidence-1a | evidence-2 | evidence-1b | evidence-ladder | evidence-budget
 EVIDENCE_SEEDS = $(if $(filter command line,$(origin SEEDS)),$(SEEDS),3)
-EVIDENCE = $(PY) -m lightning_prune.evidence --seeds $(EVIDENCE_SEEDS) --headline-seeds $(shell echo $$(( $(EVIDENCE_SEEDS) > 5 ? $(EVIDENCE_SEEDS) : 5 )))
+EVIDENCE = $(PY) -m studies.evidence --seeds $(EVIDENCE_SEEDS) --headline-seeds $(shell echo $$(( $(EVIDENCE_SEEDS) > 5 ? $(EVIDENCE_SEEDS) : 5 )))
 evidence: $(STAMP)
 	$(EVIDENCE)
 evidence-baseline: $(STAMP)
@@ -76,7 +76,7 @@ int8-paths: $(STAMP)
 # start from their own baselines, so their results.json stay out of the other tables); make results-docs then
 # renders the ladder from them.
 ladder-docs: $(STAMP)
-	$(PY) -m lightning_prune.evidence --seeds $(EVIDENCE_SEEDS) --snapshot-ladder docs/results/ladder
+	$(PY) -m studies.ladder docs/results/ladder --seeds $(EVIDENCE_SEEDS)
 
 # Where int8 loses accuracy on the ladder's runs (after make evidence-ladder), and what equalization, the
 # calibration methods and QAT buy: benchmarks/results/int8-diagnosis-cpu.{json,md}, shown in docs/deploy.md.

@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from lightning_prune import evidence
 from lightning_prune.export import fold_masks, load_checkpoint_model, quantize_int8
 from lightning_prune.export.equalize import equalize, input_ranges
 from lightning_prune.export.fakequant import Int8Simulation
@@ -45,6 +44,8 @@ from lightning_prune.export.sources import datamodule, recorded
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.references import resolve
+from studies.evidence import LADDER_EXPORTS
+from studies.runs import finished_run
 
 OUT = Path("benchmarks/results")
 CALIBRATION_IMAGES = 256
@@ -289,11 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     refs = list(args.run)
     for seed in range(args.evidence_seeds):
-        for experiment in evidence.LADDER_EXPORTS:
-            version = evidence.finished_run(experiment, seed)
-            if version is None:
+        for experiment in LADDER_EXPORTS:
+            run = finished_run(experiment, seed)
+            if run is None:
                 parser.error(f"{experiment} has no finished run of seed {seed} (make evidence-ladder)")
-            refs.append(f"run:{experiment}/version_{version}")
+            refs.append(f"run:{run.name}")
     if not refs:
         parser.error("name --run or --evidence-seeds")
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

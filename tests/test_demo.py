@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_prune import demo
 from lightning_prune.models.vgg import scaled_channels
+from studies import demo, sequence
 from tests.helpers import TINY_CLASSIFIER, TINY_WIDTH
 
 pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
@@ -57,7 +57,7 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     assert results["digits_baseline"]["sources"]["ckpt_path"] == baseline
     for task in ("unstructured", "channel"):
         assert results[f"digits_{task}"]["sources"] == {"model.pretrained": baseline,
-                                                        "model.pretrained_reference": "run:digits_baseline"}
+                                                        "model.pretrained_reference": "run:digits_baseline/version_0"}
     for method in ("grasp", "snip", "grasp_abs"):
         stages = results[f"digits_{method}"]["schedule"]["stages"]
         assert [s["stage"] for s in stages] == [1, 2, 3]
@@ -106,9 +106,9 @@ def test_the_demo_goes_on_past_a_variant_the_int8_gate_refused(tmp_path):
     started = time.time()
     handoff = folder / "handoff.json"
     handoff.write_text(json.dumps({"variants": [], "refused": [{"variant": "digits_snip_v3", "reason": "int8 gate"}]}))
-    assert demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)
-    assert not demo.refused_by_gate("run:digits_grasp", started - 1, tmp_path)  # another run's export
+    assert sequence.refused_by_gate("run:digits_snip", started - 1, tmp_path)
+    assert not sequence.refused_by_gate("run:digits_grasp", started - 1, tmp_path)  # another run's export
     os.utime(handoff, (started - 100, started - 100))
-    assert not demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)  # an older export: another failure
+    assert not sequence.refused_by_gate("run:digits_snip", started - 1, tmp_path)  # an older export: another failure
     handoff.write_text(json.dumps({"variants": [{"variant": "digits_snip_v3"}], "refused": []}))
-    assert not demo.refused_by_gate("run:digits_snip", started - 1, tmp_path)
+    assert not sequence.refused_by_gate("run:digits_snip", started - 1, tmp_path)

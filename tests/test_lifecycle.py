@@ -288,7 +288,3 @@ def test_the_report_counts_only_recorded_seeds_and_survives_bad_models(tmp_path)
 
 def test_budget_grid_names_keep_the_precision_they_need():
     assert [grid_experiment("e", t) for t in (0.7, 0.9, 0.995, 0.999)] == ["e_t70", "e_t90", "e_t99.5", "e_t99.9"]
-    from lightning_prune.budget import main as budget_main
-
-    with pytest.raises(SystemExit):
-        budget_main(["--grid", "0.9", "0.9"])

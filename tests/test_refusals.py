@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_prune import evidence
-from lightning_prune import evidence_procs as procs
 from lightning_prune.cli import main
 from lightning_prune.errors import ConfigError
 from lightning_prune.export.cli import main as export_main
@@ -258,48 +256,3 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, monk
     assert "No space left on device" in err and "checkpoint" in err and _error_lines(err) == 1
     folder = tmp_path / "checkpoints" / "tiny" / "version_0"
     assert folder.is_dir() and not list(folder.iterdir())  # no truncated .ckpt, no temporary file, no finished.json
-
-
-def _gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        if not procs.alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_a_killed_evidence_runner_takes_its_steps_with_it(tmp_path):
-    driver = ("import sys, time; from pathlib import Path; from lightning_prune import evidence_procs as p; "
-              "c = p.spawn([sys.executable, '-c', 'import time; time.sleep(60)  # lightning_prune'], "
-              f"Path({str(tmp_path / 'step.log')!r}), {{}}); print(c.pid, flush=True); time.sleep(60)")
-    runner = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
-    child = int(runner.stdout.readline())
-    assert procs.alive(child)
-    runner.kill()  # kill -9: no handler runs, yet the step must not train on
-    runner.wait()
-    assert _gone(child)
-
-
-def test_a_resume_waits_for_a_step_that_still_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    go = tmp_path / "go"  # the step ends once the runner has decided to wait for it (its first pause), not on a timer
-    still = subprocess.Popen([sys.executable, "-c", f"import os, time\nend = time.time() + 60\n"
-                              f"while not os.path.exists({str(go)!r}) and time.time() < end: time.sleep(0.05)"
-                              "  # lightning_prune"])
-    pause = time.sleep
-
-    def first_pause(seconds: float) -> None:
-        go.touch()
-        pause(min(seconds, 0.2))
-
-    monkeypatch.setattr(evidence.time, "sleep", first_pause)
-    step = evidence.Step("1a", "cifar10subset_unstructured", 0, ["fit", "--config", "x.yaml"])
-    timing = tmp_path / "logs" / "evidence" / "timing.json"
-    procs.Registry(timing.parent / "running.json").add(evidence._label(step), still.pid)
-    started = []
-    monkeypatch.setattr(procs, "spawn", lambda *args: started.append(args))
-    assert evidence.run([step], workers=1, timing_path=timing) == 1  # it ended without finishing its run
-    assert still.wait() == 0 and started == [] and "still runs (pid" in capsys.readouterr().out
-    assert procs.Registry(timing.parent / "running.json").read() == {}

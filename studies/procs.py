@@ -1,4 +1,4 @@
-"""The evidence runner's child processes: they end with the runner, and a resume never starts one twice.
+"""A study's child processes: they end with the runner, and a resume never starts one twice.
 
 Each step runs in its own process group and, on Linux, gets SIGTERM when the runner dies, even by
 ``kill -9`` (``PR_SET_PDEATHSIG``), so no fit trains on unwatched. The runner also stops every group
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
-MARK = "lightning_prune"  # in the command line of every step, so a reused process id is not taken for one
+MARK = "studies.sequence"  # in the command line of every step, so a reused process id is not taken for one
 
 
 def _die_with_parent() -> None:
