@@ -98,8 +98,8 @@ def _sim_top1(model, calibration, test, **kwargs) -> float:
     return top1(Int8Simulation(model, **kwargs).calibrate(calibration), test)[0]
 
 
-def diagnose(ref: str, checkpoints: str = "checkpoints", qat_epochs: int = 1) -> dict[str, Any]:
-    path = resolve(ref, checkpoints_dir=checkpoints).path
+def diagnose(ref: str, logs: str = "logs", qat_epochs: int = 1) -> dict[str, Any]:
+    path = resolve(ref, logs).path
     ck = load_checkpoint_model(path)
     ns = argparse.Namespace(dataset=None, data_dir=None, download=None, verify_checksums=None, batch_size=None)
     dm = datamodule(ns, ck)
@@ -200,10 +200,10 @@ def summary(models: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _diagnose_one(job: tuple[str, str, int, int]) -> dict[str, Any]:
-    ref, checkpoints, qat_epochs, threads = job
+    ref, logs, qat_epochs, threads = job
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    return diagnose(ref, checkpoints, qat_epochs)
+    return diagnose(ref, logs, qat_epochs)
 
 
 def _worst(spread: dict[str, float]) -> str:
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", nargs="+", default=[], help="checkpoints or run: references")
     parser.add_argument("--evidence-seeds", type=int, default=0,
                         help="add every ladder run of `make evidence` (lightning_prune.evidence) for seeds 0..N-1")
-    parser.add_argument("--checkpoints", default="checkpoints")
+    parser.add_argument("--logs", default="logs", help="root of the runs (default: logs)")
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--before", nargs="*", type=Path, default=[],
                         help="handoff.json files of earlier exports (no gate, no equalization) to keep beside")
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if not refs:
         parser.error("name --run or --evidence-seeds")
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        models = list(pool.map(_diagnose_one, [(ref, args.checkpoints, args.qat_epochs, args.threads) for ref in refs]))
+        models = list(pool.map(_diagnose_one, [(ref, args.logs, args.qat_epochs, args.threads) for ref in refs]))
     env = (f"{platform.machine()}, {args.threads} thread(s); torch {metadata.version('torch')}, "
            f"onnxruntime {metadata.version('onnxruntime')}; whole test set, {CALIBRATION_IMAGES} calibration images")
     doc = write(args.out, env, models, before(args.before))

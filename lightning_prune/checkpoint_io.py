@@ -92,4 +92,5 @@ def from_finished_run(path: str | Path) -> bool | None:
     folder = Path(path).parent
     if finished_record(folder) is not None:
         return True
-    return False if (folder / LAST_CHECKPOINT).is_file() and folder.name.startswith("version_") else None
+    in_run = folder.name == "checkpoints" and folder.parent.name.startswith("version_")
+    return False if (folder / LAST_CHECKPOINT).is_file() and in_run else None

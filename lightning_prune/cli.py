@@ -4,8 +4,8 @@ Besides ``model``, ``data`` and ``trainer`` the parser has one group per callbac
 every option can be set on the command line (``--prune.target_sparsity=0.8``) and is described by
 ``--help`` (``--prune.help MagnitudePruning`` for one class):
 
-- ``run``: the run's identity (experiment name, version) and the roots of its folders;
-- ``checkpoint``: ``ModelCheckpoint`` (its folder is the run's own);
+- ``run``: the run's identity (experiment name, version) and the root of every run's folder;
+- ``checkpoint``: ``ModelCheckpoint`` (its folder is the run's own ``checkpoints/``);
 - ``profile``: the ``Recorder``, whose settings every profile of the run uses and which writes results.json;
 - ``sweep``: the sensitivity scan of task 1a (optional);
 - ``prune``: the task's pruning callback (optional).
@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_prune.callbacks.recorder import Recorder
-from lightning_prune.callbacks.run import LastCheckpoint, RunInfo
+from lightning_prune.callbacks.run import LastCheckpoint, RunInfo, version_taken
 from lightning_prune.callbacks.sensitivity import SensitivityScan
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.config_files import checkpoint_task, config_key, config_task, expand_configs
@@ -38,51 +38,44 @@ from lightning_prune.models.pretrained import check_starting_point
 from lightning_prune.module import ImageClassifier
 from lightning_prune.parser import OneLineParser
 from lightning_prune.references import is_reference, resolve
-from lightning_prune.runs import (
-    RUN_ENV,
-    Run,
-    check_checkpoint_folder,
-    check_experiment_name,
-    current_launch,
-    release,
-    reserve,
-)
+from lightning_prune.run_logger import RunLogger
+from lightning_prune.runs import Run, check_experiment_name, release
 from lightning_prune.saving import WholeCheckpointIO
 
-LOGGERS = {"TensorBoardLogger", "CSVLogger"}
+LOGGERS = {"TensorBoardLogger", "CSVLogger", "RunLogger"}  # loggers that would pick a version folder of their own
+RUN_LOGGER = f"{RunLogger.__module__}.{RunLogger.__name__}"
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set, and not 0: not the launch's first process
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # a full or closed disk
 DEFAULT_LOGGER_NAMES = {None, "", "lightning_logs"}
 
 
 @dataclass
 class RunSpec:
-    """Which run this is: ``logs/<experiment>/version_N`` and ``checkpoints/<experiment>/version_N``.
+    """Which run this is: ``logs/<experiment>/version_N``, its checkpoints in ``checkpoints/`` inside it.
 
     Args:
         experiment: Name of the experiment; every version of it lives under this name, and later tasks
             refer to its newest finished run as ``run:<experiment>``.
         version: Version number to use (null: the next free one, so no earlier run is overwritten).
-        logs: Root folder of the runs' logs, results and exports.
-        checkpoints: Root folder of the runs' checkpoints.
+        logs: Root folder of every run's folder (logs, checkpoints, results, exports).
     """
 
     experiment: str | None = None
     version: int | None = None
     logs: str = "logs"
-    checkpoints: str = "checkpoints"
 
 
 @dataclass
 class Session:
-    """One CLI call's run: reserved by this process (``created``) or joined, and whether it got past its checks."""
+    """One CLI call's logger and run: a folder this process created for a run refused before it started goes."""
 
-    run: Run | None = None
-    created: bool = False
+    logger: RunLogger | None = None
     info: RunInfo | None = None
 
-    @property
-    def started(self) -> bool:
-        return self.info is not None and self.info.started
+    def release_if_refused(self) -> None:
+        started = self.info is not None and self.info.started
+        if self.logger is not None and self.logger.created and not started:
+            release(self.logger.log_dir)
 
 
 class PruneCLI(LightningCLI):
@@ -112,7 +105,7 @@ class PruneCLI(LightningCLI):
         ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
         if ckpt_path not in (None, "last", "best", "hpc", "registry"):
             if is_reference(ckpt_path):
-                ckpt_path = cfg.ckpt_path = self._resolve("ckpt_path", ckpt_path, cfg.run.checkpoints)
+                ckpt_path = cfg.ckpt_path = self._resolve("ckpt_path", ckpt_path, cfg.run.logs)
             ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # one line for a missing, truncated or foreign file
             self.sources["ckpt_path"] = str(ckpt_path)
             self.checkpoint_task = checkpoint_task(ckpt)
@@ -127,31 +120,40 @@ class PruneCLI(LightningCLI):
             raise ConfigError("run.experiment: name the experiment (e.g. --run.experiment=digits_baseline)")
         check_experiment_name(spec.experiment)
         if cfg.trainer.get("default_root_dir") is not None:
-            raise ConfigError("trainer.default_root_dir: a run's folders are set by --run.logs (logs, results, "
-                              "exports) and --run.checkpoints (checkpoints); use those instead")
+            raise ConfigError("trainer.default_root_dir: every run's folder is logs/<experiment>/version_N under "
+                              "--run.logs; use that instead")
         if cfg.checkpoint.get("save_last"):
             raise ConfigError("checkpoint.save_last: every fit writes last.ckpt itself (its newest weights, every "
                               "epoch, whatever the monitor says); leave save_last unset")
+        if cfg.checkpoint.get("dirpath") is not None:
+            raise ConfigError("checkpoint.dirpath: a run keeps its checkpoints in its own folder "
+                              "(logs/<experiment>/version_N/checkpoints), where run: references find them; set "
+                              "--run.logs to move every run instead")
         self._check_resume_task(cfg)
         if self.sources.get("ckpt_path"):
             cfg.model.pretrained = False  # the checkpoint holds the weights (and, narrow or masked, the shapes)
         elif is_reference(cfg.model.pretrained):
-            cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.checkpoints)
+            cfg.model.pretrained = self._resolve("model.pretrained", cfg.model.pretrained, spec.logs)
         self._check_pretrained(cfg)
         prune_args = (cfg.get("prune") or {}).get("init_args") or {}
         if is_reference(prune_args.get("layerwise_from")):  # the 1b control copies another run's layers
             prune_args["layerwise_from"] = self._resolve("prune.layerwise_from", prune_args["layerwise_from"],
-                                                         spec.checkpoints)
-        run = self._reserve(spec, cfg)
-        cfg.trainer.default_root_dir = str(run.log_dir)
-        self._place_logger(cfg, run)
-        if cfg.checkpoint.dirpath not in (None, str(run.checkpoint_dir)):
-            raise ConfigError(
-                f"checkpoint.dirpath: a run keeps its checkpoints in its own folder ({run.checkpoint_dir}); "
-                "set run.checkpoints to move the root instead"
-            )
-        cfg.checkpoint.dirpath = str(run.checkpoint_dir)
-        print(f"run: {run.name} (logs {run.log_dir}, checkpoints {run.checkpoint_dir})", file=sys.stderr)
+                                                         spec.logs)
+        self._place_logger(cfg, spec)
+        self._check_version(spec)
+
+    def _check_version(self, spec: Any) -> None:
+        """A version named by number that exists is refused here, before its logger writes into it.
+
+        A process that is not the launch's first (an external launcher's other ranks or nodes, the
+        processes Lightning starts) leaves the check to rank 0 in ``RunInfo.setup``.
+        """
+        if spec.version is None or any(os.environ.get(k, "0") != "0" for k in RANK_VARIABLES):
+            return
+        run = Run(spec.experiment, spec.version, Path(spec.logs))
+        resumed = Path(self.sources.get("ckpt_path") or "").parent.resolve()
+        if run.log_dir.exists() and not (self.subcommand == "fit" and resumed == run.checkpoint_dir.resolve()):
+            raise ConfigError(version_taken(run))
 
     def _check_resume_task(self, cfg: Any) -> None:
         """A checkpoint of task X is never resumed, tested or re-labelled under a config of task Y."""
@@ -174,24 +176,8 @@ class PruneCLI(LightningCLI):
         channels = list(model.channels) if model.channels is not None else scaled_channels(model.width_multiplier)
         check_starting_point(model.pretrained, config_task(cfg), channels, model.classifier_width)
 
-    def _reserve(self, spec: Any, cfg: Any) -> Run:
-        """This process's run: a resume into its own version, the launch's version, or a new one."""
-        logs, checkpoints = Path(spec.logs), Path(spec.checkpoints)
-        resumed = Path(self.sources.get("ckpt_path", "")).parent
-        own = Run(spec.experiment, spec.version, logs, checkpoints) if spec.version is not None else None
-        launch = current_launch(spec.experiment)
-        if own is not None and self.subcommand == "fit" and resumed.resolve() == own.checkpoint_dir.resolve():
-            run, created = own, False  # a resume of that very run continues in its folders
-        else:
-            run, created = reserve(spec.experiment, logs, checkpoints, launch, spec.version)
-        self.session.run, self.session.created = run, created
-        os.environ[RUN_ENV] = f"{run.experiment}:{run.version}:{launch.id}"  # the processes Lightning starts
-        if self.subcommand == "fit" and launch.version is None:
-            check_checkpoint_folder(run)
-        return run
-
-    def _resolve(self, option: str, ref: str, checkpoints: str) -> str:
-        resolved = resolve(ref, checkpoints)
+    def _resolve(self, option: str, ref: str, logs: str) -> str:
+        resolved = resolve(ref, logs)
         for note in resolved.notes:
             print(f"note: {option}: {note}", file=sys.stderr)
         self.sources[option] = str(resolved.path)
@@ -200,45 +186,48 @@ class PruneCLI(LightningCLI):
         return str(resolved.path)
 
     @staticmethod
-    def _place_logger(cfg: Any, run: Any) -> None:
-        """The logger writes into the run's folder, whatever the YAML said about folders."""
+    def _place_logger(cfg: Any, spec: Any) -> None:
+        """The run's one folder comes from its :class:`RunLogger` (a TensorBoardLogger), whatever the YAML said."""
         logger = cfg.trainer.logger
-        if logger is True:
-            logger = cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                                           "init_args": {}}
-        if not logger:
-            return
-        entries = logger if isinstance(logger, list) else [logger]
-        for entry in entries:
-            class_path = entry.get("class_path", "") if hasattr(entry, "get") else ""
-            if class_path.rsplit(".", 1)[-1] not in LOGGERS:
-                continue
-            init_args = entry.get("init_args")
-            if init_args is None:
-                entry["init_args"] = init_args = {}
-            name = init_args.get("name")
-            if name not in DEFAULT_LOGGER_NAMES and name != run.experiment:
-                raise ConfigError(
-                    f"trainer.logger.init_args.name={name!r}: the run's name is set in one place, run.experiment "
-                    f"({run.experiment!r}); use --run.experiment={name} instead"
-                )
-            init_args["save_dir"] = str(run.logs_root)
-            init_args["name"] = run.experiment
-            init_args["version"] = run.version
+        if logger is False:
+            raise ConfigError("trainer.logger=false: a run's folder and version come from its TensorBoard logger "
+                              "(logs/<experiment>/version_N); keep it")
+        entries = logger if isinstance(logger, list) else [] if logger in (None, True) else [logger]
+        placed = [e for e in entries if hasattr(e, "get") and e.get("class_path", "").rsplit(".", 1)[-1] in LOGGERS]
+        if len(placed) > 1 or any(e.get("class_path", "").endswith("CSVLogger") for e in placed):
+            raise ConfigError("trainer.logger: one TensorBoardLogger names the run's folder; a CSVLogger or a second "
+                              "TensorBoardLogger would pick a version folder of its own")
+        if not placed:
+            placed = [{"class_path": RUN_LOGGER, "init_args": {}}]
+            entries = [*placed, *entries]
+        entry = placed[0]
+        if entry.get("init_args") is None:
+            entry["init_args"] = {}
+        init_args = entry["init_args"]
+        name = init_args.get("name")
+        if name not in DEFAULT_LOGGER_NAMES and name != spec.experiment:
+            raise ConfigError(
+                f"trainer.logger.init_args.name={name!r}: the run's name is set in one place, run.experiment "
+                f"({spec.experiment!r}); use --run.experiment={name} instead"
+            )
+        entry["class_path"] = RUN_LOGGER
+        init_args["save_dir"], init_args["name"], init_args["version"] = spec.logs, spec.experiment, spec.version
+        cfg.trainer.logger = entries[0] if len(entries) == 1 else entries
 
     def instantiate_trainer(self, **kwargs: Any):
         """Empty optional groups (``sweep``, ``prune``) add no callback; the run's identity and last.ckpt are added."""
         parser = self._parser(self.subcommand)
         callbacks = [c for c in (self._get(self.config_init, key) for key in parser.callback_keys) if c is not None]
-        run = self.session.run
-        self.session.info = RunInfo(run, self.sources, self.config_key)
-        callbacks += [self.session.info, LastCheckpoint(run.checkpoint_dir)]  # the latter saves in fit only
+        self.session.info = RunInfo(self.config[self.subcommand].run.experiment, self.sources, self.config_key)
+        callbacks = [self.session.info, *callbacks, LastCheckpoint()]  # the latter saves in fit only
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # checkpoints appear whole or not at all
             trainer_config["plugins"] = [*plugins, WholeCheckpointIO()]
-        return self._instantiate_trainer(trainer_config, callbacks)
+        trainer = self._instantiate_trainer(trainer_config, callbacks)
+        self.session.logger = next(lg for lg in trainer.loggers if isinstance(lg, RunLogger))
+        return trainer
 
 
 def run_cli(args: list[str] | None) -> None:
@@ -247,11 +236,8 @@ def run_cli(args: list[str] | None) -> None:
         PruneCLI(ImageClassifier, ImageDataModule, args=args, save_config_kwargs={"overwrite": True},
                  parser_class=OneLineParser, session=session)
     except BaseException:
-        if session.created and not session.started:
-            release(session.run)  # refused before training: nothing of it may look like a run
+        session.release_if_refused()  # refused before training: nothing of it may look like a run
         raise
-    finally:
-        os.environ.pop(RUN_ENV, None)
 
 
 def _subcommand(name: str):

@@ -3,8 +3,8 @@
 ``run:<experiment>`` is the final model (``last.ckpt``) of the experiment's newest run that finished;
 newer runs that did not finish are skipped and named. ``/version_N`` picks that run, finished or not
 (with a note when it did not finish). ``:best`` is the best checkpoint that run's monitored
-``ModelCheckpoint`` kept, looked up in the run's own checkpoint folder (so a copied or moved folder
-resolves to its own files). No Lightning imports.
+``ModelCheckpoint`` kept, looked up in the run's own ``checkpoints/`` folder (so a copied or moved
+folder resolves to its own files). No Lightning imports.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning_prune.checkpoint_io import LAST_CHECKPOINT, finished_record, read_checkpoint
 from lightning_prune.errors import ConfigError
-from lightning_prune.runs import versions
+from lightning_prune.runs import CHECKPOINTS, versions
 
 RUN_PREFIX = "run:"
 _REFERENCE = re.compile(r"^(?P<name>[^/:]+)(?:/version_(?P<version>\d+))?(?::(?P<which>last|best))?$")
@@ -34,7 +34,7 @@ def is_reference(value: object) -> bool:
     return isinstance(value, str) and value.startswith(RUN_PREFIX)
 
 
-def resolve(ref: str, checkpoints_dir: str | Path = "checkpoints") -> Resolved:
+def resolve(ref: str, logs: str | Path = "logs") -> Resolved:
     """The checkpoint a run reference names; a plain path is returned as it is."""
     if not is_reference(ref):
         return Resolved(Path(ref))
@@ -44,17 +44,16 @@ def resolve(ref: str, checkpoints_dir: str | Path = "checkpoints") -> Resolved:
             f"{ref}: a run reference is run:<experiment>[/version_N][:last|:best], e.g. run:digits_baseline"
         )
     name, version, which = match["name"], match["version"], match["which"] or "last"
-    folder = Path(checkpoints_dir) / name
-    saved = [v for v in versions(folder) if (folder / f"version_{v}" / LAST_CHECKPOINT).is_file()]
-    finished = [v for v in saved if finished_record(folder / f"version_{v}") is not None]
+    folder = Path(logs) / name
+    saved = [v for v in versions(folder) if (folder / f"version_{v}" / CHECKPOINTS / LAST_CHECKPOINT).is_file()]
+    finished = [v for v in saved if finished_record(folder / f"version_{v}" / CHECKPOINTS) is not None]
     notes: list[str] = []
     if version is None:
         if not finished:
-            known = sorted(p.name for p in Path(checkpoints_dir).iterdir() if p.is_dir()) if Path(
-                checkpoints_dir).is_dir() else []
+            known = sorted(p.name for p in Path(logs).iterdir() if p.is_dir()) if Path(logs).is_dir() else []
             unfinished = ", ".join(f"version_{v}" for v in saved)
             raise ConfigError(
-                f"{ref}: no finished run of experiment {name!r} under {checkpoints_dir}/ "
+                f"{ref}: no finished run of experiment {name!r} under {logs}/ "
                 + (f"({name} {unfinished} did not finish; name one as run:{name}/version_N to use it anyway)"
                    if saved else f"(experiments there: {', '.join(known) or 'none'}); run that task first")
             )
@@ -70,14 +69,14 @@ def resolve(ref: str, checkpoints_dir: str | Path = "checkpoints") -> Resolved:
                               f"(versions with one: {', '.join(map(str, saved)) or 'none'})")
         if chosen not in finished:
             notes.append(f"{name}/version_{chosen} did not finish (killed or failed): using its newest checkpoint")
-    run_dir = folder / f"version_{chosen}"
+    run_dir = folder / f"version_{chosen}" / CHECKPOINTS
     path = run_dir / LAST_CHECKPOINT if which == "last" else best_checkpoint(run_dir, ref)
     return Resolved(path, chosen in finished, notes)
 
 
-def resolve_reference(ref: str, checkpoints_dir: str | Path = "checkpoints") -> Path:
+def resolve_reference(ref: str, logs: str | Path = "logs") -> Path:
     """:func:`resolve`'s path alone."""
-    return resolve(ref, checkpoints_dir).path
+    return resolve(ref, logs).path
 
 
 def best_checkpoint(run_dir: Path, ref: str) -> Path:

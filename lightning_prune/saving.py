@@ -24,7 +24,7 @@ def write_failure(path: str | Path, err: OSError) -> ConfigError:
     """The one line for a file that could not be written: which file, why, and what to do."""
     reason = err.strerror or type(err).__name__
     return ConfigError(f"checkpoint: could not write {path} ({reason}); nothing of it was kept, so free space or "
-                       "point run.checkpoints at a writable folder and resume from the run's last.ckpt")
+                       "point run.logs at a writable folder and resume from the run's last.ckpt")
 
 
 class WholeCheckpointIO(TorchCheckpointIO):

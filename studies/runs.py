@@ -14,7 +14,7 @@ import yaml
 from lightning_prune.checkpoint_io import finished_record
 from lightning_prune.runs import Run, versions
 
-LOGS, CHECKPOINTS = Path("logs"), Path("checkpoints")
+LOGS = Path("logs")
 
 
 def seed_of(log_dir: Path) -> int | None:
@@ -26,8 +26,7 @@ def seed_of(log_dir: Path) -> int | None:
 
 
 def _runs(experiment: str, seed: int) -> list[Run]:
-    found = sorted(set(versions(LOGS / experiment)) | set(versions(CHECKPOINTS / experiment)))
-    runs = [Run(experiment, v, LOGS, CHECKPOINTS) for v in found]
+    runs = [Run(experiment, v, LOGS) for v in versions(LOGS / experiment)]
     return [r for r in runs if seed_of(r.log_dir) == seed]
 
 

@@ -53,7 +53,7 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
     assert sorted(results) == [f"digits_{t}" for t in ("baseline", "channel", "compound", "grasp", "grasp_abs",
                                                            "snip", "unstructured")]
-    baseline = "checkpoints/digits_baseline/version_0/last.ckpt"  # the fit; the profiling test is version_1
+    baseline = "logs/digits_baseline/version_0/checkpoints/last.ckpt"  # the fit; the profiling test is version_1
     assert results["digits_baseline"]["sources"]["ckpt_path"] == baseline
     for task in ("unstructured", "channel"):
         assert results[f"digits_{task}"]["sources"] == {"model.pretrained": baseline,

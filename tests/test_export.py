@@ -72,7 +72,7 @@ def run_dirs(tmp_path_factory, digits) -> dict[str, Path]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    ckpt_dir = root / "checkpoints" / EXPERIMENT / "version_0"
+    ckpt_dir = root / "logs" / EXPERIMENT / "version_0" / "checkpoints"
     (root / "logs" / EXPERIMENT / "version_0").mkdir(parents=True)
     module = ImageClassifier(10, scaled_channels(TINY_WIDTH), classifier_width=TINY_CLASSIFIER, lr=0.01)
     trainer = L.Trainer(
@@ -82,7 +82,7 @@ def run_dirs(tmp_path_factory, digits) -> dict[str, Path]:
     )
     trainer.fit(module, digits)
     mark_finished(ckpt_dir)  # what the CLI's run identity does when a fit ends normally
-    argv = ["--run", f"run:{EXPERIMENT}", "--checkpoints", str(root / "checkpoints"), "--logs", str(root / "logs"),
+    argv = ["--run", f"run:{EXPERIMENT}", "--logs", str(root / "logs"),
             "--quantize", "--eval-batches", "2", "--calibration-images", "64", "--latency-batches", "2",
             "--threads", "1", "--max-int8-drop", "100"]  # an untrained model: one flipped image is 1.6 points
     assert export_main(argv) == 0
@@ -302,8 +302,8 @@ def _cli_error(argv: list[str], capsys) -> str:
 
 
 def test_cli_unknown_run_reference(tmp_path, capsys):
-    (tmp_path / "checkpoints" / "digits_baseline").mkdir(parents=True)
-    err = _cli_error(["--run", "run:nope", "--checkpoints", str(tmp_path / "checkpoints")], capsys)
+    (tmp_path / "logs" / "digits_baseline").mkdir(parents=True)
+    err = _cli_error(["--run", "run:nope", "--logs", str(tmp_path / "logs")], capsys)
     assert "--run" in err and "nope" in err
 
 

@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_prune.checkpoint_io import FINISHED_FILE, file_sha256
 from lightning_prune.cli import main
@@ -21,7 +23,8 @@ from lightning_prune.errors import ConfigError
 from lightning_prune.export.cli import main as export_main
 from lightning_prune.references import resolve
 from lightning_prune.report.cli import build_report
-from lightning_prune.runs import current_launch, grid_experiment
+from lightning_prune.run_logger import RunLogger
+from lightning_prune.runs import claim_next, grid_experiment
 from tests.helpers import last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 pytestmark = pytest.mark.slow  # processes, exports, whole demos: `pytest -m "not slow"` skips them
@@ -42,15 +45,14 @@ def _epoch(path: Path) -> int:
 
 
 def _folders(tmp_path: Path, experiment: str) -> list[str]:
-    return sorted(str(p.relative_to(tmp_path)) for root in ("logs", "checkpoints")
-                  for p in (tmp_path / root / experiment).glob("version_*"))
+    return sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "logs" / experiment).glob("version_*"))
 
 
 def test_the_final_epoch_is_what_run_references_resume_and_export_get(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = _tiny(tmp_path, "final", epochs=3)
     assert main(["fit", "--config", BASELINE, *args, *FIRST_IS_BEST]) == 0
-    ckpts = tmp_path / "checkpoints"
+    ckpts = tmp_path / "logs"
     last = last_checkpoint(tmp_path, "final")
     assert _epoch(last) == 2  # written although epoch 0 is the monitored best
     assert _epoch(resolve("run:final:best", ckpts).path) == 0
@@ -65,7 +67,7 @@ def test_the_final_epoch_is_what_run_references_resume_and_export_get(tmp_path, 
     # Export takes the same file and finds the results.json that measured it.
     out = tmp_path / "deploy"
     assert export_main(["--run", "run:final", "--out", str(out), "--format", "state_dict", "--eval-batches", "1",
-                        "--logs", str(tmp_path / "logs"), "--checkpoints", str(ckpts)]) == 0
+                        "--logs", str(tmp_path / "logs")]) == 0
     entry = json.loads((out / "handoff.json").read_text())["variants"][0]
     assert entry["checkpoint"]["sha256"] == marker["sha256"] and entry["checkpoint"]["epoch"] == 2
     assert entry["measured_in"] == str(tmp_path / "logs" / "final" / "version_1" / "results.json")
@@ -80,7 +82,6 @@ def test_a_killed_fit_is_skipped_by_run_references_and_kept_out_of_the_report(tm
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "killed")]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("LIGHTNING_PRUNE_RUN", None)
     slow = subprocess.Popen([sys.executable, "-m", "lightning_prune", "fit", "--config", BASELINE,
                              *_tiny(tmp_path, "killed", epochs=500)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,10 +93,10 @@ def test_a_killed_fit_is_skipped_by_run_references_and_kept_out_of_the_report(tm
     slow.send_signal(signal.SIGKILL)
     slow.wait()
     assert partial.is_file() and not (partial.parent / FINISHED_FILE).exists()
-    resolved = resolve("run:killed", tmp_path / "checkpoints")
+    resolved = resolve("run:killed", tmp_path / "logs")
     assert resolved.path == last_checkpoint(tmp_path, "killed", version=0)
     assert resolved.notes == ["killed/version_1 did not finish; using killed/version_0"]
-    explicit = resolve("run:killed/version_1", tmp_path / "checkpoints")
+    explicit = resolve("run:killed/version_1", tmp_path / "logs")
     assert explicit.path == partial and explicit.finished is False and "did not finish" in explicit.notes[0]
     # Testing it anyway is allowed (with a note), but the report keeps it out of the tables.
     assert main(["test", "--config", BASELINE, *_tiny(tmp_path, "killed"), "--ckpt_path=run:killed/version_1"]) == 0
@@ -119,7 +120,6 @@ def test_two_launches_at_once_one_of_them_two_nodes_get_distinct_versions(tmp_pa
     """A 2-node DDP job (one process per node, as an external launcher starts them) and a single run, together."""
     args = [*_tiny(tmp_path, "together"), "--trainer.accelerator=cpu"]
     base = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base.pop("LIGHTNING_PRUNE_RUN", None)
     node = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     ddp = ["--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=1"]
     command = [sys.executable, "-m", "lightning_prune", "fit", "--config", BASELINE, *args]
@@ -133,7 +133,7 @@ def test_two_launches_at_once_one_of_them_two_nodes_get_distinct_versions(tmp_pa
     runs = {}
     for folder in sorted((tmp_path / "logs" / "together").glob("version_*")):
         runs[folder.name] = json.loads((folder / "distributed.json").read_text())["world_size"]
-        assert (tmp_path / "checkpoints" / "together" / folder.name / FINISHED_FILE).is_file()
+        assert (folder / "checkpoints" / FINISHED_FILE).is_file()
     assert sorted(runs.values()) == [1, 2] and len(runs) == 2  # two runs, each whole, nothing shared
 
 
@@ -146,20 +146,27 @@ def test_a_version_is_never_reused_except_by_a_resume_of_that_run(tmp_path, monk
     ckpt = last_checkpoint(tmp_path, "owned")
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "owned", 2), "--run.version=0",
                  f"--ckpt_path={ckpt}"]) == 0  # the resume of that very run continues in its folders
-    assert _folders(tmp_path, "owned") == ["checkpoints/owned/version_0", "logs/owned/version_0"]
+    assert _folders(tmp_path, "owned") == ["logs/owned/version_0"]
     assert _epoch(ckpt) == 1 and (ckpt.parent / FINISHED_FILE).is_file()
 
 
-def test_launches_never_share_a_claim():
-    one, two = current_launch("exp", {}), current_launch("exp", {})
-    assert one.id != two.id
-    env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234", "NODE_RANK": "1", "SLURM_JOB_ID": "77"}
-    node1, node0 = current_launch("exp", env), current_launch("exp", {**env, "NODE_RANK": "0"})
-    assert node1.id == node0.id and (node1.slot, node0.slot) == ("node1", "node0")
-    assert current_launch("exp", {**env, "SLURM_JOB_ID": "78"}).id != node0.id
-    child = current_launch("exp", {"LIGHTNING_PRUNE_RUN": "exp:4:abc", "LOCAL_RANK": "1"})
-    assert (child.version, child.id) == (4, "abc")
-    assert current_launch("other", {"LIGHTNING_PRUNE_RUN": "exp:4:abc"}).version is None
+def test_concurrent_claims_never_share_a_version(tmp_path):
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: claim_next(tmp_path / "exp"), range(32)))
+    assert sorted(got) == list(range(32))
+
+
+def test_only_rank_zero_claims_a_folder_and_a_taken_version_is_seen(tmp_path, monkeypatch):
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    other = RunLogger(tmp_path, "exp")
+    assert other.version == 0 and not (tmp_path / "exp").exists() and not other.created  # rank 0's is broadcast
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    first, second = RunLogger(tmp_path, "exp"), RunLogger(tmp_path, "exp")
+    assert (first.version, second.version) == (0, 1) and first.created and (tmp_path / "exp" / "version_1").is_dir()
+    again = RunLogger(tmp_path, "exp", version=1)
+    assert again.version == 1 and again.existed and not again.created
+    fresh = RunLogger(tmp_path, "exp", version=5)
+    assert fresh.version == 5 and fresh.created and not fresh.existed
 
 
 def _relabelled(tmp_path: Path, task: str) -> Path:
@@ -190,7 +197,7 @@ def test_exports_are_whole_and_name_each_run_apart(tmp_path, monkeypatch, capsys
     for _ in range(2):
         assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "exp")]) == 0
     common = ["--eval-batches", "1", "--latency-batches", "1", "--calibration-images", "32",
-              "--logs", str(tmp_path / "logs"), "--checkpoints", str(tmp_path / "checkpoints"),
+              "--logs", str(tmp_path / "logs"),
               "--max-int8-drop", "100"]  # two-batch models: the int8 gate is not what this test is about
     out, plain = tmp_path / "deploy", ["--format", "state_dict"]
     assert export_main(["--run", "run:exp/version_0", "--out", str(out), "--quantize", *plain, *common]) == 0
@@ -226,14 +233,14 @@ def test_best_reads_the_runs_own_folder_and_needs_a_monitor(tmp_path, monkeypatc
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "best", 2), *FIRST_IS_BEST]) == 0
     assert main(["fit", "--config", SNIP, *_tiny(tmp_path, "nomonitor", 1), "--prune.fallback_epochs=[0,0,0]",
                  "--prune.calibration_per_class=2", "--prune.record=false"]) == 0
-    ckpts = tmp_path / "checkpoints"
+    ckpts = tmp_path / "logs"
     with pytest.raises(ConfigError, match="monitored no metric"):
         resolve("run:nomonitor:best", ckpts)
     copy = tmp_path / "copy"
     shutil.copytree(ckpts / "best", copy / "best")
     shutil.rmtree(ckpts / "best")  # a copy, and the original gone: the copy resolves to its own files
     best = resolve("run:best:best", copy).path
-    assert best.parent == copy / "best" / "version_0" and _epoch(best) == 0
+    assert best.parent == copy / "best" / "version_0" / "checkpoints" and _epoch(best) == 0
 
 
 def test_refused_runs_leave_no_folder(tmp_path, monkeypatch, capsys):
@@ -256,14 +263,14 @@ def test_folders_that_cannot_be_written_are_one_line_before_training(tmp_path, m
     monkeypatch.chdir(tmp_path)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    for option in ("--run.logs", "--run.checkpoints"):
+    for option in ("--run.logs",):
         argv = ["fit", "--config", BASELINE, *_tiny(tmp_path, "unwritable"), f"{option}={blocker / 'sub'}"]
         err = run_cli_expecting_error(argv, capsys)
         assert f"error: {option.removeprefix('--')}: cannot create" in err and "Epoch 0" not in err, err
     assert _folders(tmp_path, "unwritable") == []
     err = run_cli_expecting_error(["fit", "--config", BASELINE, *_tiny(tmp_path, "root"),
                                    f"--trainer.default_root_dir={tmp_path}"], capsys)
-    assert "trainer.default_root_dir" in err and "--run.logs" in err and "--run.checkpoints" in err
+    assert "trainer.default_root_dir" in err and "--run.logs" in err
 
 
 def test_the_report_counts_only_recorded_seeds_and_survives_bad_models(tmp_path):

@@ -55,7 +55,7 @@ def test_a_channel_pruned_checkpoint_never_becomes_a_baseline(tmp_path, monkeypa
     err = run_cli_expecting_error(argv, capsys)
     assert "pruned by task 'channel'" in err and "builds task 'baseline'" in err and "compound" in err
     assert str(NARROW) in err and _error_lines(err) == 1
-    assert not (tmp_path / "logs").exists() and not (tmp_path / "checkpoints" / "tiny").exists()
+    assert not (tmp_path / "logs").exists()
 
 
 def test_a_dense_checkpoint_of_other_widths_is_refused(tmp_path, monkeypatch, capsys):
@@ -109,7 +109,7 @@ def test_a_control_that_would_empty_a_layer_is_one_line(tmp_path, monkeypatch, c
             "--prune.allocation=uniform", "--prune.target_sparsity=0.97", "--trainer.max_epochs=1"]
     err = run_cli_expecting_error(argv, capsys)
     assert "MagnitudePruning.target_sparsity=0.97: features.0" in err and _error_lines(err) == 1
-    assert not list((tmp_path / "checkpoints").glob("*/version_*"))
+    assert not list((tmp_path / "logs").glob("*/version_*"))
 
 
 def test_the_global_control_keeps_every_layer_and_records_the_floors(tmp_path, monkeypatch):
@@ -236,7 +236,7 @@ def test_the_shuffle_refuses_a_run_it_cannot_copy(tmp_path, monkeypatch, capsys,
             "--prune.schedule=oneshot", f"--prune.layerwise_from={source}"]
     err = run_cli_expecting_error(argv, capsys)
     assert "error: StagedPruning.layerwise_from: " in err and words in err and _error_lines(err) == 1, err[-600:]
-    assert not list((tmp_path / "checkpoints").glob("*/version_*"))
+    assert not list((tmp_path / "logs").glob("*/version_*"))
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, monkeypatch, capsys):
@@ -254,5 +254,5 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, monk
     err = run_cli_expecting_error(["fit", "--config", BASELINE, *tiny_cli_args(tmp_path), "--trainer.max_epochs=1"],
                                   capsys)
     assert "No space left on device" in err and "checkpoint" in err and _error_lines(err) == 1
-    folder = tmp_path / "checkpoints" / "tiny" / "version_0"
+    folder = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints"
     assert folder.is_dir() and not list(folder.iterdir())  # no truncated .ckpt, no temporary file, no finished.json

@@ -16,7 +16,7 @@ from lightning_prune.config_files import expand_configs
 from lightning_prune.errors import ConfigError
 from lightning_prune.references import resolve_reference
 from lightning_prune.report.cli import main as report_main
-from lightning_prune.runs import current_launch, reserve
+from lightning_prune.runs import Run, claim_next
 from tests.helpers import fake_cifar, last_checkpoint, run_cli_expecting_error, tiny_cli_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,14 +38,14 @@ def _results(tmp_path: Path, experiment: str, version: int = 0) -> dict:
 
 
 def test_versions_never_collide_and_references_pick_the_newest(tmp_path):
-    logs, ckpts = tmp_path / "logs", tmp_path / "checkpoints"
-    (first, made), (second, _) = (reserve("exp", logs, ckpts, current_launch("exp", {})) for _ in range(2))
-    assert (first.version, second.version, made) == (0, 1, True) and first.log_dir.is_dir() and second.log_dir.is_dir()
+    logs = ckpts = tmp_path / "logs"
+    first, second = (Run("exp", claim_next(logs / "exp"), logs) for _ in range(2))
+    assert (first.version, second.version) == (0, 1) and first.log_dir.is_dir() and second.log_dir.is_dir()
     for run in (first, second):
         run.checkpoint_dir.mkdir(parents=True)
         (run.checkpoint_dir / "last.ckpt").write_bytes(b"x")
         (run.checkpoint_dir / FINISHED_FILE).write_text("{}")
-    (ckpts / "exp" / "version_2").mkdir()  # a run that never saved: not a candidate
+    (logs / "exp" / "version_2").mkdir()  # a run that never saved: not a candidate
     assert resolve_reference("run:exp", ckpts) == second.checkpoint_dir / "last.ckpt"
     assert resolve_reference("run:exp/version_0", ckpts) == first.checkpoint_dir / "last.ckpt"
     assert resolve_reference("plain/path.ckpt", ckpts) == Path("plain/path.ckpt")
@@ -79,7 +79,8 @@ def test_a_rerun_baseline_is_the_one_the_next_task_prunes(tmp_path, monkeypatch)
     masked = next(m for m in results["models"] if m["variant"] == "pruned-masked")
     assert masked["profile"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
     # The run's own artifacts sit in its folders and nowhere else.
-    logs, ckpts = (tmp_path / root / "tiny_unstructured" / "version_0" for root in ("logs", "checkpoints"))
+    logs = tmp_path / "logs" / "tiny_unstructured" / "version_0"
+    ckpts = logs / "checkpoints"
     assert Path(results["artifacts"]["checkpoint"]).parent == ckpts
     measured = results["checkpoint"]  # the file these figures describe: the fit's final last.ckpt
     assert measured["path"] == results["artifacts"]["checkpoint"] and measured["finished"] is True
@@ -93,23 +94,20 @@ def test_a_renamed_experiment_moves_every_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "renamed")]) == 0
     assert last_checkpoint(tmp_path, "renamed").is_file()
-    assert not (tmp_path / "checkpoints" / "digits_baseline").exists()
+    assert not (tmp_path / "logs" / "digits_baseline").exists()
     err = run_cli_expecting_error(["fit", "--config", BASELINE, *_tiny(tmp_path, "renamed"),
                                    "--trainer.logger.init_args.name=other"], capsys)
     assert "run.experiment" in err and "--run.experiment=other" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_without_a_logger_each_run_keeps_its_own_results(tmp_path, monkeypatch):
+def test_the_logger_that_names_the_run_folder_cannot_be_turned_off_or_doubled(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = [*_tiny(tmp_path, "nolog"), "--trainer.logger=false"]
-    assert main(["fit", "--config", BASELINE, *args]) == 0
-    ckpt = last_checkpoint(tmp_path, "nolog")
-    for _ in range(2):
-        assert main(["test", "--config", BASELINE, f"--ckpt_path={ckpt}", *args]) == 0
-    found = sorted((tmp_path / "logs" / "nolog").glob("version_*/results.json"))
-    assert [p.parent.name for p in found] == ["version_1", "version_2"]
-    assert all(len(json.loads(p.read_text())["models"]) == 1 for p in found)
+    csv = "--trainer.logger+=lightning.pytorch.loggers.CSVLogger"
+    for extra, words in ((["--trainer.logger=false"], "trainer.logger=false: a run's folder and version come from"),
+                         ([csv, "--trainer.logger.save_dir=x"], "a CSVLogger or a second TensorBoardLogger")):
+        err = run_cli_expecting_error(["fit", "--config", BASELINE, *_tiny(tmp_path, "nolog"), *extra], capsys)
+        assert words in err and "Traceback" not in err, err[-1500:]
+    assert not (tmp_path / "logs" / "nolog").exists()
 
 
 @pytest.mark.slow
@@ -167,7 +165,6 @@ def test_bad_files_and_options_are_one_line_and_write_nothing(tmp_path, monkeypa
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and all(w in lines[0] for w in words) and "Traceback" not in err, err[-1500:]
     assert not (tmp_path / "logs" / "bad").exists() or not any((tmp_path / "logs" / "bad").iterdir())
-    assert not (tmp_path / "checkpoints" / "bad").exists() or not any((tmp_path / "checkpoints" / "bad").iterdir())
 
 
 @pytest.mark.slow

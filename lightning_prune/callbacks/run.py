@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +23,8 @@ from lightning_prune.checkpoint_io import (
 )
 from lightning_prune.errors import ConfigError
 from lightning_prune.results import atomic_write_bytes
-from lightning_prune.runs import Run
+from lightning_prune.run_logger import RunLogger
+from lightning_prune.runs import Run, make_folder
 
 DISTRIBUTED_FILE = "distributed.json"  # the processes of a fit and their end-of-training checksums
 
@@ -30,33 +32,48 @@ T = TypeVar("T")
 
 
 class RunInfo(L.Callback):
-    """Carries the :class:`~lightning_prune.runs.Run` the CLI resolved, so callbacks never ask the trainer.
+    """Knows the run on every rank from ``setup`` on, so callbacks never ask the trainer again.
 
     ``trainer.log_dir`` is a collective under DDP (it broadcasts): code that runs on rank 0 only reads
     the run folder from here instead. ``sources`` records the checkpoints the run was built from
     (``model.pretrained``, ``ckpt_path``) and the references that named them.
 
     Args:
-        run: The run's identity and folders.
+        experiment: The run's experiment (``run.experiment``).
         sources: Option name to the checkpoint path it resolved to (and ``<option>_reference``).
         config_key: Hash of the run's configuration without seed and folders: equal keys differ only in seed.
     """
 
-    def __init__(self, run: Run, sources: dict[str, str] | None = None, config_key: str | None = None) -> None:
-        self.run = run
+    def __init__(self, experiment: str, sources: dict[str, str] | None = None, config_key: str | None = None) -> None:
+        self.experiment = experiment
+        self.run: Run | None = None
         self.sources = dict(sources or {})
         self.config_key = config_key
         self.checksums: list[str] = []
         self.started = False  # the run got past its checks: a failure from here on keeps its folders
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Every process of the launch must write into the same run (the version is chosen before they connect)."""
-        chosen = gather(trainer, self.run.version)
-        if len(set(chosen)) > 1:
-            raise ConfigError(
-                f"run.version: the processes of this launch chose different versions ({chosen}); start them together "
-                "or give every node the same --run.version"
-            )
+        """The folder rank 0's logger claimed, shared by Lightning; a version named by number is never reused."""
+        self.run = Run.of_folder(trainer.log_dir)
+        refusal = trainer.strategy.broadcast(self._refusal(trainer) if trainer.is_global_zero else None, src=0)
+        if refusal:
+            raise ConfigError(refusal)
+        if trainer.is_global_zero:
+            print(f"run: {self.run.name} ({self.run.log_dir})", file=sys.stderr)
+
+    def _refusal(self, trainer: L.Trainer) -> str | None:
+        """Rank 0's reason to refuse the run (every rank raises it): a taken version, a closed folder."""
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
+        resumed = Path(self.sources.get("ckpt_path") or "").parent
+        own = trainer.state.fn == "fit" and resumed.resolve() == self.run.checkpoint_dir.resolve()
+        if logger is not None and logger.existed and not own:
+            return version_taken(self.run)
+        try:
+            if trainer.state.fn == "fit":
+                check_writable(self.run.checkpoint_dir)
+        except ConfigError as err:
+            return str(err)
+        return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = True
@@ -110,10 +127,11 @@ class LastCheckpoint(ModelCheckpoint):
     training if the last steps were not saved yet. ``run:`` references and exports read this file.
 
     Args:
-        dirpath: The run's checkpoint folder.
+        dirpath: None (the CLI): Lightning's folder of the run, ``<run>/checkpoints``, as for every
+            ``ModelCheckpoint`` of the run; a folder for a Trainer built by hand.
     """
 
-    def __init__(self, dirpath: str | Path) -> None:
+    def __init__(self, dirpath: str | Path | None = None) -> None:
         super().__init__(dirpath=dirpath, filename=Path(LAST_CHECKPOINT).stem, monitor=None, save_top_k=1,
                          save_last=False, enable_version_counter=False, save_on_train_epoch_end=True)
 
@@ -150,13 +168,13 @@ def run_info(trainer: L.Trainer) -> RunInfo | None:
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's own folder, known on every rank without a collective.
+    """The run's own folder, known on every rank without a collective from ``setup`` on.
 
     From the CLI it is ``logs/<experiment>/version_N``; a Trainer built by hand uses its
     ``default_root_dir``.
     """
     info = run_info(trainer)
-    return info.run.log_dir if info is not None else Path(trainer.default_root_dir)
+    return info.run.log_dir if info is not None and info.run is not None else Path(trainer.default_root_dir)
 
 
 def resume_path(trainer: L.Trainer) -> str | None:
@@ -165,6 +183,22 @@ def resume_path(trainer: L.Trainer) -> str | None:
         return str(trainer.ckpt_path)
     info = run_info(trainer)
     return info.sources.get("ckpt_path") if info is not None else None
+
+
+def version_taken(run: Run) -> str:
+    return (f"run.version={run.version}: {run.name} exists already and belongs to another run; leave run.version "
+            "unset for the next free version (a resume of that run names its checkpoint in --ckpt_path)")
+
+
+def check_writable(folder: Path) -> None:
+    """Create the checkpoint folder and write into it once, so a closed folder fails before training."""
+    make_folder(folder, "run.logs")
+    probe = folder / f".write-check-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run.logs: cannot write to {folder} ({err.strerror})") from err
 
 
 def state_checksum(module: torch.nn.Module) -> str:

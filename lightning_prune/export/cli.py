@@ -3,7 +3,7 @@
 Examples::
 
     lightning-prune export --run run:digits_unstructured --quantize
-    lightning-prune export --run checkpoints/digits_channel/version_0/last.ckpt --format onnx --out deploy/
+    lightning-prune export --run logs/digits_channel/version_0/checkpoints/last.ckpt --format onnx --out deploy/
 
 Each run becomes one variant: ``<variant>.json`` (architecture and metadata), ``<variant>.pt`` (plain
 weights, pruned ones exactly 0), ``<variant>.onnx``, the int8 files (``--quantize``), and ``handoff.json``
@@ -87,7 +87,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's)")
     p.add_argument("--atol", type=float, default=ATOL, help=f"largest logit difference accepted (default: {ATOL:g})")
     p.add_argument("--logs", type=Path, default=Path("logs"), help="root of the runs' logs (default: logs)")
-    p.add_argument("--checkpoints", default="checkpoints", help="root of run references (default: checkpoints)")
     return p
 
 
@@ -103,11 +102,11 @@ def _formats(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def _checkpoint(ref: str, checkpoints: str) -> Path:
+def _checkpoint(ref: str, logs: Path) -> Path:
     from lightning_prune.references import resolve
 
     try:
-        resolved = resolve(ref, checkpoints_dir=checkpoints)
+        resolved = resolve(ref, logs)
     except ConfigError as err:
         raise ExportError(f"--run: {err}") from err
     for note in resolved.notes:
@@ -189,7 +188,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[str], Int8Settings, list[Pa
             raise ExportError(f"--{option.replace('_', '-')}: must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)  # ONNX Runtime sessions take torch's count
-    paths = [_checkpoint(ref, args.checkpoints) for ref in args.run]
+    paths = [_checkpoint(ref, args.logs) for ref in args.run]
     names = [variant_name(p) for p in paths]
     if len(set(names)) < len(names):
         raise ExportError(f"--run: two runs would both be named {names}; export them into separate --out folders")

@@ -15,8 +15,8 @@ DATASETS = ("digits", "cifar10", "cifar100")
 
 
 def run_parts(path: Path) -> tuple[str, str | None]:
-    """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N]/<file>.ckpt``."""
-    parent = path.parent
+    """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N][/checkpoints]/<file>.ckpt``."""
+    parent = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     if parent.name.startswith("version_"):
         return parent.parent.name, parent.name
     if path.stem == "last" or path.stem.startswith("epoch="):

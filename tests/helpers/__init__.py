@@ -40,13 +40,12 @@ def tiny_cli_args(tmp_path: Path, experiment: str = "tiny") -> list[str]:
         "--trainer.limit_test_batches=2",
         f"--run.experiment={experiment}",
         f"--run.logs={tmp_path / 'logs'}",
-        f"--run.checkpoints={tmp_path / 'checkpoints'}",
     ]
 
 
 def last_checkpoint(tmp_path: Path, experiment: str = "tiny", version: int = 0) -> Path:
     """Where a run of ``tiny_cli_args`` keeps its last checkpoint."""
-    return tmp_path / "checkpoints" / experiment / f"version_{version}" / "last.ckpt"
+    return tmp_path / "logs" / experiment / f"version_{version}" / "checkpoints" / "last.ckpt"
 
 
 def fit_head(model, images, labels, steps: int = 300) -> None:
