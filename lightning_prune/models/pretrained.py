@@ -16,12 +16,13 @@ PRETRAINED_URLS: dict[int, str] = {
     10: f"{RELEASE}/cifar10_vgg16_bn-6ee7ea24.pt",
     100: f"{RELEASE}/cifar100_vgg16_bn-7d8c4031.pt",
 }
+WEIGHTS_DIR = Path("checkpoints/pretrained")  # downloaded release files (runs keep theirs in logs/)
 # Their published test accuracies (top-1, top-5), the reference for the baseline.
 PUBLISHED_ACCURACY: dict[int, tuple[float, float]] = {10: (94.16, 99.71), 100: (74.00, 90.56)}
 
 
 def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
-    """Fetch the release checkpoint through torch.hub's cache; the file name's hash is checked."""
+    """Fetch the release file into ``checkpoints/pretrained`` once (torch.hub); its name's hash is checked."""
     if num_classes not in PRETRAINED_URLS:
         raise ConfigError(
             f"pretrained=True: weights exist only for 10 or 100 classes, not {num_classes}; "
@@ -29,7 +30,8 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
         )
     url = PRETRAINED_URLS[num_classes]
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False)
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(WEIGHTS_DIR), map_location="cpu",
+                                                  check_hash=True, progress=False)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise ConfigError(
             f"pretrained=True: could not download {url} ({err}); "
