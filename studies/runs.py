@@ -48,7 +48,7 @@ def exported(experiment: str, seed: int) -> bool:
     return run is not None and (run.log_dir / "export" / "handoff.json").is_file()
 
 
-def resolve(argv: list[str]) -> list[str]:
+def name_seed_runs(argv: list[str]) -> list[str]:
     """``{EXP@seed}`` in an argument -> ``run:EXP/version_N``, that seed's newest finished run."""
     out = []
     for arg in argv:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from lightning_prune.cli import main as cli_main
-from studies.runs import LOGS, resolve
+from studies.runs import LOGS, name_seed_runs
 
 DISTRIBUTED_OPTIONS = ("--trainer.strategy", "--trainer.devices", "--trainer.num_nodes")
 
@@ -51,7 +51,7 @@ def run_command(argv: list[str]) -> int:
 def run_sequence(commands: list[list[str]]) -> int:
     """Each command in turn; the first failure ends the step with its exit code."""
     for argv in commands:
-        argv = resolve(argv)
+        argv = name_seed_runs(argv)
         print(f"\n$ lightning-prune {' '.join(argv)}", flush=True)
         started = time.perf_counter()
         code = run_command(argv)

@@ -72,23 +72,22 @@ def test_the_evidence_plan_keeps_whole_comparisons_and_waits_for_what_it_prunes(
     assert len(exports) == 3 * len(evidence.LADDER_EXPORTS) and all(not s.makes for s in exports)
 
 
-def _finished(logs: Path, checkpoints: Path, experiment: str, version: int, seed: int, done: bool) -> None:
-    (logs / experiment / f"version_{version}").mkdir(parents=True)
-    (logs / experiment / f"version_{version}" / "config.yaml").write_text(f"seed_everything: {seed}\n")
-    (checkpoints / experiment / f"version_{version}").mkdir(parents=True)
+def _run(logs: Path, experiment: str, version: int, seed: int, done: bool) -> None:
+    folder = logs / experiment / f"version_{version}"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"seed_everything: {seed}\n")
     if done:
-        (checkpoints / experiment / f"version_{version}" / "finished.json").write_text("{}")
+        (folder / "checkpoints" / "finished.json").write_text("{}")
 
 
 def test_a_seed_reference_names_that_seeds_newest_finished_run(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "LOGS", tmp_path / "logs")
-    monkeypatch.setattr(runs, "CHECKPOINTS", tmp_path / "checkpoints")
     for version, seed, done in ((0, 0, True), (1, 1, True), (2, 0, True), (3, 0, False)):
-        _finished(tmp_path / "logs", tmp_path / "checkpoints", "e", version, seed, done)
-    assert runs.resolve(["--a={e@0}", "--b=x{e@1}y", "plain"]) == ["--a=run:e/version_2", "--b=xrun:e/version_1y",
-                                                                    "plain"]
+        _run(tmp_path / "logs", "e", version, seed, done)
+    named = runs.name_seed_runs(["--a={e@0}", "--b=x{e@1}y", "plain"])
+    assert named == ["--a=run:e/version_2", "--b=xrun:e/version_1y", "plain"]
     with pytest.raises(RuntimeError, match="e has no finished run of seed 2"):
-        runs.resolve(["{e@2}"])
+        runs.name_seed_runs(["{e@2}"])
 
 
 def _fake_spawn(order: Path):
