@@ -136,14 +136,18 @@ def _usage_error(argv: list[str], capsys) -> str:
 def test_a_page_that_cannot_be_checked_is_one_line(tmp_path, capsys):
     logs = tmp_path / "logs"
     logs.mkdir()
-    outside = tmp_path / "page.md"  # a docs page copied out of docs/: the JSON file it cites is not beside it
-    outside.write_text("Took <!-- v:json:results/timing.json:wall_seconds:.1f -->1.0<!-- /v --> s.\n")
+    docs = tmp_path / "docs"  # a template copied out of docs/: the JSON file it cites is not beside it
+    (docs / "src").mkdir(parents=True)
+    cited = '{{ json_file("results/timing.json")["wall_seconds"] | fmt(".1f") }}'
+    (docs / "src" / "page.md.j2").write_text(f"Took {cited} s.\n")
+    (docs / "page.md").write_text("Took 1.0 s.\n")
     out = ["--logs", str(logs), "--out", str(tmp_path / "R.md")]
-    for option, page in (("--check-readme", outside), ("--readme", outside), ("--check-readme", tmp_path / "no.md"),
-                         ("--readme", tmp_path / "no.md")):
-        err = _usage_error([*out, option, str(page)], capsys)
-        assert f"error: {option}: " in err and str(page.name) in err, err
-    assert outside.read_text().endswith("1.0<!-- /v --> s.\n")  # left as it was
+    for option, folder, named in (("--check-docs", docs, "page.md.j2:1"), ("--render-docs", docs, "page.md.j2:1"),
+                                  ("--check-docs", tmp_path / "missing", "missing"),
+                                  ("--render-docs", tmp_path / "missing", "missing")):
+        err = _usage_error([*out, option, str(folder)], capsys)
+        assert f"error: {option}: " in err and named in err, err
+    assert (docs / "page.md").read_text() == "Took 1.0 s.\n"  # left as it was
 
 
 def test_a_broken_onnxruntime_is_one_line_and_makes_no_folder(tmp_path, monkeypatch, capsys):

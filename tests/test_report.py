@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from lightning_prune.budget import grid_steps
 from lightning_prune.report.cli import build_report, main
 from lightning_prune.report.collect import load_runs, seed_groups
 from lightning_prune.report.plots import _removed, accuracy_series

@@ -47,7 +47,7 @@ OPS_NOTE = (
 
 
 BUDGET_NOTE = (
-    "From `python -m lightning_prune.budget` (each method at every target of a grid): per method, the highest "
+    "From `python -m studies.budget` (each method at every target of a grid): per method, the highest "
     "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
     "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline (1b, from random "
     "init). Task 2's target is the share of the dense model's parameters removed; the others' is the share of "

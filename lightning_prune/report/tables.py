@@ -216,7 +216,7 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
     end of its 95 % confidence interval over seeds is within the budget (else "not established").
 
     Built from every run that records a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
-    from ``python -m lightning_prune.budget``) and the main runs. Figures are the ``pruned-masked``
+    from ``python -m studies.budget``) and the main runs. Figures are the ``pruned-masked``
     variant's (``channel-pruned`` for task 2, whose target is the share of parameters removed).
     A method run at one target only (the main runs at 90 %) gets its verdict at that target.
     """
