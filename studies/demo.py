@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("REPORT.md"), help="report file (default: REPORT.md)")
     parser.add_argument("--no-handoff", action="store_true", help="skip the ONNX / int8 export of every run")
     parser.add_argument("--seeds", type=int, default=1, help="run the plan with seeds 0..N-1 (default: seed 0)")
-    parser.add_argument("--workers", type=int, default=2, help="steps at once, one CPU thread each (default 2)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="steps at once, one CPU thread each (default 2; 0: one after another in this process)")
     parser.add_argument("--export-option", action="append", default=[], metavar="OPTION",
                         help="an option added to every export, e.g. --export-option=--max-int8-drop=2 (repeatable)")
     parser.add_argument("overrides", nargs="*", help="CLI overrides added to every training step, after --")
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in FILES if not (args.configs / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--configs: {args.configs} lacks {', '.join(m + '.yaml' for m in missing)}")
-    if args.seeds < 1 or args.workers < 1:
-        parser.error(f"--seeds and --workers must be >= 1, got {args.seeds} and {args.workers}")
+    if args.seeds < 1 or args.workers < 0:
+        parser.error(f"--seeds must be >= 1 and --workers >= 0, got {args.seeds} and {args.workers}")
     started = time.perf_counter()
     steps = plan(args.seeds, args.configs, args.overrides, None if args.no_handoff else args.export_option, args.out)
     code = run(steps, STUDY, args.workers)

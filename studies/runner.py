@@ -6,6 +6,8 @@ output goes to ``<folder>/steps/<label>.log`` and its wall time to ``<folder>/ti
 ``resume`` a step that is already done (its run finished) is skipped, so a stopped study goes on where
 it stopped; without it every step runs again and writes new runs. A step waits for the runs it
 ``needs``: one this plan makes waits for that step, one it does not make must have finished before.
+``workers=0`` runs the steps one after another in this process (to debug one, or where starting
+processes costs more than it saves).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from studies import procs
 from studies.runs import finished_run
+from studies.sequence import run_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RunKey = tuple[str, int]  # (experiment, seed)
@@ -80,6 +83,8 @@ def run(steps: list[Step], folder: Path, workers: int = 2, resume: bool = False,
             print(f"{step.label} still runs (pid {pid}); waiting for it instead of starting it again", flush=True)
             state.todo.remove(step)
             state.running.append((step, procs.Orphan(pid, step.done or (lambda: False)), time.time()))
+    if workers == 0:
+        return _in_process(state, folder, keep_going)
     stop_on = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return _loop(state, folder, workers, keep_going, registry)
@@ -111,6 +116,23 @@ def _start(step: Step, folder: Path, registry: procs.Registry) -> subprocess.Pop
     proc = procs.spawn([sys.executable, "-m", "studies.sequence", json.dumps(step.commands)], log, env)
     registry.add(step.label, proc.pid)
     return proc
+
+
+def _in_process(state: Progress, folder: Path, keep_going: bool) -> int:
+    """Each step in turn in this process, in plan order as its needs finish; output to the terminal."""
+    session = {"start": round(time.time()), "end": round(time.time()), "workers": 0}
+    state.timing.setdefault("sessions", []).append(session)
+    while state.todo and (keep_going or not state.failures):
+        step = next((s for s in state.todo if state.ready(s)), None)
+        if step is None:
+            break
+        state.todo.remove(step)
+        print(f"=== {step.label}", flush=True)
+        started = time.time()
+        _finish(state, step, run_sequence(step.commands), time.time() - started, folder / "no.log")
+    session["end"] = round(time.time())
+    _save(state.timing, folder / "timing.json")
+    return 1 if state.failures or state.todo else 0
 
 
 def _loop(state: Progress, folder: Path, workers: int, keep_going: bool, registry: procs.Registry) -> int:

@@ -164,3 +164,12 @@ def test_a_resume_waits_for_a_step_that_still_runs(tmp_path, monkeypatch, capsys
     assert runner.run([step], folder, workers=1, resume=True) == 1  # it ended without finishing its run
     assert still.wait() == 0 and started == [] and "still runs (pid" in capsys.readouterr().out
     assert procs.Registry(folder / "running.json").read() == {}
+
+
+def test_without_workers_the_steps_run_in_this_process_in_order(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(runner, "run_sequence", lambda commands: ran.append(commands[0][0]) or int(commands[0][1]))
+    steps = [Step("b", [["b", "0"]], needs=[("a", 0)]), Step("a", [["a", "0"]], makes=[("a", 0)]),
+             Step("c", [["c", "4"]]), Step("d", [["d", "0"]])]
+    assert runner.run(steps, tmp_path / "study", workers=0) == 1
+    assert ran == ["a", "b", "c"]  # b after the run it needs; nothing after c failed
