@@ -152,7 +152,7 @@ def _loop(state: Progress, folder: Path, workers: int, keep_going: bool, registr
             state.todo.clear()  # the steps already running end on their own
             continue
         ready = [s for s in state.todo if state.ready(s)]
-        if not ready and not state.running:
+        if state.todo and not ready and not state.running:
             print(f"{folder.name}: {len(state.todo)} steps wait for runs that did not finish; stopping",
                   file=sys.stderr)
             state.failures += len(state.todo)
