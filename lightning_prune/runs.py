@@ -87,14 +87,25 @@ def claim_next(folder: Path) -> int:
             version += 1
 
 
-def make_folder(path: Path, option: str) -> None:
-    """``mkdir -p`` whose failure is one line naming the option that chose the folder."""
+def make_folder(path: Path, option: str, error: type[ConfigError] = ConfigError, probe: bool = False) -> Path:
+    """``mkdir -p`` whose failure is one line naming the option that chose the folder.
+
+    ``probe``: also write a file into it once, so a full or closed disk fails before the work starts.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{option}: cannot create {path} ({err.strerror or type(err).__name__})") from err
+        raise error(f"{option}: cannot create {path} ({err.strerror or type(err).__name__})") from err
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option}: {path} is not writable")
+        raise error(f"{option}: {path} is not writable")
+    if probe:
+        test = path / f".write-check-{os.getpid()}"
+        try:
+            test.write_bytes(b"")
+            test.unlink()
+        except OSError as err:
+            raise error(f"{option}: cannot write to {path} ({err.strerror or type(err).__name__})") from err
+    return path
 
 
 def release(log_dir: Path) -> None:

@@ -70,7 +70,7 @@ class RunInfo(L.Callback):
             return version_taken(self.run)
         try:
             if trainer.state.fn == "fit":
-                check_writable(self.run.checkpoint_dir)
+                make_folder(self.run.checkpoint_dir, "run.logs", probe=True)  # a closed folder fails before training
         except ConfigError as err:
             return str(err)
         return None
@@ -188,17 +188,6 @@ def resume_path(trainer: L.Trainer) -> str | None:
 def version_taken(run: Run) -> str:
     return (f"run.version={run.version}: {run.name} exists already and belongs to another run; leave run.version "
             "unset for the next free version (a resume of that run names its checkpoint in --ckpt_path)")
-
-
-def check_writable(folder: Path) -> None:
-    """Create the checkpoint folder and write into it once, so a closed folder fails before training."""
-    make_folder(folder, "run.logs")
-    probe = folder / f".write-check-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"run.logs: cannot write to {folder} ({err.strerror})") from err
 
 
 def state_checksum(module: torch.nn.Module) -> str:

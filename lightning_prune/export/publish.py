@@ -26,6 +26,7 @@ from lightning_prune.export.artifact import SUFFIXES, write_json
 from lightning_prune.export.errors import ExportError
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.results import atomic_write_bytes
+from lightning_prune.runs import make_folder
 
 HANDOFF_TABLE = "handoff.md"
 STAGING_PREFIX = ".staging-"
@@ -36,17 +37,7 @@ def check_out(out: Path) -> Path:
     """The output folder, created if missing; one line naming ``--out`` when it cannot be used."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out: {out} is a file; name a folder to export into")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExportError(f"--out: cannot create {out} ({err.strerror or type(err).__name__})") from err
-    probe = out / f".write-check-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ExportError(f"--out: cannot write to {out} ({err.strerror or type(err).__name__})") from err
-    return out
+    return make_folder(out, "--out", ExportError, probe=True)
 
 
 def staging(out: Path, variant: str) -> Path:
