@@ -19,6 +19,7 @@ import torch
 
 from lightning_prune.errors import ConfigError
 from lightning_prune.results import atomic_write_bytes
+from lightning_prune.runs import CHECKPOINTS
 
 LAST_CHECKPOINT = "last.ckpt"
 FINISHED_FILE = "finished.json"
@@ -92,5 +93,5 @@ def from_finished_run(path: str | Path) -> bool | None:
     folder = Path(path).parent
     if finished_record(folder) is not None:
         return True
-    in_run = folder.name == "checkpoints" and folder.parent.name.startswith("version_")
+    in_run = folder.name == CHECKPOINTS and folder.parent.name.startswith("version_")
     return False if (folder / LAST_CHECKPOINT).is_file() and in_run else None

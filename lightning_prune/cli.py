@@ -151,9 +151,9 @@ class PruneCLI(LightningCLI):
         if spec.version is None or any(os.environ.get(k, "0") != "0" for k in RANK_VARIABLES):
             return
         run = Run(spec.experiment, spec.version, Path(spec.logs))
-        resumed = Path(self.sources.get("ckpt_path") or "").parent.resolve()
-        if run.log_dir.exists() and not (self.subcommand == "fit" and resumed == run.checkpoint_dir.resolve()):
-            raise ConfigError(version_taken(run))
+        taken = version_taken(run, self.subcommand, self.sources.get("ckpt_path"))
+        if run.log_dir.exists() and taken:
+            raise ConfigError(taken)
 
     def _check_resume_task(self, cfg: Any) -> None:
         """A checkpoint of task X is never resumed, tested or re-labelled under a config of task Y."""

@@ -64,10 +64,9 @@ class RunInfo(L.Callback):
     def _refusal(self, trainer: L.Trainer) -> str | None:
         """Rank 0's reason to refuse the run (every rank raises it): a taken version, a closed folder."""
         logger = next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
-        resumed = Path(self.sources.get("ckpt_path") or "").parent
-        own = trainer.state.fn == "fit" and resumed.resolve() == self.run.checkpoint_dir.resolve()
-        if logger is not None and logger.existed and not own:
-            return version_taken(self.run)
+        taken = version_taken(self.run, trainer.state.fn, self.sources.get("ckpt_path"))
+        if logger is not None and logger.existed and taken:
+            return taken
         try:
             if trainer.state.fn == "fit":
                 make_folder(self.run.checkpoint_dir, "run.logs", probe=True)  # a closed folder fails before training
@@ -185,7 +184,10 @@ def resume_path(trainer: L.Trainer) -> str | None:
     return info.sources.get("ckpt_path") if info is not None else None
 
 
-def version_taken(run: Run) -> str:
+def version_taken(run: Run, subcommand: str, ckpt_path: str | None) -> str | None:
+    """The refusal for an existing version named by number; None for a fit that resumes that very run."""
+    if subcommand == "fit" and Path(ckpt_path or "").parent.resolve() == run.checkpoint_dir.resolve():
+        return None
     return (f"run.version={run.version}: {run.name} exists already and belongs to another run; leave run.version "
             "unset for the next free version (a resume of that run names its checkpoint in --ckpt_path)")
 

@@ -10,13 +10,14 @@ from typing import Any
 from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
 from lightning_prune.export.checkpoint import CheckpointModel
 from lightning_prune.export.errors import ExportError
+from lightning_prune.runs import CHECKPOINTS
 
 DATASETS = ("digits", "cifar10", "cifar100")
 
 
 def run_parts(path: Path) -> tuple[str, str | None]:
     """(experiment, ``version_N`` or None) of ``<root>/<experiment>[/version_N][/checkpoints]/<file>.ckpt``."""
-    parent = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    parent = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
     if parent.name.startswith("version_"):
         return parent.parent.name, parent.name
     if path.stem == "last" or path.stem.startswith("epoch="):
