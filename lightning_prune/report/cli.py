@@ -11,8 +11,8 @@ from pathlib import Path
 
 from lightning_prune.report import controls, docs, plots, tables
 from lightning_prune.report.baselines import BASELINE, baseline_run
-from lightning_prune.report.collect import RunResults, load_runs, seed_groups, unfinished, without_seed
-from lightning_prune.report.handoff import HANDOFF_FILE, handoff_section, records_of
+from lightning_prune.report.collect import RunResults, load_runs, seed_groups, without_seed
+from lightning_prune.report.handoff import handoff_section, records_of
 from lightning_prune.report.ladder import ladders
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
@@ -78,14 +78,13 @@ def sweep_notes(runs: list[RunResults]) -> list[str]:
 
 def ladder_section(logs: Path) -> list[str]:
     """Per dataset, the compression ladder from the exports under ``logs`` (needs dense, channel and chain exports)."""
-    records = records_of(sorted(logs.rglob(HANDOFF_FILE))) if logs.is_dir() else []
+    records = records_of([logs]) if logs.is_dir() else []
     return [line for dataset, block in ladders(records).items()
             for line in (f"## {dataset}: the compression ladder", "", block, "")]
 
 
 def figures(runs: list[RunResults], plot_dir: Path, dataset: str, references: Sequence[str]) -> list[Path]:
-    """The dataset's figures: accuracy against sparsity, latency and size against the baseline, learning curves,
-    per-layer sparsity (1a and each 1b schedule) and each run's sensitivity sweep (copied beside the report)."""
+    """The dataset's figures, each run's sensitivity sweep copied beside the report."""
     base = baseline_run(runs, references)
     reference = base.data["models"][0] if base else None
     found = [plots.accuracy_vs_sparsity(runs, plot_dir / f"{dataset}_accuracy_vs_sparsity.png", reference),
@@ -108,10 +107,8 @@ def check_references(runs: list[RunResults], references: Sequence[str], logs: Pa
     baselines = sorted({r.experiment for r in runs if r.task == BASELINE})
     unknown = [name for name in references if name not in baselines]
     if unknown:
-        raise ValueError(
-            f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
-            f"baseline experiments there: {', '.join(baselines) or 'none'}"
-        )
+        raise ValueError(f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
+                         f"baseline experiments there: {', '.join(baselines) or 'none'}")
 
 
 def check_out(out: Path) -> None:
@@ -156,7 +153,8 @@ def appendix(runs: list[RunResults], groups: list[list[RunResults]], chosen: lis
         lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", "", *notes, ""]
     if chosen:
         lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]
-    set_apart = [(r, "its model comes from a fit that did not finish (killed or failed)") for r in unfinished(runs)]
+    set_apart = [(r, "its model comes from a fit that did not finish (killed or failed)") for r in runs
+                 if not r.finished]
     set_apart += [(r, "it records no seed, so it is not counted as one") for r in without_seed(runs, groups)]
     if set_apart:
         lines += ["## Runs left out of the tables", "", *[f"- `{r.path}`: {why}" for r, why in set_apart], ""]
@@ -181,15 +179,10 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
     shown = len(chosen) if all_runs else sum(len(group) for group in groups)
     (out.parent / "report_plots").mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines = [
-        "# lightning_prune report",
-        "",
-        f"Generated {now} from {shown} run(s) under `{logs}`"
-        + ("" if all_runs else f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
-           "run(s) hidden)")
-        + ". Every number below is read from a results.json; nothing is estimated. " + STATS_NOTE,
-        "",
-    ]
+    hidden = "" if all_runs else (f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
+                                  "run(s) hidden)")
+    lines = ["# lightning_prune report", "", f"Generated {now} from {shown} run(s) under `{logs}`{hidden}. Every "
+             f"number below is read from a results.json; nothing is estimated. {STATS_NOTE}", ""]
     if not chosen:
         lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
     for dataset in sorted({r.dataset for r in chosen}):
@@ -214,11 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="logs", help="folder searched for results.json (default: logs)")
     parser.add_argument("--out", default="REPORT.md", help="markdown file to write (default: REPORT.md)")
     parser.add_argument("--all-runs", action="store_true", help="keep older runs of the same experiment too")
-    parser.add_argument(
-        "--reference", action="append", default=[], metavar="EXPERIMENT",
-        help="baseline experiment that GraSP/SNIP runs of its dataset are compared with (repeatable; "
-        "default: the most recent baseline run of each dataset)",
-    )
+    parser.add_argument("--reference", action="append", default=[], metavar="EXPERIMENT",
+                        help="baseline experiment that GraSP/SNIP runs of its dataset are compared with "
+                        "(repeatable; default: the most recent baseline run of each dataset)")
     parser.add_argument("--max-drop", type=float, default=5.0, metavar="POINTS",
                         help="top-1 points a method may lose in the budget table (default: 5)")
     parser.add_argument("--snapshot", metavar="DIR", help="also copy the results.json and handoff.json of every "

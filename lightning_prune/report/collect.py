@@ -52,11 +52,8 @@ class RunResults:
 
 
 def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[RunResults]:
-    """Every parseable results.json under ``logs``; schema problems are kept, not fatal.
-
-    Files that cannot be read at all are left out of the runs and appended to ``unreadable`` as
-    (path, reason), so the report can list them instead of dropping them silently.
-    """
+    """Every parseable results.json under ``logs``; schema problems are kept, not fatal. Unreadable files go to
+    ``unreadable`` as (path, reason), so the report lists them instead of dropping them silently."""
     runs, unreadable = [], [] if unreadable is None else unreadable
     validator = jsonschema.Draft202012Validator(schema())
     for path in sorted(Path(logs).rglob(RESULTS_FILE)):
@@ -78,14 +75,10 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
 
 
 def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
-    """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
+    """Per (experiment, task), the newest run and the runs of its ``config_key`` with other seeds (newest last).
 
-    Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
-    runs with the same seed the newer counts, and runs that record no seed count only when no run of
-    the group records one (:func:`without_seed` lists the others). Runs of unfinished models are
-    left out (:func:`unfinished` lists them), and so are runs with invalid fields while a valid run of
-    their experiment exists: a seed missing a figure would count in some columns and not in others.
-    Each group ends with its newest run.
+    Unfinished runs, seedless runs beside seeded ones, and invalid runs beside valid ones are left out: a seed
+    missing a figure would count in some columns and not in others.
     """
     by_key: dict[tuple[str, str], list[RunResults]] = {}
     for run in runs:
@@ -103,11 +96,6 @@ def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
         groups.append(sorted(by_seed.values(), key=lambda r: (r.created, run_version(r.path))))
     groups.sort(key=lambda g: (g[-1].dataset, TASK_ORDER.get(g[-1].task, 99), g[-1].experiment))
     return groups
-
-
-def unfinished(runs: list[RunResults]) -> list[RunResults]:
-    """Runs whose model comes from a fit that did not finish: listed apart, never a table row or a reference."""
-    return [r for r in runs if not r.finished]
 
 
 def without_seed(runs: list[RunResults], groups: list[list[RunResults]]) -> list[RunResults]:

@@ -1,8 +1,5 @@
-"""The hand-off table of the report: each exported variant's float / int8 accuracy, sizes and ONNX Runtime speed.
-
-It reads the ``handoff.json`` files that ``lightning-prune export`` writes (by default into
-``logs/<experiment>/version_N/export/``), so the report shows what was actually exported.
-"""
+"""The hand-off table of the report: each exported variant's float / int8 accuracy, sizes and ONNX Runtime speed,
+read from the handoff.json files ``lightning-prune export`` writes, so the report shows what was exported."""
 
 from __future__ import annotations
 
@@ -32,15 +29,6 @@ NOTE = (
 )
 
 
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("skipping %s: %s", path, err)
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def records_of(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, Any]]:
     """Variant records from handoff.json files, folders holding them, handoff documents or records."""
     records: list[dict[str, Any]] = []
@@ -49,10 +37,13 @@ def records_of(items: Iterable[str | Path | dict[str, Any]]) -> list[dict[str, A
             records += item["variants"] if isinstance(item.get("variants"), list) else [item]
             continue
         path = Path(item)
-        files = sorted(path.rglob(HANDOFF_FILE)) if path.is_dir() else [path]
-        for f in files:
-            doc = _load(f)
-            if doc is not None:
+        for f in sorted(path.rglob(HANDOFF_FILE)) if path.is_dir() else [path]:
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                log.warning("skipping %s: %s", f, err)
+                continue
+            if isinstance(doc, dict):
                 records += [v for v in doc.get("variants", []) if isinstance(v, dict)]
                 records += [{**v, "refused": True} for v in doc.get("refused") or [] if isinstance(v, dict)]
     return records
@@ -62,13 +53,9 @@ def _latency(record: dict[str, Any], form: str = "onnx") -> str:
     cell = num(record.get(f"{form}_latency_ms"), "{:.1f}")
     if cell == MISSING:
         return cell
-    std = record.get(f"{form}_latency_ms_std")
-    if isinstance(std, (int, float)):
-        cell += f" ± {std:.1f}"
-    cell += " ms"
-    if isinstance(record.get("batch_size"), int):
-        cell += f" (bs {record['batch_size']})"
-    return cell
+    std, batch = record.get(f"{form}_latency_ms_std"), record.get("batch_size")
+    return (cell + (f" ± {std:.1f}" if isinstance(std, (int, float)) else "") + " ms"
+            + (f" (bs {batch})" if isinstance(batch, int) else ""))
 
 
 def _float_int8_latency(record: dict[str, Any]) -> str:
@@ -111,16 +98,11 @@ def _row(record: dict[str, Any]) -> list[str]:
 
 
 def handoff_table(paths_or_records: Iterable[str | Path | dict[str, Any]]) -> str:
-    """Markdown table of :data:`COLUMNS`, one row per exported variant.
-
-    Args:
-        paths_or_records: handoff.json files, folders searched for them (a logs/ or export folder),
-            parsed handoff.json documents, or single variant records, in any mix.
-    """
+    """Markdown table of :data:`COLUMNS`, one row per exported variant (any mix that :func:`records_of` reads)."""
     return markdown(COLUMNS, [_row(r) for r in records_of(paths_or_records)])
 
 
 def handoff_section(logs: Path) -> list[str]:
     """The report's hand-off section as markdown lines; empty when no handoff.json is under ``logs``."""
-    records = records_of(sorted(Path(logs).rglob(HANDOFF_FILE)) if Path(logs).is_dir() else [])
+    records = records_of([logs]) if Path(logs).is_dir() else []
     return ["## Hand-off: int8 and ONNX", "", NOTE, "", *handoff_table(records).splitlines(), ""] if records else []

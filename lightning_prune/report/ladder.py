@@ -1,17 +1,6 @@
-"""The compression ladder: from the dense fp32 model to the smallest file the edge runs, one rung at a time.
-
-Built from the hand-off records (handoff.json) of a dataset's exports, merged over seeds:
-
-1. dense fp32: the baseline's ``.pt``;
-2. channel-pruned: task 2's narrower dense network, the one the chain started from;
-3. + unstructured: that network pruned further by magnitude (the ``<set>_compound`` run of compound.yaml: task 2,
-   then 1a; other chains, such as the subset's ``_compound_c90``, are not rungs);
-4. + int8: its int8 ONNX model, run by ONNX Runtime;
-5. + compression: that file compressed (LZMA), the bytes a device downloads.
-
-Each rung: size on disk and compressed, parameters left (non-zero), MACs, ONNX Runtime latency (float
-and int8), test top-1, and how many times smaller than the dense ``.pt`` it is.
-"""
+"""The compression ladder, from a dataset's exports (handoff.json) merged over seeds: the dense fp32 ``.pt``, task
+2's channel-pruned network, that network pruned by magnitude (the ``<set>_compound`` run of compound.yaml; other
+chains are no rungs), its int8 ONNX model and that file compressed (LZMA), the bytes a device downloads."""
 
 from __future__ import annotations
 
@@ -21,7 +10,7 @@ from typing import Any
 
 from lightning_prune.report.seeds import merge_values
 from lightning_prune.report.stats import difference
-from lightning_prune.report.tables import MISSING, markdown, num
+from lightning_prune.report.tables import MISSING, markdown, meets, num
 
 CHAIN = re.compile(r"_compound_v\d+(?:_.+)?$")  # an export of the compound.yaml run: <set>_compound_v<N>
 GOAL_RATIO, GOAL_DROP = 49.0, 2.0  # Deep Compression's VGG16 ratio (Han et al., ICLR 2016), within 2 points
@@ -100,10 +89,8 @@ def goal(dense: dict[str, Any], chain: dict[str, Any]) -> str:
     size, top1 = chain.get("compressed_mb"), chain.get("int8_onnx_top1")
     if not isinstance(size, (int, float)) or not isinstance(top1, (int, float)):
         return "Goal not measured: the chain was exported without int8 ONNX (`export --quantize`)."
-    times = float(dense["float_size_mb"]) / float(size)
-    drop = difference(dense["float_top1"], top1)
-    established = getattr(drop, "n", 1) > 1 and drop.upper <= GOAL_DROP
-    size_ok = times >= GOAL_RATIO
+    times, drop = float(dense["float_size_mb"]) / float(size), difference(dense["float_top1"], top1)
+    established, size_ok = meets(drop, GOAL_DROP), times >= GOAL_RATIO
     verdict = "reached" if size_ok and established else "not reached"
     return (f"Goal ({GOAL_RATIO:g}x smaller than the dense fp32 `.pt`, compressed, within {GOAL_DROP:g} points of its "
             f"top-1, in ONNX Runtime int8): **{verdict}**: {times:.1f}x smaller, top-1 drop {num(drop)} points"
