@@ -8,11 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.stats import Stat
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+from lightning_prune.report.stats import Stat, is_number
 
 
 def merge_values(values: list[Any], seeds: Sequence[int | None] | None = None) -> Any:
@@ -21,7 +17,7 @@ def merge_values(values: list[Any], seeds: Sequence[int | None] | None = None) -
     present = [(v, s) for v, s in zip(values, seeds) if v is not None]
     if not present:
         return None
-    if all(_is_number(v) for v, _ in present):
+    if all(is_number(v) for v, _ in present):
         if len(present) == 1 and present[0][1] is None:
             return present[0][0]
         return Stat([float(v) for v, _ in present], [s for _, s in present])

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from scipy import stats as sps
 
 
+def is_number(value: object) -> bool:
+    """An int or a float (a :class:`Stat` too), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class Stat(float):
     """A mean that remembers its spread: ``values`` (and their ``seeds``), ``n``, ``std`` and ``ci95``."""
 
