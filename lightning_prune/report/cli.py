@@ -17,63 +17,44 @@ from lightning_prune.report.ladder import ladders
 from lightning_prune.report.seeds import merge_runs
 from lightning_prune.results import atomic_write_bytes
 
-STATS_NOTE = (
-    "Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % confidence interval "
-    "(Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are taken seed by seed against the dense "
-    "model of the same seed. Differences between methods are claimed only from the controls table's tests (paired "
-    "t-test when both ran the same seeds, else Welch's), at p < 0.05."
-)
-CONTROLS_NOTE = (
-    "Each method against the control that removes its idea, on the pruned model's test top-1 (see "
-    "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a difference at p < 0.05, "
-    "which with 3-5 seeds is not evidence that there is none."
-)
+STATS_NOTE = ("Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % "
+              "confidence interval (Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are "
+              "taken seed by seed against the dense model of the same seed. Differences between methods are "
+              "claimed only from the controls table's tests (paired t-test when both ran the same seeds, else "
+              "Welch's), at p < 0.05.")
+CONTROLS_NOTE = ("Each method against the control that removes its idea, on the pruned model's test top-1 (see "
+                 "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a "
+                 "difference at p < 0.05, which with 3-5 seeds is not evidence that there is none.")
+OPS_NOTE = ("How to read it: the third column names the kernels that did the work; the last lists every operator "
+            "with `sparse` or `to_dense` in its name, however small. Convolutions that still run "
+            "`mkldnn_convolution` (CPU) or `cudnn_convolution` (CUDA) after a `to_dense` used no sparse kernel.")
+BUDGET_NOTE = ("From `python -m studies.budget` (each method at every target of a grid): per method, the highest "
+               "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
+               "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline "
+               "(1b, from random init). Task 2's target is the share of the dense model's parameters removed; "
+               "the others' is the share of weights zeroed.")
+SCHEDULE_NOTE = ("Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not "
+                 "reached. Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept "
+                 "before the stage, the share the stage removed (magnitude pruning removes none; a random choice "
+                 "removes the stage's overall rate). Filter |sum| / sum |score|: over conv filters, how much the "
+                 "scores of one filter cancel (0: fully); with BatchNorm after each conv, GraSP's scores of a "
+                 "filter sum to its squared gradient norm.")
+SWEEP_SPLITS = {"val": "held-out training images (the validation split).",
+                "test": "the test set, so the per-layer choice has seen the test images."}
 
 
 def drop_note(reference: RunResults | None) -> str:
     against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
-    return (
-        "Top-1 drop: test points lost, seed by seed, against the run's own dense model before pruning, or, for runs "
-        "trained from random initialisation (GraSP, SNIP), against the baseline trained for as many epochs (else "
-        f"{against}; `lightning-prune report --reference` names another)."
-    )
-
-
-OPS_NOTE = (
-    "How to read it: the third column names the kernels that did the work; the last lists every operator "
-    "with `sparse` or `to_dense` in its name, however small. Convolutions that still run "
-    "`mkldnn_convolution` (CPU) or `cudnn_convolution` (CUDA) after a `to_dense` used no sparse kernel."
-)
-
-
-BUDGET_NOTE = (
-    "From `python -m studies.budget` (each method at every target of a grid): per method, the highest "
-    "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
-    "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline (1b, from random "
-    "init). Task 2's target is the share of the dense model's parameters removed; the others' is the share of "
-    "weights zeroed."
-)
-SCHEDULE_NOTE = (
-    "Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not reached. "
-    "Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept before the stage, the share "
-    "the stage removed (magnitude pruning removes none; a random choice removes the stage's overall rate). "
-    "Filter |sum| / sum |score|: over conv filters, how much the scores of one filter cancel (0: fully); with "
-    "BatchNorm after each conv, GraSP's scores of a filter sum to its squared gradient norm."
-)
-SWEEP_SPLITS = {
-    "val": "held-out training images (the validation split).",
-    "test": "the test set, so the per-layer choice has seen the test images.",
-}
+    return ("Top-1 drop: test points lost, seed by seed, against the run's own dense model before pruning, or, for "
+            "runs trained from random initialisation (GraSP, SNIP), against the baseline trained for as many epochs "
+            f"(else {against}; `lightning-prune report --reference` names another).")
 
 
 def sweep_notes(runs: list[RunResults]) -> list[str]:
     """Which images each 1a sensitivity sweep measured."""
-    lines = []
-    for run in runs:
-        split = (run.data.get("sweep") or {}).get("split")
-        if split:
-            lines += [f"Sensitivity sweep of `{run.experiment}`: measured on {SWEEP_SPLITS.get(split, split)}", ""]
-    return lines
+    splits = [(run, (run.data.get("sweep") or {}).get("split")) for run in runs]
+    return [line for run, split in splits if split
+            for line in (f"Sensitivity sweep of `{run.experiment}`: measured on {SWEEP_SPLITS.get(split, split)}", "")]
 
 
 def ladder_section(logs: Path) -> list[str]:
@@ -148,8 +129,7 @@ def appendix(runs: list[RunResults], groups: list[list[RunResults]], chosen: lis
              unreadable: list[tuple[Path, str]]) -> list[str]:
     """Energy notes, where each figure came from, and the runs left out of the tables or with invalid fields."""
     lines = []
-    notes = [f"- {note}" for note in tables.energy_notes(chosen)]
-    if notes:
+    if notes := [f"- {note}" for note in tables.energy_notes(chosen)]:
         lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", "", *notes, ""]
     if chosen:
         lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]

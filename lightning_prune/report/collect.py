@@ -67,19 +67,15 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
             unreadable.append((path, reason))
             continue
         problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
-        if not isinstance(data.get("models"), list):
-            data["models"] = []  # the problem is listed; the tables see no models
-        data["models"] = [m for m in data["models"] if isinstance(m, dict)]
+        models = data.get("models")  # not a list: the problem is listed; the tables see no models
+        data["models"] = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
         runs.append(RunResults(path, data, problems))
     return runs
 
 
 def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
-    """Per (experiment, task), the newest run and the runs of its ``config_key`` with other seeds (newest last).
-
-    Unfinished runs, seedless runs beside seeded ones, and invalid runs beside valid ones are left out: a seed
-    missing a figure would count in some columns and not in others.
-    """
+    """Per (experiment, task), the newest run and the runs of its ``config_key`` with other seeds (newest last);
+    unfinished runs, seedless runs beside seeded ones and invalid runs beside valid ones are left out."""
     by_key: dict[tuple[str, str], list[RunResults]] = {}
     for run in runs:
         if run.finished:

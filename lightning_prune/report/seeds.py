@@ -27,15 +27,9 @@ def merge_values(values: list[Any], seeds: Sequence[int | None] | None = None) -
     return present[0][0]
 
 
-STAGE_SETTINGS = ("stage", "trigger_top1", "fallback_epoch")
-
-
 def merge_schedules(schedules: list[dict]) -> dict:
-    """Task 1b schedules over seeds: stage k of every seed merged (epoch, accuracy, diagnostics as Stats).
-
-    Whether a stage fired by accuracy or by fallback can differ between seeds, so ``reason`` counts them.
-    """
-    merged = dict(schedules[-1])
+    """Task 1b schedules over seeds: stage k of every seed merged (epoch, accuracy, diagnostics as Stats); whether
+    it fired by accuracy or by fallback can differ between seeds, so ``reason`` counts them."""
     stage_lists = [s.get("stages") or [] for s in schedules]
     seeds = [s.get("seed") for s in schedules]
     stages = []
@@ -43,14 +37,13 @@ def merge_schedules(schedules: list[dict]) -> dict:
         found = [(s[k], seed) for s, seed in zip(stage_lists, seeds) if len(s) > k and isinstance(s[k], dict)]
         events = [e for e, _ in found]
         stage = merge_values(events, [seed for _, seed in found])
-        for key in STAGE_SETTINGS:  # the schedule's settings, the same in every seed: not statistics
+        for key in ("stage", "trigger_top1", "fallback_epoch"):  # settings, the same in every seed: no statistics
             if key in events[0]:
                 stage[key] = events[0][key]
         reasons = Counter(str(e.get("reason")) for e in events)
         stage["reason"] = ", ".join(f"{r} x{c}" if len(events) > 1 else r for r, c in sorted(reasons.items()))
         stages.append(stage)
-    merged["stages"] = stages
-    return merged
+    return {**schedules[-1], "stages": stages}
 
 
 def merge_runs(runs: list[RunResults]) -> RunResults:
