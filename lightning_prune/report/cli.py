@@ -11,10 +11,8 @@ from pathlib import Path
 
 from lightning_prune.report import controls, docs, plots, tables
 from lightning_prune.report.baselines import BASELINE, baseline_run
-from lightning_prune.report.collect import RunResults, load_runs, seed_groups, without_seed
-from lightning_prune.report.handoff import handoff_section, records_of
-from lightning_prune.report.ladder import ladders
-from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.collect import RunResults, load_runs, merge_runs, seed_groups, without_seed
+from lightning_prune.report.handoff import handoff_section, ladders, records_of
 from lightning_prune.results import atomic_write_bytes
 
 STATS_NOTE = ("Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % "

@@ -16,10 +16,8 @@ from jinja2 import nodes
 from lightning_prune.names import MASKED
 from lightning_prune.report import controls, plots, tables
 from lightning_prune.report.baselines import dense_params, drop_value, reference_top1, removed_share, trained_epochs
-from lightning_prune.report.collect import RunResults, load_runs, run_version, seed_groups
-from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table, records_of
-from lightning_prune.report.ladder import ladders
-from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.collect import RunResults, load_runs, merge_runs, run_version, seed_groups
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table, ladders, records_of
 from lightning_prune.report.stats import Comparison, Stat
 from lightning_prune.results import atomic_write_bytes
 from lightning_prune.runs import GRID_SUFFIX
