@@ -17,9 +17,8 @@ from lightning_prune.pruning.channel import prune_channels
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.shuffle import layer_sparsities, plan_from_checkpoint, random_masks
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning, current_masks
-from lightning_prune.report.collect import load_runs, seed_groups
+from lightning_prune.report.collect import load_runs, merge_runs, seed_groups
 from lightning_prune.report.controls import controls_table, verdict
-from lightning_prune.report.seeds import merge_runs
 from lightning_prune.report.stats import Comparison, Stat, compare, difference
 from lightning_prune.report.tables import meets
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args

@@ -14,7 +14,7 @@ from lightning_prune.export.onnx_export import onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import check_onnx_int8, load_compressed
 from lightning_prune.models import VGG
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning, make_permanent
-from lightning_prune.report.ladder import ladder
+from lightning_prune.report.handoff import ladder
 from lightning_prune.report.stats import Stat
 from tests.helpers import TINY_CLASSIFIER
 

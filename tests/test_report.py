@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from lightning_prune.report.cli import build_report, main
-from lightning_prune.report.collect import load_runs, seed_groups
+from lightning_prune.report.collect import load_runs, merge_runs, seed_groups
 from lightning_prune.report.plots import _removed, accuracy_series
-from lightning_prune.report.seeds import merge_runs
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_prune"
 

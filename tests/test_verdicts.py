@@ -15,8 +15,7 @@ import pytest
 from scipy import stats
 
 from lightning_prune.report import controls, docs
-from lightning_prune.report.collect import load_runs, seed_groups
-from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.collect import load_runs, merge_runs, seed_groups
 from lightning_prune.report.stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]

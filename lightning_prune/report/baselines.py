@@ -1,5 +1,5 @@
-"""What a figure is measured against: a dataset's baseline run, a run's own dense model, and the top-1 points
-and the share of parameters lost against them (seed by seed when merged over seeds)."""
+"""What a figure is measured against (a dataset's baseline run, a run's own dense model), and the top-1 points and
+the share of parameters lost against it, seed by seed when merged over seeds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from lightning_prune.names import DENSE
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.stats import Stat, difference
+from lightning_prune.report.stats import Stat, difference, is_number
 
 BASELINE = "baseline"
 
@@ -15,7 +15,7 @@ BASELINE = "baseline"
 def trained_epochs(run: RunResults) -> int | None:
     """Epochs the measured model was trained for (its checkpoint's epoch + 1), if recorded."""
     epoch = (run.data.get("checkpoint") or {}).get("epoch")
-    return int(epoch) + 1 if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    return int(epoch) + 1 if is_number(epoch) else None
 
 
 def baseline_run(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
@@ -31,57 +31,45 @@ def baseline_run(runs: list[RunResults], references: Sequence[str] = (), for_run
                default=None)
 
 
-def baseline_top1(runs: list[RunResults], references: Sequence[str] = (), for_run: RunResults | None = None
-                  ) -> float | None:
-    """The reference accuracy: the dense model of the dataset's baseline run (for ``for_run``: see baseline_run)."""
-    run = baseline_run(runs, references, for_run)
-    if run is None:
-        return None
-    top1 = (run.data["models"][0].get("accuracy") or {}).get("test_top1")
-    if isinstance(top1, Stat):
-        return top1  # merged over seeds: a drop against it is taken seed by seed
-    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
-
-
 def drop_value(reference, top1):
     """Top-1 points lost: seed by seed against the dense model of the same seed (its own, or the baseline's)."""
-    if reference is None or isinstance(top1, bool) or not isinstance(top1, (int, float)):
-        return None
-    return difference(reference, top1)
+    return difference(reference, top1) if reference is not None and is_number(top1) else None
 
 
 def removed_share(profile: dict, dense_params: float | None):
     """The share of the unpruned model's parameters that are gone (zeroed or cut out), per seed when merged."""
     nonzero = profile.get("nonzero_params")
-    if isinstance(nonzero, bool) or not isinstance(nonzero, (int, float)) or not dense_params:
+    if not is_number(nonzero) or not dense_params:
         return None
     per_seed = getattr(nonzero, "values", None)
     return Stat([1 - v / dense_params for v in per_seed]) if per_seed else 1 - nonzero / dense_params
 
 
+def _own_dense(run: RunResults, section: str, key: str) -> float | None:
+    """A figure of the run's own unpruned model (a Stat when merged over seeds), the fairest reference."""
+    for m in run.data["models"]:
+        value = (m.get(section) or {}).get(key)
+        if m.get("variant") == DENSE and isinstance(value, (int, float)):
+            return value
+    return None
+
+
 def dense_params(run: RunResults, runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
     """Parameters of the unpruned model: the run's own dense entry, else the dataset's baseline."""
-    for m in run.data["models"]:
-        params = (m.get("profile") or {}).get("params")
-        if m.get("variant") == DENSE and isinstance(params, (int, float)):
-            return float(params)
+    own = _own_dense(run, "profile", "params")
+    if own is not None:
+        return float(own)
     base = baseline_run(runs, references)
     params = (base.data["models"][0].get("profile") or {}).get("params") if base else None
-    if isinstance(params, (int, float)) and run.task != "channel":
-        return float(params)
-    return None
-
-
-def dense_top1(run: RunResults) -> float | None:
-    """The run's own unpruned model, the fairest reference for what pruning cost."""
-    for m in run.data["models"]:
-        top1 = (m.get("accuracy") or {}).get("test_top1")
-        if m.get("variant") == DENSE and isinstance(top1, (int, float)):
-            return top1  # a Stat when merged over seeds: drops are then taken seed by seed
-    return None
+    return float(params) if isinstance(params, (int, float)) and run.task != "channel" else None
 
 
 def reference_top1(run: RunResults, runs: list[RunResults], references: Sequence[str] = ()) -> float | None:
-    """What the run's drop is taken against: its own dense model, else the baseline run (see baseline_run)."""
-    own = dense_top1(run)
-    return own if own is not None else baseline_top1(runs, references, run)
+    """What the run's drop is taken against: its own dense model, else the baseline run (see baseline_run); a Stat
+    when merged over seeds, so that a drop against it is taken seed by seed."""
+    own = _own_dense(run, "accuracy", "test_top1")
+    if own is not None:
+        return own
+    base = baseline_run(runs, references, run)
+    top1 = (base.data["models"][0].get("accuracy") or {}).get("test_top1") if base else None
+    return top1 if isinstance(top1, Stat) else float(top1) if is_number(top1) else None

@@ -11,81 +11,59 @@ from pathlib import Path
 
 from lightning_prune.report import controls, docs, plots, tables
 from lightning_prune.report.baselines import BASELINE, baseline_run
-from lightning_prune.report.collect import RunResults, load_runs, seed_groups, unfinished, without_seed
-from lightning_prune.report.handoff import HANDOFF_FILE, handoff_section, records_of
-from lightning_prune.report.ladder import ladders
-from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.collect import RunResults, load_runs, merge_runs, seed_groups, without_seed
+from lightning_prune.report.handoff import handoff_section, ladders, records_of
 from lightning_prune.results import atomic_write_bytes
 
-STATS_NOTE = (
-    "Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % confidence interval "
-    "(Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are taken seed by seed against the dense "
-    "model of the same seed. Differences between methods are claimed only from the controls table's tests (paired "
-    "t-test when both ran the same seeds, else Welch's), at p < 0.05."
-)
-CONTROLS_NOTE = (
-    "Each method against the control that removes its idea, on the pruned model's test top-1 (see "
-    "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a difference at p < 0.05, "
-    "which with 3-5 seeds is not evidence that there is none."
-)
+STATS_NOTE = ("Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % "
+              "confidence interval (Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are "
+              "taken seed by seed against the dense model of the same seed. Differences between methods are "
+              "claimed only from the controls table's tests (paired t-test when both ran the same seeds, else "
+              "Welch's), at p < 0.05.")
+CONTROLS_NOTE = ("Each method against the control that removes its idea, on the pruned model's test top-1 (see "
+                 "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a "
+                 "difference at p < 0.05, which with 3-5 seeds is not evidence that there is none.")
+OPS_NOTE = ("How to read it: the third column names the kernels that did the work; the last lists every operator "
+            "with `sparse` or `to_dense` in its name, however small. Convolutions that still run "
+            "`mkldnn_convolution` (CPU) or `cudnn_convolution` (CUDA) after a `to_dense` used no sparse kernel.")
+BUDGET_NOTE = ("From `python -m studies.budget` (each method at every target of a grid): per method, the highest "
+               "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
+               "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline "
+               "(1b, from random init). Task 2's target is the share of the dense model's parameters removed; "
+               "the others' is the share of weights zeroed.")
+SCHEDULE_NOTE = ("Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not "
+                 "reached. Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept "
+                 "before the stage, the share the stage removed (magnitude pruning removes none; a random choice "
+                 "removes the stage's overall rate). Filter |sum| / sum |score|: over conv filters, how much the "
+                 "scores of one filter cancel (0: fully); with BatchNorm after each conv, GraSP's scores of a "
+                 "filter sum to its squared gradient norm.")
+SWEEP_SPLITS = {"val": "held-out training images (the validation split).",
+                "test": "the test set, so the per-layer choice has seen the test images."}
 
 
 def drop_note(reference: RunResults | None) -> str:
     against = f"the baseline run `{reference.experiment}`" if reference else "the dataset's baseline run (none here)"
-    return (
-        "Top-1 drop: test points lost, seed by seed, against the run's own dense model before pruning, or, for runs "
-        "trained from random initialisation (GraSP, SNIP), against the baseline trained for as many epochs (else "
-        f"{against}; `lightning-prune report --reference` names another)."
-    )
-
-
-OPS_NOTE = (
-    "How to read it: the third column names the kernels that did the work; the last lists every operator "
-    "with `sparse` or `to_dense` in its name, however small. Convolutions that still run "
-    "`mkldnn_convolution` (CPU) or `cudnn_convolution` (CUDA) after a `to_dense` used no sparse kernel."
-)
-
-
-BUDGET_NOTE = (
-    "From `python -m studies.budget` (each method at every target of a grid): per method, the highest "
-    "target sparsity whose test top-1 drop, mean over seeds, stays within {max_drop:g} points "
-    "(`report --max-drop`). The drop is against the run's own dense model (1a, 2) or the baseline (1b, from random "
-    "init). Task 2's target is the share of the dense model's parameters removed; the others' is the share of "
-    "weights zeroed."
-)
-SCHEDULE_NOTE = (
-    "Fired by: the validation top-1 trigger, or the fallback epoch when the trigger was not reached. "
-    "Top-10% magnitude removed: of the largest 10 % (by |weight|) of the weights kept before the stage, the share "
-    "the stage removed (magnitude pruning removes none; a random choice removes the stage's overall rate). "
-    "Filter |sum| / sum |score|: over conv filters, how much the scores of one filter cancel (0: fully); with "
-    "BatchNorm after each conv, GraSP's scores of a filter sum to its squared gradient norm."
-)
-SWEEP_SPLITS = {
-    "val": "held-out training images (the validation split).",
-    "test": "the test set, so the per-layer choice has seen the test images.",
-}
+    return ("Top-1 drop: test points lost, seed by seed, against the run's own dense model before pruning, or, for "
+            "runs trained from random initialisation (GraSP, SNIP), against the baseline trained for as many epochs "
+            f"(else {against}; `lightning-prune report --reference` names another).")
 
 
 def sweep_notes(runs: list[RunResults]) -> list[str]:
     """Which images each 1a sensitivity sweep measured."""
-    lines = []
-    for run in runs:
-        split = (run.data.get("sweep") or {}).get("split")
-        if split:
-            lines += [f"Sensitivity sweep of `{run.experiment}`: measured on {SWEEP_SPLITS.get(split, split)}", ""]
-    return lines
+    splits = [(run, (run.data.get("sweep") or {}).get("split")) for run in runs]
+    return [line for run, split in splits if split
+            for line in (f"Sensitivity sweep of `{run.experiment}`: measured on {SWEEP_SPLITS.get(split, split)}", "")]
 
 
 def ladder_section(logs: Path) -> list[str]:
     """Per dataset, the compression ladder from the exports under ``logs`` (needs dense, channel and chain exports)."""
-    records = records_of(sorted(logs.rglob(HANDOFF_FILE))) if logs.is_dir() else []
+    records = records_of([logs]) if logs.is_dir() else []
     return [line for dataset, block in ladders(records).items()
             for line in (f"## {dataset}: the compression ladder", "", block, "")]
 
 
 def figures(runs: list[RunResults], plot_dir: Path, dataset: str, references: Sequence[str]) -> list[Path]:
-    """The dataset's figures: accuracy against sparsity, latency and size against the baseline, learning curves,
-    per-layer sparsity (1a and each 1b schedule) and each run's sensitivity sweep (copied beside the report)."""
+    """The dataset's figures, each run's sensitivity sweep copied beside the report."""
     base = baseline_run(runs, references)
     reference = base.data["models"][0] if base else None
     found = [plots.accuracy_vs_sparsity(runs, plot_dir / f"{dataset}_accuracy_vs_sparsity.png", reference),
@@ -108,10 +86,8 @@ def check_references(runs: list[RunResults], references: Sequence[str], logs: Pa
     baselines = sorted({r.experiment for r in runs if r.task == BASELINE})
     unknown = [name for name in references if name not in baselines]
     if unknown:
-        raise ValueError(
-            f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
-            f"baseline experiments there: {', '.join(baselines) or 'none'}"
-        )
+        raise ValueError(f"--reference: no baseline run named {', '.join(unknown)} under {logs}; "
+                         f"baseline experiments there: {', '.join(baselines) or 'none'}")
 
 
 def check_out(out: Path) -> None:
@@ -151,12 +127,12 @@ def appendix(runs: list[RunResults], groups: list[list[RunResults]], chosen: lis
              unreadable: list[tuple[Path, str]]) -> list[str]:
     """Energy notes, where each figure came from, and the runs left out of the tables or with invalid fields."""
     lines = []
-    notes = [f"- {note}" for note in tables.energy_notes(chosen)]
-    if notes:
+    if notes := [f"- {note}" for note in tables.energy_notes(chosen)]:
         lines += ["## Energy", "", "Energy shows n/a where a domain cannot be read:", "", *notes, ""]
     if chosen:
         lines += ["## Where each figure came from", "", tables.environment_table(chosen), ""]
-    set_apart = [(r, "its model comes from a fit that did not finish (killed or failed)") for r in unfinished(runs)]
+    set_apart = [(r, "its model comes from a fit that did not finish (killed or failed)") for r in runs
+                 if not r.finished]
     set_apart += [(r, "it records no seed, so it is not counted as one") for r in without_seed(runs, groups)]
     if set_apart:
         lines += ["## Runs left out of the tables", "", *[f"- `{r.path}`: {why}" for r, why in set_apart], ""]
@@ -181,15 +157,10 @@ def build_report(logs: Path, out: Path, all_runs: bool = False, references: Sequ
     shown = len(chosen) if all_runs else sum(len(group) for group in groups)
     (out.parent / "report_plots").mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines = [
-        "# lightning_prune report",
-        "",
-        f"Generated {now} from {shown} run(s) under `{logs}`"
-        + ("" if all_runs else f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
-           "run(s) hidden)")
-        + ". Every number below is read from a results.json; nothing is estimated. " + STATS_NOTE,
-        "",
-    ]
+    hidden = "" if all_runs else (f" (latest run of each experiment with its other seeds; {len(runs) - shown} older "
+                                  "run(s) hidden)")
+    lines = ["# lightning_prune report", "", f"Generated {now} from {shown} run(s) under `{logs}`{hidden}. Every "
+             f"number below is read from a results.json; nothing is estimated. {STATS_NOTE}", ""]
     if not chosen:
         lines.append(f"No results.json found under `{logs}`: run a task first (e.g. `make demo`).")
     for dataset in sorted({r.dataset for r in chosen}):
@@ -214,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="logs", help="folder searched for results.json (default: logs)")
     parser.add_argument("--out", default="REPORT.md", help="markdown file to write (default: REPORT.md)")
     parser.add_argument("--all-runs", action="store_true", help="keep older runs of the same experiment too")
-    parser.add_argument(
-        "--reference", action="append", default=[], metavar="EXPERIMENT",
-        help="baseline experiment that GraSP/SNIP runs of its dataset are compared with (repeatable; "
-        "default: the most recent baseline run of each dataset)",
-    )
+    parser.add_argument("--reference", action="append", default=[], metavar="EXPERIMENT",
+                        help="baseline experiment that GraSP/SNIP runs of its dataset are compared with "
+                        "(repeatable; default: the most recent baseline run of each dataset)")
     parser.add_argument("--max-drop", type=float, default=5.0, metavar="POINTS",
                         help="top-1 points a method may lose in the budget table (default: 5)")
     parser.add_argument("--snapshot", metavar="DIR", help="also copy the results.json and handoff.json of every "

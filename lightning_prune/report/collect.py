@@ -1,15 +1,20 @@
-"""Finding every run's results.json and keeping the latest run of each experiment."""
+"""Finding every run's results.json, keeping the latest run of each experiment with its other seeds, and merging
+runs that differ only in seed into one: mean, std and n of every figure."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
 from lightning_prune.names import TASK_ORDER
+from lightning_prune.report.stats import Stat, is_number
 from lightning_prune.results import RESULTS_FILE, schema
 
 log = logging.getLogger(__name__)
@@ -52,11 +57,8 @@ class RunResults:
 
 
 def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[RunResults]:
-    """Every parseable results.json under ``logs``; schema problems are kept, not fatal.
-
-    Files that cannot be read at all are left out of the runs and appended to ``unreadable`` as
-    (path, reason), so the report can list them instead of dropping them silently.
-    """
+    """Every parseable results.json under ``logs``; schema problems are kept, not fatal. Unreadable files go to
+    ``unreadable`` as (path, reason), so the report lists them instead of dropping them silently."""
     runs, unreadable = [], [] if unreadable is None else unreadable
     validator = jsonschema.Draft202012Validator(schema())
     for path in sorted(Path(logs).rglob(RESULTS_FILE)):
@@ -70,23 +72,15 @@ def load_runs(logs: str | Path, unreadable: list[tuple[Path, str]] | None = None
             unreadable.append((path, reason))
             continue
         problems = [f"{'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in validator.iter_errors(data)]
-        if not isinstance(data.get("models"), list):
-            data["models"] = []  # the problem is listed; the tables see no models
-        data["models"] = [m for m in data["models"] if isinstance(m, dict)]
+        models = data.get("models")  # not a list: the problem is listed; the tables see no models
+        data["models"] = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
         runs.append(RunResults(path, data, problems))
     return runs
 
 
 def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
-    """Per (experiment, task), the newest run and every other run of the same configuration but another seed.
-
-    Runs whose results carry the same ``config_key`` differ only in seed (and run folder); of two
-    runs with the same seed the newer counts, and runs that record no seed count only when no run of
-    the group records one (:func:`without_seed` lists the others). Runs of unfinished models are
-    left out (:func:`unfinished` lists them), and so are runs with invalid fields while a valid run of
-    their experiment exists: a seed missing a figure would count in some columns and not in others.
-    Each group ends with its newest run.
-    """
+    """Per (experiment, task), the newest run and the runs of its ``config_key`` with other seeds (newest last);
+    unfinished runs, seedless runs beside seeded ones and invalid runs beside valid ones are left out."""
     by_key: dict[tuple[str, str], list[RunResults]] = {}
     for run in runs:
         if run.finished:
@@ -105,11 +99,6 @@ def seed_groups(runs: list[RunResults]) -> list[list[RunResults]]:
     return groups
 
 
-def unfinished(runs: list[RunResults]) -> list[RunResults]:
-    """Runs whose model comes from a fit that did not finish: listed apart, never a table row or a reference."""
-    return [r for r in runs if not r.finished]
-
-
 def without_seed(runs: list[RunResults], groups: list[list[RunResults]]) -> list[RunResults]:
     """Runs that record no seed while another run of their experiment does: not counted as a seed."""
     shown = {id(r) for group in groups for r in group}
@@ -124,3 +113,64 @@ def run_version(path: Path) -> int:
         if part.startswith("version_") and part[8:].isdigit():
             return int(part[8:])
     return -1
+
+
+def merge_values(values: list[Any], seeds: Sequence[int | None] | None = None) -> Any:
+    """Numbers become a :class:`Stat` (with the seed of each value); dicts merge key by key; else the first's."""
+    seeds = list(seeds) if seeds is not None else [None] * len(values)
+    present = [(v, s) for v, s in zip(values, seeds) if v is not None]
+    if not present:
+        return None
+    if all(is_number(v) for v, _ in present):
+        if len(present) == 1 and present[0][1] is None:
+            return present[0][0]
+        return Stat([float(v) for v, _ in present], [s for _, s in present])
+    if all(isinstance(v, dict) for v, _ in present):
+        keys = list(dict.fromkeys(k for v, _ in present for k in v))
+        return {k: merge_values([v.get(k) for v, _ in present], [s for _, s in present]) for k in keys}
+    return present[0][0]
+
+
+def merge_schedules(schedules: list[dict]) -> dict:
+    """Task 1b schedules over seeds: stage k of every seed merged (epoch, accuracy, diagnostics as Stats); whether
+    it fired by accuracy or by fallback can differ between seeds, so ``reason`` counts them."""
+    stage_lists = [s.get("stages") or [] for s in schedules]
+    seeds = [s.get("seed") for s in schedules]
+    stages = []
+    for k in range(max(len(s) for s in stage_lists)):
+        found = [(s[k], seed) for s, seed in zip(stage_lists, seeds) if len(s) > k and isinstance(s[k], dict)]
+        events = [e for e, _ in found]
+        stage = merge_values(events, [seed for _, seed in found])
+        for key in ("stage", "trigger_top1", "fallback_epoch"):  # settings, the same in every seed: no statistics
+            if key in events[0]:
+                stage[key] = events[0][key]
+        reasons = Counter(str(e.get("reason")) for e in events)
+        stage["reason"] = ", ".join(f"{r} x{c}" if len(events) > 1 else r for r, c in sorted(reasons.items()))
+        stages.append(stage)
+    return {**schedules[-1], "stages": stages}
+
+
+def merge_runs(runs: list[RunResults]) -> RunResults:
+    """One run standing for several seeds: its models' figures are Stats over the seeds (by variant)."""
+    if len(runs) == 1:
+        return runs[0]
+    latest = max(runs, key=lambda r: r.created)
+    variants = list(dict.fromkeys(m.get("variant") for r in runs for m in r.data["models"]))
+    models = []
+    for variant in variants:
+        found = [(m, r.seed) for r in runs for m in r.data["models"] if m.get("variant") == variant]
+        entries, seeds = [m for m, _ in found], [seed for _, seed in found]
+        merged = merge_values(entries, seeds)
+        layers = [e.get("layers") or [] for e in entries]
+        same = len({tuple(row.get("name") for row in rows) for rows in layers}) == 1
+        # per layer: its figures over the seeds (mean, 95 % CI) when every seed has the same layers
+        merged["layers"] = [merge_values(list(rows), seeds) for rows in zip(*layers)] if same else layers[-1]
+        models.append(merged)
+    data = {**latest.data, "models": models, "seeds": sorted(r.data.get("seed") for r in runs
+                                                             if r.data.get("seed") is not None),
+            "histories": [r.data["history"] for r in runs if r.data.get("history")]}
+    schedules = [{**r.data["schedule"], "seed": r.seed} for r in sorted(runs, key=lambda r: r.created or "")
+                 if isinstance(r.data.get("schedule"), dict)]
+    if schedules:
+        data["schedule"] = merge_schedules(schedules)
+    return replace(latest, data=data)  # each run's problems stay its own: the report names the file that has them

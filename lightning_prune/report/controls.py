@@ -1,16 +1,7 @@
-"""Does a method's idea matter? Each method against the control that removes that idea, tested with scipy.stats.
-
-- 1a: the sensitivity allocation against one global magnitude threshold and against a uniform split;
-- 1b: each criterion against random masks at the per-layer sparsities it chose (the layer-wise shuffle
-  of Frankle et al. 2021), and the staged protocol against the one-shot protocol of the GraSP paper;
-- 2: LASSO selection against L1-norm filters (Li et al. 2017) and random channels at the same ratios,
-  and the least-squares reconstruction against none.
-
-The figure compared is the pruned model's test top-1, seed by seed (paired t-test on the seeds both
-sides share) when they share two or more, else Welch's test. The p-values of every comparison the
-table and the docs' prose make form one family, corrected by Holm's method; a difference is claimed
-only where the corrected p < 0.05, otherwise the table says "not established", never "no difference".
-"""
+"""Does a method's idea matter? Each method against the control that removes that idea (random masks at its layer
+sparsities: Frankle et al. 2021; L1-norm filters: Li et al. 2017), on the pruned model's test top-1. The p-values of
+the table and the docs' prose form one family, corrected by Holm's method: a difference is claimed only where the
+corrected p < 0.05, otherwise the table says "not established", never "no difference"."""
 
 from __future__ import annotations
 
@@ -27,26 +18,21 @@ Spec = dict[str, Any]
 
 
 def _criteria() -> list[tuple[str, Spec, Spec]]:
-    rows = [
-        ("1a: sensitivity allocation vs one global threshold", {"task": "unstructured", "allocation": "sensitivity"},
-         {"task": "unstructured", "allocation": "global"}),
-        ("1a: sensitivity allocation vs uniform per layer", {"task": "unstructured", "allocation": "sensitivity"},
-         {"task": "unstructured", "allocation": "uniform"}),
-    ]
-    for schedule in ("staged", "oneshot"):
-        for method in ("grasp", "snip", "grasp_abs"):
-            rows.append((f"1b: {method} vs random at its layer sparsities ({schedule})",
-                         {"method": method, "schedule": schedule},
-                         {"method": "random", "copies": method, "schedule": schedule}))
-    for method in ("grasp", "snip", "grasp_abs"):
-        rows.append((f"1b: {method} staged vs one-shot", {"method": method, "schedule": "staged"},
-                     {"method": method, "schedule": "oneshot"}))
-    for control in ("l1", "random"):
-        rows.append((f"2: LASSO vs {control} channels (both refit)", {"task": "channel", "method": "lasso",
-                     "reconstruct": True}, {"task": "channel", "method": control, "reconstruct": True}))
-    for selection, label in (("lasso", "LASSO"), ("l1", "l1"), ("random", "random")):
-        rows.append((f"2: least-squares refit vs none ({label})", {"task": "channel", "method": selection,
-                     "reconstruct": True}, {"task": "channel", "method": selection, "reconstruct": False}))
+    methods = ("grasp", "snip", "grasp_abs")
+    sensitivity = {"task": "unstructured", "allocation": "sensitivity"}
+    lasso = {"task": "channel", "method": "lasso", "reconstruct": True}
+    rows = [(f"1a: sensitivity allocation vs {label}", sensitivity, {**sensitivity, "allocation": control})
+            for control, label in (("global", "one global threshold"), ("uniform", "uniform per layer"))]
+    rows += [(f"1b: {method} vs random at its layer sparsities ({schedule})", {"method": method, "schedule": schedule},
+              {"method": "random", "copies": method, "schedule": schedule})
+             for schedule in ("staged", "oneshot") for method in methods]
+    rows += [(f"1b: {method} staged vs one-shot", {"method": method, "schedule": "staged"},
+              {"method": method, "schedule": "oneshot"}) for method in methods]
+    rows += [(f"2: LASSO vs {control} channels (both refit)", lasso, {**lasso, "method": control})
+             for control in ("l1", "random")]
+    rows += [(f"2: least-squares refit vs none ({label})", {**lasso, "method": selection},
+              {**lasso, "method": selection, "reconstruct": False})
+             for selection, label in (("lasso", "LASSO"), ("l1", "l1"), ("random", "random"))]
     return rows
 
 

@@ -1,11 +1,6 @@
-"""The docs pages, rendered from jinja2 templates so that no table, figure or number in them can go stale.
-
-``docs/src/NAME.md.j2`` renders to ``docs/NAME.md`` (both kept in the repository). Its prose is written by hand;
-every table, figure and number in it is a call to a method of :class:`Sources`, read from the results.json and
-handoff.json files kept in ``docs/results`` or from a JSON file the page cites (paths relative to the page).
-``lightning-prune report --snapshot docs/results`` keeps the runs the report shows, ``--render-docs docs``
-renders every template from them and ``--check-docs docs`` exits 1 when a page differs from its rendering.
-"""
+"""The docs pages, rendered from jinja2 templates (``docs/src/NAME.md.j2`` to ``docs/NAME.md``) so that no table,
+figure or number in them can go stale: each is a call to a method of :class:`Sources`, read from the runs kept in
+``docs/results`` (``report --snapshot``) or from a JSON file the page cites."""
 
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ from jinja2 import nodes
 from lightning_prune.names import MASKED
 from lightning_prune.report import controls, plots, tables
 from lightning_prune.report.baselines import dense_params, drop_value, reference_top1, removed_share, trained_epochs
-from lightning_prune.report.collect import RunResults, load_runs, run_version, seed_groups
-from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table, records_of
-from lightning_prune.report.ladder import ladders
-from lightning_prune.report.seeds import merge_runs
+from lightning_prune.report.collect import RunResults, load_runs, merge_runs, run_version, seed_groups
+from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table, ladders, records_of
 from lightning_prune.report.stats import Comparison, Stat
 from lightning_prune.results import atomic_write_bytes
 from lightning_prune.runs import GRID_SUFFIX
@@ -168,12 +161,6 @@ class Sources:
         """What the corrected test of ``a`` against ``b`` allows to say."""
         return controls.verdict(self._found(f"comparison of {a} with {b}", self.tested.get((a, b))))
 
-    def stage(self, experiment: str, k: int, field: str) -> str:
-        """1b stage ``k`` (from 1): its ``epoch``, ``val_top1``, ``sparsity`` or a diagnostic."""
-        stage = (self._run(experiment).data.get("schedule") or {}).get("stages", [])[int(k) - 1]
-        value = stage.get(field, (stage.get("diagnostics") or {}).get(field))
-        return tables.num(value, "{:.1%}" if field in ("top_removed", "removed", "sparsity") else "{:.3g}")
-
     def layer_sparsity(self, experiment: str, layer: str) -> str:
         """The pruned model's sparsity of one layer."""
         found = [r["sparsity"] for r in self._model(experiment, MASKED)[1].get("layers") or [] if r["name"] == layer]
@@ -197,13 +184,13 @@ def templates(env: jinja2.Environment) -> list[str]:
 
 def calls(env: jinja2.Environment) -> dict[str, list[tuple[str, tuple]]]:
     """Per template, every call it makes, in order: the function's name and its constant arguments."""
-    trees = {}
+    found = {}
     for name in templates(env):
         source, filename, _ = env.loader.get_source(env, name)
-        trees[name] = env.parse(source, name, filename)
-    return {name: [(call.node.name, tuple(arg.value for arg in call.args if isinstance(arg, nodes.Const)))
-                   for call in tree.find_all(nodes.Call) if isinstance(call.node, nodes.Name)]
-            for name, tree in trees.items()}
+        found[name] = [(call.node.name, tuple(arg.value for arg in call.args if isinstance(arg, nodes.Const)))
+                       for call in env.parse(source, name, filename).find_all(nodes.Call)
+                       if isinstance(call.node, nodes.Name)]
+    return found
 
 
 def compared_pairs(env: jinja2.Environment) -> list[tuple[str, str]]:
@@ -221,8 +208,7 @@ def _where(err: BaseException) -> str:
 
 def render(folder: Path, results: Path, write: bool = True) -> dict[Path, int | None]:
     """Render every template of ``folder``/src into ``folder`` (``write``, figures too) or only compare: each page
-    with the first line that differs from its rendering (None: none). ValueError naming the template and line
-    when one cannot be rendered."""
+    with the first line that differs from its rendering (None: none); ValueError naming the template and line."""
     if not sorted((folder / SOURCES).glob(f"*{SUFFIX}")):
         raise ValueError(f"no templates {folder / SOURCES}/*{SUFFIX}")
     try:

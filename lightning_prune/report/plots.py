@@ -27,6 +27,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _laid_out(fig, ax, legend: dict, grid: dict | None = None, **labels):
+    """The axes' labels (``ax.set``), grid and legend, then the layout: ``fig``, ready to save."""
+    ax.set(**labels)
+    if grid is not None:
+        ax.grid(**grid)
+    ax.legend(**legend)
+    fig.tight_layout()
+    return fig
+
+
 def _points(runs: list[RunResults]):
     for run in runs:
         for m in run.data["models"]:
@@ -77,13 +87,9 @@ def accuracy_vs_sparsity(runs: list[RunResults], path: Path, reference: dict | N
         xs, ys, xerr, yerr = zip(*points)
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colours(i), marker=MARKERS[i % len(MARKERS)], markersize=6,
                     capsize=3, linestyle="-" if len(xs) > 1 else "none", lw=0.8, label=label, alpha=0.85)
-    ax.set_xlabel("parameters removed vs the dense baseline (%)" if dense else "weights pruned (%)")
-    ax.set_ylabel("test top-1 (%), mean ± 95 % CI over seeds")
-    ax.set_title("Accuracy vs sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(_laid_out(fig, ax, {"fontsize": 8, "loc": "best"}, {"alpha": 0.3}, title="Accuracy vs sparsity",
+                           xlabel="parameters removed vs the dense baseline (%)" if dense else "weights pruned (%)",
+                           ylabel="test top-1 (%), mean ± 95 % CI over seeds"), path)
 
 
 def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) -> Path | None:
@@ -103,17 +109,14 @@ def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) ->
         return None
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     ys = range(len(rows))
-    ax.barh([y - 0.2 for y in ys], [r[1] for r in rows], height=0.4, xerr=[r[3] for r in rows], capsize=2,
-            label="latency")
-    ax.barh([y + 0.2 for y in ys], [r[2] for r in rows], height=0.4, xerr=[r[4] for r in rows], capsize=2,
-            label="model size")
+    for shift, i, label in ((-0.2, 1, "latency"), (0.2, 2, "model size")):
+        ax.barh([y + shift for y in ys], [r[i] for r in rows], height=0.4, xerr=[r[i + 2] for r in rows], capsize=2,
+                label=label)
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(list(ys), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("relative to the baseline (1.0 = same); error bars: 95 % CI over seeds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(_laid_out(fig, ax, {"fontsize": 8},
+                           xlabel="relative to the baseline (1.0 = same); error bars: 95 % CI over seeds"), path)
 
 
 def layer_bars(series: dict[str, dict[str, float]], title: str = "Per-layer sparsity"):
@@ -127,13 +130,8 @@ def layer_bars(series: dict[str, dict[str, float]], title: str = "Per-layer spar
         ax.bar(xs, [100 * float(values.get(n, 0.0)) for n in layers], width=width, color=colours(i), label=label,
                yerr=[100 * _std(values.get(n, 0.0)) for n in layers], capsize=1.5)
     ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("weights pruned in the layer (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
-    fig.tight_layout()
-    return fig
+    return _laid_out(fig, ax, {"fontsize": 7, "loc": "upper left", "ncol": 2}, {"axis": "y", "alpha": 0.3},
+                     ylabel="weights pruned in the layer (%)", ylim=(0, 102), title=title)
 
 
 def layer_sparsity(runs: list[RunResults], path: Path, title: str) -> Path | None:
@@ -168,13 +166,9 @@ def learning_curves(runs: list[RunResults], path: Path) -> Path | None:
         err = [_std(v) for _, v in points]
         ax.plot(xs, ys, label=f"{label} (n={max(v.n for _, v in points)})")
         ax.fill_between(xs, [y - e for y, e in zip(ys, err)], [y + e for y, e in zip(ys, err)], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 (%), mean ± 95 % CI")
-    ax.set_title("Learning curves of the dense baselines")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(_laid_out(fig, ax, {"fontsize": 8}, {"alpha": 0.3}, xlabel="epoch",
+                           ylabel="validation top-1 (%), mean ± 95 % CI",
+                           title="Learning curves of the dense baselines"), path)
 
 
 def layer_families(runs: list[RunResults]) -> dict[str, list[RunResults]]:

@@ -1,9 +1,5 @@
-"""Statistics over seeds, with scipy.stats: 95 % confidence intervals, and paired or Welch tests.
-
-A figure merged over seeds is a :class:`Stat`: it formats as its mean and keeps its per-seed values
-and their seeds, so two figures compare seed by seed whenever they share their seeds (the same
-initialisation, the same baseline): a paired t-test; otherwise Welch's unequal-variance test.
-"""
+"""Statistics over seeds (scipy.stats): a :class:`Stat` keeps its per-seed values and seeds, so two figures that
+share their seeds (the same initialisation, the same baseline) compare seed by seed; otherwise with Welch's test."""
 
 from __future__ import annotations
 
@@ -12,6 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy import stats as sps
+
+
+def is_number(value: object) -> bool:
+    """An int or a float (a :class:`Stat` too), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Stat(float):
@@ -33,15 +34,11 @@ class Stat(float):
     @property
     def ci95(self) -> float:
         """Half-width of the 95 % confidence interval of the mean (Student t, n - 1 degrees of freedom)."""
-        return half_width(self.std, self.n)
+        return float(sps.t.ppf(0.975, self.n - 1) * self.std / math.sqrt(self.n)) if self.n > 1 else math.nan
 
     @property
     def upper(self) -> float:
         return float(self) + self.ci95
-
-
-def half_width(std: float, n: int) -> float:
-    return float(sps.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
 
 
 def per_seed(value: float) -> dict[int | None, float]:
@@ -49,16 +46,11 @@ def per_seed(value: float) -> dict[int | None, float]:
     return dict(zip(seeds, getattr(value, "values", [float(value)])))
 
 
-def paired(a: float, b: float) -> list[int] | None:
-    """The seeds ``a`` and ``b`` share, when each of ``b``'s has a partner in ``a`` (None: they cannot be paired)."""
-    common = shared_seeds(a, b)
-    return common if len(common) == len(per_seed(b)) and len(common) >= 2 else None
-
-
 def difference(a: float, b: float) -> Stat | float:
-    """``a - b``: seed by seed when they pair, else the difference of the means (its spread is ``b``'s)."""
-    seeds = paired(a, b)
-    if seeds is not None:
+    """``a - b``: seed by seed when each of ``b``'s seeds has a partner in ``a``, else the difference of the means
+    (its spread is ``b``'s)."""
+    seeds = shared_seeds(a, b)
+    if len(seeds) == len(per_seed(b)) and len(seeds) >= 2:
         sa, sb = per_seed(a), per_seed(b)
         return Stat([sa[s] - sb[s] for s in seeds], seeds)
     values = getattr(b, "values", None)

@@ -8,20 +8,17 @@ from lightning_prune.names import DENSE, MASKED, NARROW
 from lightning_prune.profiling.runtime import SPARSE_MARKERS
 from lightning_prune.report.baselines import BASELINE, dense_params, drop_value, reference_top1, removed_share
 from lightning_prune.report.collect import RunResults
-from lightning_prune.report.stats import Stat
+from lightning_prune.report.stats import Stat, is_number
 
 MISSING = "—"
-COLUMNS = (
-    "task", "variant", "size (MB)", "sparsity (within the model)", "params removed (vs dense)", "params non-zero",
-    "MMACs", "latency (ms/batch)",
-    "peak mem (MB)", "avg mem (MB)", "energy (mJ/batch)", "test top-1", "test top-5", "train top-1",
-    "train top-5", "top-1 drop (points)",
-)
+COLUMNS = ("task", "variant", "size (MB)", "sparsity (within the model)", "params removed (vs dense)",
+           "params non-zero", "MMACs", "latency (ms/batch)", "peak mem (MB)", "avg mem (MB)", "energy (mJ/batch)",
+           "test top-1", "test top-5", "train top-1", "train top-5", "top-1 drop (points)")
 
 
 def num(value, fmt: str = "{:.2f}") -> str:
     """A figure, or, merged over seeds, mean ± the 95 % confidence half-width (Student t) and n."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return MISSING
     n = getattr(value, "n", 1)
     if n > 1:
@@ -40,7 +37,7 @@ def energy(profile: dict) -> str:
 
 def scaled(value, factor: float):
     """``value * factor``, keeping a merged figure's per-seed values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     values = getattr(value, "values", None)
     return Stat([v * factor for v in values]) if values else value * factor
@@ -69,8 +66,7 @@ def row(run: RunResults, model: dict, reference: float | None, label: str | None
 
 def markdown(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def method(run: RunResults) -> str:
@@ -128,9 +124,9 @@ def schedule_table(runs: list[RunResults]) -> str | None:
 
 
 def layer_table(runs: list[RunResults]) -> str | None:
-    """Per-layer sparsity (%) or channels kept, one column per pruned variant."""
+    """Per-layer sparsity (%) or channels kept, one column per pruned variant (equal neighbours share one)."""
     columns: list[tuple[str, dict[str, str]]] = []
-    order: list[str] = []
+    order: dict[str, None] = {}
     for run in runs:
         for m in run.data["models"]:
             layers = m.get("layers")
@@ -139,25 +135,20 @@ def layer_table(runs: list[RunResults]) -> str | None:
             cells = {}
             for layer in layers:
                 name = layer.get("name", "?")
-                if name not in order:
-                    order.append(name)
-                cell = num(layer.get("sparsity"), "{:.0%}")
+                order.setdefault(name)
+                cells[name] = num(layer.get("sparsity"), "{:.0%}")
                 kept = layer.get("out_channels", layer.get("channels"))
                 if isinstance(kept, int) and kept != layer.get("dense_out_channels", kept):
-                    cell += f", {kept}/{layer['dense_out_channels']} ch"
-                cells[name] = cell
-            columns.append((f"{task_label(run, runs)}: {m.get('variant')}", cells))
+                    cells[name] += f", {kept}/{layer['dense_out_channels']} ch"
+            title = f"{task_label(run, runs)}: {m.get('variant')}"
+            if columns and columns[-1][1] == cells:
+                columns[-1] = (columns[-1][0] + " = " + title.split(": ", 1)[1], cells)
+            else:
+                columns.append((title, cells))
     if not columns:
         return None
-    # One column per distinct set of per-layer values keeps the table narrow.
-    unique: list[tuple[str, dict[str, str]]] = []
-    for title, cells in columns:
-        if unique and unique[-1][1] == cells:
-            unique[-1] = (unique[-1][0] + " = " + title.split(": ", 1)[1], cells)
-        else:
-            unique.append((title, cells))
-    header = ["layer", *[t for t, _ in unique]]
-    return markdown(header, [[name, *[c.get(name, MISSING) for _, c in unique]] for name in order])
+    header = ["layer", *[t for t, _ in columns]]
+    return markdown(header, [[name, *[c.get(name, MISSING) for _, c in columns]] for name in order])
 
 
 def environment_table(runs: list[RunResults]) -> str:
@@ -178,10 +169,8 @@ def _operator_cell(op: dict) -> str:
 
 
 def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
-    """Per variant: where one forward pass spent its time, and which sparse/densifying operators ran.
-
-    Built from each profile's ``operators`` list (torch.profiler); runs without it are skipped.
-    """
+    """Per variant: where one forward pass spent its time (the profile's ``operators``, from torch.profiler), and
+    which sparse/densifying operators ran."""
     rows = []
     for run in runs:
         for m in run.data["models"]:
@@ -198,9 +187,6 @@ def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
     return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
 
 
-PRUNED_VARIANTS = (MASKED, NARROW)  # the variant a budget point is judged by, per task
-
-
 def meets(drop, budget: float) -> bool:
     """The drop is within the budget with 95 % confidence: the interval's upper end, not the mean (needs n >= 2)."""
     return getattr(drop, "n", 1) > 1 and drop.upper <= budget
@@ -212,19 +198,13 @@ def target_label(target: float) -> str:
 
 
 def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[str] = ()) -> str | None:
-    """Per method, the highest target sparsity whose top-1 drop stays within ``max_drop``, established: the upper
-    end of its 95 % confidence interval over seeds is within the budget (else "not established").
-
-    Built from every run that records a ``target_sparsity``: the budget grid's (``<experiment>_t<percent>``,
-    from ``python -m studies.budget``) and the main runs. Figures are the ``pruned-masked``
-    variant's (``channel-pruned`` for task 2, whose target is the share of parameters removed).
-    A method run at one target only (the main runs at 90 %) gets its verdict at that target.
-    """
+    """Per method, the highest ``target_sparsity`` (budget grid and main runs) whose pruned model's top-1 drop is
+    within ``max_drop`` with 95 % confidence over seeds (see :func:`meets`), else "not established"."""
     points: dict[str, list[tuple[float, RunResults, dict, object]]] = {}
     for run in runs:
         target = (run.data.get("pruning") or {}).get("target_sparsity")
-        pruned = next((m for m in run.data["models"] if m.get("variant") in PRUNED_VARIANTS), None)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or pruned is None:
+        pruned = next((m for m in run.data["models"] if m.get("variant") in (MASKED, NARROW)), None)
+        if not is_number(target) or pruned is None:
             continue
         drop = drop_value(reference_top1(run, runs, references), (pruned.get("accuracy") or {}).get("test_top1"))
         if drop is not None:
