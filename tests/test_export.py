@@ -208,7 +208,7 @@ def test_channel_pruned_model_rebuilds_from_the_sidecar_alone(tmp_path):
     result = export_checkpoint(ckpt, tmp_path / "out", ["state_dict"], x, variant="narrow")
     doc = json.loads((tmp_path / "out" / "narrow.json").read_text())
     assert doc["architecture"]["channels"] == narrow and doc["architecture"]["classifier_width"] == TINY_CLASSIFIER
-    assert doc["metadata"]["structure"] == "narrow" and result.matches["state_dict"].max_abs_diff == 0.0
+    assert doc["metadata"]["structure"] == "narrow" and result.matches["state_dict"]["max_abs_diff"] == 0.0
     arch = doc["architecture"]  # nothing from training: only the sidecar's three numbers
     rebuilt = vgg16_bn(arch["num_classes"], arch["channels"], classifier_width=arch["classifier_width"])
     rebuilt.load_state_dict(torch.load(tmp_path / "out" / "narrow.pt", weights_only=True), strict=True)

@@ -14,8 +14,7 @@ import torch
 
 from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG, vgg16_bn
-from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.unstructured import copy_model, is_masked, make_permanent
+from lightning_prune.pruning.unstructured import copy_model, make_permanent
 from lightning_prune.results import atomic_torch_save, atomic_write_bytes
 
 SIDECAR_FORMAT = "lightning_prune.vgg16_bn"
@@ -86,8 +85,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 def save_state_dict(model: VGG, path: str | Path) -> Path:
     """``torch.save`` of a plain (mask-free) VGG's state dict, written atomically."""
-    if any(is_masked(m) for m in prunable_modules(model).values()):
-        raise ExportError("save_state_dict: fold the masks first (fold_masks), the artifact holds plain weights")
     atomic_torch_save(model.state_dict(), path)
     return Path(path)
 

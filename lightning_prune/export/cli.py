@@ -1,14 +1,7 @@
-"""``lightning-prune export``: a run's checkpoint as state dict + sidecar, ONNX and int8, with handoff.json.
+"""``lightning-prune export --run run:digits_unstructured --quantize``: a run's checkpoint handed on.
 
-Examples::
-
-    lightning-prune export --run run:digits_unstructured --quantize
-    lightning-prune export --run logs/digits_channel/version_0/checkpoints/last.ckpt --format onnx --out deploy/
-
-Each run becomes one variant: ``<variant>.json`` (architecture and metadata), ``<variant>.pt`` (plain
-weights, pruned ones exactly 0), ``<variant>.onnx``, the int8 files (``--quantize``), and ``handoff.json``
-with every variant's figures (``handoff.md``: the table), by default in the run's own
-``logs/<experiment>/version_N/export`` (else ``export/`` beside the checkpoint).
+Each run becomes one variant (``<variant>.json`` sidecar, ``.pt`` plain weights, ``.onnx``, int8 files)
+plus ``handoff.json``/``handoff.md`` with every variant's figures, by default in the run's own folder.
 """
 
 from __future__ import annotations
@@ -126,11 +119,8 @@ def _take(loader, images: int | None = None, batches: int | None = None) -> list
 
 def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str],
                settings: Int8Settings) -> dict[str, Any]:
-    """Export the checkpoint ``path`` (named ``ref`` on the command line) into ``out``; returns its handoff entry.
-
-    The files are written into a staging folder of ``out`` and stay there (``figures["staging"]``)
-    until :func:`main` publishes every variant at once.
-    """
+    """Export the checkpoint ``path`` (``ref`` on the command line) into a staging folder of ``out``
+    (``figures["staging"]``, published by :func:`main`); returns its handoff entry."""
     ck = load_checkpoint_model(path, "--run")
     dm = datamodule(args, ck)
     dm.setup("test")

@@ -1,13 +1,9 @@
 """Cross-layer equalization (Nagel et al., ICCV 2019, "Data-Free Quantization"): one range per channel pair.
 
-int8 gives each activation tensor one range and each weight channel one scale, so a channel whose
-BatchNorm scale dwarfs its neighbours' (a pruned-then-refitted network often has one) takes the whole
-range. ReLU and max-pooling commute with a positive per-channel scale: dividing output channel ``i`` by
-``s_i = sqrt(r1_i / r2_i)`` (``r1``: its range, BatchNorm folded; ``r2``: the next layer's input range)
-and multiplying the next layer's input ``i`` by it keeps the function and gives both ``sqrt(r1_i r2_i)``.
-The scale goes into BatchNorm (the conv is untouched: pruned zeros stay exact) and the next layer's
-input columns. Pairs: consecutive convs, the last conv and ``classifier.0`` (32x32 inputs end at 1x1),
-and the hidden linears with the next linear. No data is needed.
+ReLU and max-pooling commute with a positive per-channel scale: dividing output channel ``i`` by
+``s_i = sqrt(r1_i / r2_i)`` and multiplying the next layer's input ``i`` by it keeps the function and
+gives both ranges ``sqrt(r1_i r2_i)``, so no channel (e.g. one a refit inflated) takes an int8 range alone.
+The scale goes into BatchNorm, so pruned conv zeros stay exact. No data is needed.
 """
 
 from __future__ import annotations
@@ -66,10 +62,7 @@ def _scale_pair(producer: nn.Module, bn: nn.Module | None, consumer: nn.Module, 
 def equalize(model: VGG, iterations: int = 20, tolerance: float = 1e-6) -> VGG:
     """A copy of ``model`` (plain, masks folded) with every channel pair equalized; ``model`` is unchanged.
 
-    Sweeps over the pairs until no scale moves by more than ``tolerance`` (relative), at most ``iterations``
-    times (each pair changes its neighbours' ranges). Channels with an all-zero side (pruned) keep scale 1.
-    ValueError for a masked model, or a classifier that does not read one feature per last-conv channel.
-    """
+    Sweeps until no scale moves by more than ``tolerance``; channels with an all-zero side keep scale 1."""
     if any(hasattr(m, "weight_mask") for m in model.modules()):
         raise ValueError("equalize: fold the pruning masks first")
     out = copy.deepcopy(model).eval()

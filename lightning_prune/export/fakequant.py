@@ -1,11 +1,8 @@
 """int8 simulated in float (fake quantization), on the grid ONNX Runtime's static quantization uses.
 
-Weights: per output channel, symmetric, ``scale = max|w| / 127``, integers in [-127, 127] (what
-``quantize_static(per_channel=True, WeightSymmetric=True)`` writes; BatchNorm only rescales whole
-channels, so the conv's own rows give the same integers as the folded weight). Activations: one uint8
-range per tensor at the input of every conv and linear, as the QDQ graph quantizes them. Rounding has
-a straight-through gradient, so the same simulation finds which part of int8 costs accuracy and
-fine-tunes through it (:mod:`lightning_prune.export.qat`).
+Weights per output channel, symmetric, ``scale = max|w| / 127`` (what ``quantize_static`` writes);
+activations one uint8 range per conv/linear input, as the QDQ graph. Rounding has a straight-through
+gradient, so the simulation both finds which part of int8 costs accuracy and fine-tunes through it (QAT).
 """
 
 from __future__ import annotations

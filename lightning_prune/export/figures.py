@@ -1,8 +1,6 @@
-"""The hand-off figures: output agreement, top-1, latency, size and MACs of a variant's float, int8 and ONNX forms.
+"""The hand-off figures: top-1, latency, size and MACs of a variant's float, int8 and ONNX forms.
 
-The same functions measure any ``tensor -> tensor`` model (PyTorch float, int8, an ONNX Runtime session)
-on the same batches with the same warm-up and timer, so the numbers compare; ``handoff.json`` keeps one
-entry per variant.
+Any ``tensor -> tensor`` model is measured on the same batches with the same timer, so the numbers compare.
 """
 
 from __future__ import annotations
@@ -27,18 +25,6 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def max_abs_diff(a: Forward, b: Forward, x: torch.Tensor) -> float:
-    """Largest absolute difference between the two models' outputs on the batch ``x``."""
-    return float((a(x).float() - b(x).float()).abs().max())
-
-
-@torch.no_grad()
-def same_top1(a: Forward, b: Forward, x: torch.Tensor) -> bool:
-    """Both models predict the same class for every image of ``x``."""
-    return bool(torch.equal(a(x).argmax(1), b(x).argmax(1)))
-
-
-@torch.no_grad()
 def top1(forward: Forward, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
     """Top-1 in percent over the batches, and the number of images it counts."""
     correct = total = 0
@@ -54,9 +40,7 @@ def latency_ms(
 ) -> dict[str, tuple[float, float]]:
     """Mean and std in ms of one call per batch for each model, after ``warmup`` untimed calls each.
 
-    The models take turns batch by batch, so a load that other processes put on a shared CPU
-    falls on all of them alike instead of on whichever ran at the wrong moment.
-    """
+    The models take turns batch by batch, so a load on a shared CPU falls on all of them alike."""
     for i in range(warmup):
         for forward in forwards.values():
             forward(batches[i % len(batches)])
@@ -81,10 +65,8 @@ def handoff_figures(
     latency_batches: Sequence[torch.Tensor],
     warmup: int = 2,
 ) -> dict[str, Any]:
-    """Accuracy, size, latency and MACs of the variant's float, int8 and ONNX forms (``handoff.json`` entry).
-
-    Top-1 over ``eval_batches`` (the test set); latency in ms per batch over ``latency_batches`` after
-    ``warmup`` untimed passes, the forms taking turns."""
+    """Accuracy (``eval_batches``), size, latency (``latency_batches``) and MACs of the variant's forms:
+    its ``handoff.json`` entry."""
     model, meta = result.float_model, result.metadata
     float_top1, images = top1(model, eval_batches)
     params, nonzero = count_parameters(model)
@@ -95,7 +77,7 @@ def handoff_figures(
         "source_checkpoint": meta.get("source_checkpoint"), "channels": list(model.channels), "eval_images": images,
         "batch_size": len(latency_batches[0]) if latency_batches else None, "float_top1": float_top1,
         "macs": count_macs(model), "files": {k: str(v) for k, v in result.files.items()},
-        "outputs_match": {k: m.as_dict() for k, m in result.matches.items()},
+        "outputs_match": dict(result.matches),
     }
     forwards: dict[str, Forward] = {"float": model}
     if "state_dict" in result.files:

@@ -1,15 +1,14 @@
 """How the float model becomes int8, and the gate that refuses an int8 model which lost accuracy.
 
-:class:`Int8Settings` is checked once, where it is made (every value names its ``export`` option).
-:func:`prepare` gives the model both int8 paths quantize (cross-layer equalization, then optionally QAT);
-the float files stay the measured model. :func:`gate` compares each int8 form's top-1 with the float's.
+:class:`Int8Settings` is checked once, where it is made; :func:`prepare` equalizes (and fine-tunes) the
+model both int8 paths quantize, the float files staying the measured model.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,16 +25,7 @@ INT8_FORMS = {"int8": "PyTorch int8", "int8_onnx": "int8 ONNX"}
 
 @dataclass(frozen=True)
 class Int8Settings:
-    """The int8 recipe of one export, recorded in handoff.json.
-
-    Args:
-        equalize: Cross-layer equalization before calibration (``--no-equalize`` turns it off).
-        calibration: ONNX Runtime's activation-range method (``--calibration``): minmax, percentile, entropy.
-        qat_epochs: Quantization-aware fine-tuning epochs on the training images (``--qat-epochs``; 0: none).
-        qat_lr: Its SGD learning rate (``--qat-lr``).
-        max_drop: Most top-1 points an int8 form may lose against the float model (``--max-int8-drop``).
-        share_bits: Weight sharing of the int8 ONNX model, levels per layer as bits (``--share-bits``; 0: none).
-    """
+    """The int8 recipe of one export (each field is the ``export`` option of its name), recorded in handoff.json."""
 
     equalize: bool = True
     calibration: str = "minmax"
@@ -56,9 +46,6 @@ class Int8Settings:
         if not self.max_drop >= 0:
             raise ExportError(f"--max-int8-drop: must be >= 0 points, got {self.max_drop}")
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _same_function(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
@@ -74,11 +61,9 @@ def prepare(
     calibration: Sequence[torch.Tensor],
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """The float model the int8 paths quantize (``model``, masks folded, is not modified) and each remedy's seconds.
+    """The float model the int8 paths quantize (``model`` is not modified) and each remedy's seconds.
 
-    Equalization is checked to keep the function on the first ``calibration`` batch; ``train_batches``
-    (called once) feeds QAT and is required when ``settings.qat_epochs`` > 0.
-    """
+    Equalization must keep the function on the first ``calibration`` batch; ``train_batches`` feeds QAT."""
     seconds: dict[str, float] = {}
     prepared = model
     if settings.equalize:
@@ -87,8 +72,7 @@ def prepare(
         seconds["equalize"] = time.perf_counter() - start
         _same_function(model, prepared, calibration[0])
     if settings.qat_epochs:
-        if train_batches is None:
-            raise ExportError("--qat-epochs: quantization-aware fine-tuning needs the training images")
+        assert train_batches is not None, "QAT needs the training images"
         start = time.perf_counter()
         prepared = qat_finetune(prepared, train_batches(), calibration, settings.qat_epochs, settings.qat_lr,
                                 share_bits=settings.share_bits)

@@ -1,13 +1,12 @@
 """ONNX export with a dynamic batch axis, and running the file in ONNX Runtime.
 
-``torch.onnx.export(..., dynamo=True)``: torch 2.14's default, the TorchScript exporter warns it will be
-removed; it needs ``onnxscript`` (the ``deploy`` extra; nothing is downloaded at export time).
-``external_data=False`` keeps the weights in the one ``.onnx`` file (far below ONNX's 2 GB limit).
+``dynamo=True`` (torch 2.14's default; the TorchScript exporter is deprecated) needs the ``deploy`` extra.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +26,14 @@ ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # what --format onnx needs
 
 
 def require(module: str) -> None:
-    """Fail with one line naming the extra when ``onnx`` / ``onnxruntime`` / ``onnxscript`` is missing or is
-    installed but cannot be imported (a broken native library fails only at import)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ExportError(f"--format onnx: the {module} package is not installed; {DEPLOY_HINT}")
+    """One line naming the deploy extra when ``module`` is missing, or installed but broken (a native library
+    that fails to load shows only at import)."""
     try:
         importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        raise ExportError(f"--format onnx: the {module} package is not installed; {DEPLOY_HINT}") from err
     except Exception as err:  # noqa: BLE001 - a broken install raises ImportError, OSError, AttributeError, ...
         first = (str(err).strip().splitlines() or [""])[0]
         raise ExportError(f"--format onnx: the {module} package is installed but cannot be imported "
@@ -43,13 +41,9 @@ def require(module: str) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
-    """Write ``model`` (eval mode, CPU) to ``path``: input ``input`` (N, 3, 32, 32), output ``logits`` (N, classes).
+    """Write ``model`` (plain, CPU) to ``path``: input ``input`` (N, 3, 32, 32), output ``logits``.
 
-    ``model`` is plain (masks folded): the exporter traces what its forward pass runs, on ``example``, a
-    batch of at least 2 images (the batch axis is exported as dynamic). ``path``'s folder must exist.
-    """
-    for name in ("onnx", "onnxscript"):
-        require(name)
+    Traced on ``example``, at least 2 images, as the batch axis is dynamic."""
     batch = torch.export.Dim("batch")
     model = model.eval()
     # The exporter prints progress lines to stdout even with verbose=False on some paths.

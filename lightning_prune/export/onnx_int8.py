@@ -1,10 +1,7 @@
 """int8 for ONNX Runtime: static quantization of the exported float ONNX, checked like every export file.
 
-``onnxruntime.quantization.quantize_static`` in QDQ format: per-channel symmetric int8 weights (zero
-point 0, so a pruned 0.0 stays int 0), uint8 activations calibrated on training images (``export
---calibration``). The exporter folds BatchNorm into the convs, rescaling whole channels: zeros stay zeros.
-The compressed file (``<variant>.int8.onnx.xz``, LZMA) is what a device downloads: int8 stores zeros
-densely, and only an entropy coder turns unstructured sparsity into fewer bytes.
+``quantize_static`` in QDQ format, per-channel symmetric int8 weights (a pruned 0.0 stays int 0). The
+``.int8.onnx.xz`` file is what a device downloads: only an entropy coder turns unstructured zeros into bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import numpy as np
 import torch
 
 from lightning_prune.export.errors import ExportError
-from lightning_prune.export.onnx_export import INPUT_NAME, require
+from lightning_prune.export.onnx_export import INPUT_NAME, onnx_session
 from lightning_prune.results import atomic_write_bytes
 
 COMPRESSED_SUFFIX = ".xz"
@@ -30,12 +27,8 @@ ORT_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "E
 
 def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.Tensor],
                   method: str = "minmax") -> Path:
-    """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the given batches.
-
-    ``method``: one of :data:`lightning_prune.names.CALIBRATIONS` (ONNX Runtime's MinMax, Percentile at
-    its default 99.999 %, or Entropy).
-    """
-    require("onnxruntime")
+    """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the batches by
+    ``method``, one of :data:`lightning_prune.names.CALIBRATIONS`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -56,8 +49,6 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
             self.feeds = iter([{INPUT_NAME: b} for b in self.batches])
 
     batches = [np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for x in calibration]
-    if not batches:
-        raise ExportError("--calibration-images: int8 needs calibration images")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(dir=out_path.parent) as work:
@@ -93,7 +84,6 @@ class OnnxInt8Check:
 
 def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
     """Compare each int8 weight (``<name>_quantized``) with the float initializer of the same name."""
-    require("onnx")
     import onnx
     from onnx import numpy_helper
 
@@ -136,8 +126,6 @@ def compressed_size_mb(path: Path) -> float:
 
 def load_compressed(path: Path, threads: int | None = None):
     """An ONNX Runtime session on a ``.onnx.xz`` file, decompressed in memory: what a device does after download."""
-    from lightning_prune.export.onnx_export import onnx_session
-
     try:
         data = lzma.decompress(Path(path).read_bytes())
     except (OSError, lzma.LZMAError, EOFError) as err:  # missing, truncated, or not an .xz file at all

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from lightning_prune.export.artifact import fold_masks, load_state_dict_model, save_state_dict, write_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
 from lightning_prune.export.errors import ExportError
-from lightning_prune.export.figures import Forward, max_abs_diff, same_top1
+from lightning_prune.export.figures import Forward
 from lightning_prune.export.int8 import Int8Settings, prepare
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import (
@@ -46,29 +46,13 @@ INT8_SCHEME = "static PTQ: per-channel symmetric int8 weights, per-tensor quint8
 
 
 @dataclass
-class Match:
-    """How closely a written artifact reproduces the source model on the check batch."""
-
-    max_abs_diff: float
-    same_top1: bool
-    atol: float
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"match": self.ok, "max_abs_diff": self.max_abs_diff, "same_top1": self.same_top1, "atol": self.atol}
-
-
-@dataclass
 class ExportResult:
     """What :func:`export_model` wrote and checked, by format (``sidecar``, ``state_dict``, ``onnx``, ``int8``, ...)."""
 
     variant: str  # the files' stem
     float_model: VGG  # the exported float network: masks folded, a plain ``vgg16_bn``
     files: dict[str, Path] = field(default_factory=dict)
-    matches: dict[str, Match] = field(default_factory=dict)  # agreement with the source (int8: with its reload)
+    matches: dict[str, dict[str, Any]] = field(default_factory=dict)  # agreement with the source (int8: its reload)
     int8: QuantizedVGG | None = None
     int8_check: Int8Check | None = None  # the zeros and widths int8 kept
     int8_onnx: Any = None  # the ONNX Runtime session of the int8 ONNX model, if written
@@ -93,12 +77,15 @@ class ExportResult:
         return write_sidecar(self.files["sidecar"], self.float_model, self.metadata, names)
 
 
-def _match(source: Forward, written: Forward, x: torch.Tensor, atol: float, what: str) -> Match:
-    found = Match(max_abs_diff(source, written, x), same_top1(source, written, x), atol)
-    if not found.ok:
-        raise ExportError(f"{what}: reloaded outputs differ from the source model by {found.max_abs_diff:.3g} "
+def _match(source: Forward, written: Forward, x: torch.Tensor, atol: float, what: str) -> dict[str, Any]:
+    """How closely a written artifact reproduces its source on the check batch; ExportError beyond ``atol``."""
+    a, b = source(x).float(), written(x).float()
+    diff = float((a - b).abs().max())
+    if diff > atol:
+        raise ExportError(f"{what}: reloaded outputs differ from the source model by {diff:.3g} "
                           f"(> {atol:g}) on a batch of {len(x)} images")
-    return found
+    return {"match": True, "max_abs_diff": diff, "same_top1": bool(torch.equal(a.argmax(1), b.argmax(1))),
+            "atol": atol}
 
 
 @torch.no_grad()
@@ -111,21 +98,15 @@ def export_model(
     metadata: dict[str, Any] | None = None,
     calibration_batches: Iterable[torch.Tensor] | None = None,
     atol: float = ATOL,
-    backend: str | None = None,
     int8: Int8Settings | None = None,
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> ExportResult:
     """Write ``<variant>.json`` plus ``formats`` (``state_dict``: ``.pt``, ``onnx``) into ``out_dir``, each checked.
 
-    ``source`` (masks allowed) is not modified. Every reloaded artifact must reproduce it within ``atol``
-    (largest logit difference) on ``check_batch``, real images (N >= 2, eval transforms), or ExportError.
-    ``metadata``: what the sidecar records besides the architecture. ``calibration_batches``: training
-    images for the int8 forms (None: no int8), quantized on ``backend`` (default: x86 where available) by
-    the ``int8`` recipe (default :class:`Int8Settings`), its QAT fed by ``train_batches``.
+    Every reloaded artifact must reproduce ``source`` (not modified) within ``atol`` on ``check_batch`` (real
+    images, N >= 2), or ExportError. ``calibration_batches`` (None: no int8) calibrate the ``int8`` recipe.
     """
-    assert set(formats) <= set(FORMATS), f"formats are checked where parsed (check_formats), got {formats}"
-    if check_batch.dim() != 4 or len(check_batch) < 2:
-        raise ExportError(f"check batch must be (N >= 2, 3, 32, 32) images, got shape {tuple(check_batch.shape)}")
+    assert set(formats) <= set(FORMATS) and check_batch.dim() == 4 and len(check_batch) >= 2
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     source = source.cpu().eval()
     x = check_batch.cpu().float()
@@ -133,8 +114,7 @@ def export_model(
     result.metadata.setdefault("sparsity", weight_sparsity(result.float_model))
     _float_formats(result, source, Path(out_dir) / f"{variant}.json", formats, x, atol)
     if calibration_batches is not None:
-        _int8(result, list(calibration_batches), x, atol, pick_backend(backend), int8 or Int8Settings(),
-              train_batches)
+        _int8(result, list(calibration_batches), x, atol, int8 or Int8Settings(), train_batches)
     result.describe()
     return result
 
@@ -154,11 +134,11 @@ def _float_formats(result: ExportResult, source: VGG, sidecar: Path, formats: li
         result.matches["onnx"] = _match(source, result.onnx_forward(), x, atol, "onnx (ONNX Runtime)")
 
 
-def _int8(result: ExportResult, calibration: list[torch.Tensor], x: torch.Tensor, atol: float, backend: str,
+def _int8(result: ExportResult, calibration: list[torch.Tensor], x: torch.Tensor, atol: float,
           settings: Int8Settings, train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None
           ) -> None:
     """Both int8 forms of the prepared float model (equalized, fine-tuned), each checked and reloaded."""
-    model = result.float_model
+    model, backend = result.float_model, pick_backend()
     prepared, seconds = prepare(model, settings, calibration, train_batches)
     result.int8 = quantize_int8(prepared, calibration, backend)
     result.int8_check = check_int8(prepared, result.int8)
@@ -167,7 +147,7 @@ def _int8(result: ExportResult, calibration: list[torch.Tensor], x: torch.Tensor
     result.files["int8"] = save_int8(result.int8, result.path(".int8.pt"))
     result.matches["int8"] = _match(result.int8, load_int8(result.files["int8"], backend=backend), x, atol,
                                     "int8 reload")
-    recipe = {**settings.as_dict(), "seconds": seconds}
+    recipe = {**asdict(settings), "seconds": seconds}
     result.metadata["int8"] = {"backend": backend, "scheme": INT8_SCHEME, "recipe": recipe,
                                "calibration_images": sum(len(b) for b in calibration), **result.int8_check.as_dict()}
     if "onnx" not in result.files:
@@ -198,12 +178,9 @@ def _int8_onnx(result: ExportResult, source: Path, calibration: list[torch.Tenso
 def export_checkpoint(checkpoint: str | Path | CheckpointModel, out_dir: str | Path, formats: Sequence[str],
                       check_batch: torch.Tensor, variant: str | None = None, metadata: dict[str, Any] | None = None,
                       **options: Any) -> ExportResult:
-    """:func:`export_model` for a Lightning checkpoint of ``ImageClassifier`` (dense, masked or channel-pruned).
+    """:func:`export_model` for a checkpoint of ``ImageClassifier`` (its file or a loaded :class:`CheckpointModel`).
 
-    ``checkpoint`` is the ``.ckpt`` file or a :class:`CheckpointModel` already loaded from one; ``variant``
-    defaults to its file stem. The sidecar's metadata starts from what the checkpoint says (task, method,
-    source path, masked layers) and ``metadata`` adds to it; ``options`` go to :func:`export_model`.
-    """
+    The sidecar's metadata starts from what the checkpoint records; ``options`` go to :func:`export_model`."""
     ck = checkpoint if isinstance(checkpoint, CheckpointModel) else load_checkpoint_model(checkpoint)
     info = {"task": ck.task, "method": ck.method, "structure": ck.structure, "source_checkpoint": str(ck.path),
             "lineage": [step.get("task") for step in ck.lineage],

@@ -1,9 +1,7 @@
 """An export lands whole or not at all: its files are written and checked in a staging folder first.
 
-Only when every file of every variant is reloaded and checked are they moved into the output folder
-(atomic renames), and a variant's files this export did not write again are removed; ``handoff.json``
-comes last, so it lists exactly the files present. A killed or failed export leaves the folder as it
-was (and a ``.staging-*`` folder at most, which the next export into it removes).
+Files move into the output folder (atomic renames) only once every variant is checked, ``handoff.json``
+last; a killed export leaves at most a ``.staging-*`` folder, which the next export removes.
 """
 
 from __future__ import annotations

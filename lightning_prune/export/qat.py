@@ -1,10 +1,7 @@
 """Quantization-aware fine-tuning: a few epochs through the int8 simulation, pruned zeros and widths kept.
 
-The network trains with its weights and layer inputs rounded as ONNX Runtime will round them
-(:class:`~lightning_prune.export.fakequant.Int8Simulation`, straight-through gradients), so its float
-weights end where int8 loses little. The weight grid is a function of the weights (per-channel
-``max|w| / 127``), so ``quantize_static`` later reproduces the integers training saw; activation ranges
-follow a moving min/max and are calibrated again by the exporter.
+It trains through :class:`~lightning_prune.export.fakequant.Int8Simulation`; the weight grid is a function
+of the weights, so ``quantize_static`` later reproduces the integers training saw.
 """
 
 from __future__ import annotations
@@ -29,12 +26,8 @@ def qat_finetune(
 ) -> nn.Module:
     """A fine-tuned float copy of ``model`` (plain VGG, masks folded; not modified) that int8 rounding barely changes.
 
-    ``epochs`` (>= 1) passes over ``train_batches`` through the simulation, after ``calibration`` set the
-    activation ranges, which then follow each batch by ``momentum``. SGD at ``lr`` (momentum 0.9, no weight
-    decay); every exact 0.0 weight is put back to 0.0 after each step, and no layer changes shape. It trains
-    in eval mode (BatchNorm keeps its statistics, dropout is off): the weights, already fine-tuned to their
-    minimum, only learn to absorb the rounding, hence the small ``lr``. ``share_bits``: train through the
-    export's weight sharing too (Deep Compression's retraining, with the levels found again at every step).
+    SGD in eval mode (BatchNorm statistics kept): the weights only learn to absorb the rounding, hence the
+    small ``lr``; exact zeros are put back after every step. ``share_bits``: through the weight sharing too.
     """
     assert epochs >= 1, "qat_finetune needs epochs >= 1"
     keep = {name: layer.weight.detach() != 0 for name, layer in prunable_modules(model).items()}

@@ -1,12 +1,8 @@
 """int8 post-training static quantization of the VGG, and the checks that it kept the pruning.
 
-Eager-mode ``torch.ao.quantization`` (QuantStub/DeQuantStub, conv-BN-ReLU and linear-ReLU fusion,
-``prepare`` -> calibration -> ``convert``) with the ``x86`` backend's default qconfig: in torch 2.14 the
-one path that runs real int8 kernels on CPU and saves int8 weights with no extra package (torchao's PT2E
-flow, measured in docs/deploy.md, needs ``torch.compile`` for that). Its deprecation warning stays visible.
-
-Pruning survives: per-channel *symmetric* int8 weights have zero point 0, so an exact 0.0 stays int 0;
-BN folding scales whole output channels, which keeps zeros zero, and fusion keeps the conv widths.
+Eager-mode ``torch.ao.quantization`` (fusion, prepare, calibration, convert): in torch 2.14 the one path
+with real int8 CPU kernels and no extra package (torchao's PT2E needs ``torch.compile``; docs/deploy.md).
+Symmetric per-channel weights keep an exact 0.0 at int 0; BN folding and fusion keep zeros and widths.
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,14 +37,11 @@ def _quiet() -> Iterator[None]:
 def pick_backend(backend: str | None = None) -> str:
     """The quantized engine to use: ``backend`` if this torch build has it, else the first of x86/fbgemm/qnnpack."""
     supported = [b for b in torch.backends.quantized.supported_engines if b != "none"]
-    if backend is not None:
-        if backend not in supported:
-            raise ExportError(f"quantize backend {backend!r} is not in this torch build; choose one of {supported}")
-        return backend
-    for name in PREFERRED_BACKENDS:
-        if name in supported:
-            return name
-    raise ExportError(f"this torch build has no int8 CPU backend (supported engines: {supported})")
+    found = [b for b in ([backend] if backend else PREFERRED_BACKENDS) if b in supported]
+    if not found:
+        raise ExportError(f"int8: no quantized engine {backend or PREFERRED_BACKENDS} in this torch build "
+                          f"(it has {supported})")
+    return found[0]
 
 
 class QuantizedVGG(nn.Module):
@@ -98,24 +91,14 @@ def _convert(wrapper: QuantizedVGG, backend: str) -> QuantizedVGG:
 def quantize_int8(
     model: VGG, calibration_batches: Iterable[torch.Tensor], backend: str | None = None
 ) -> QuantizedVGG:
-    """int8 static post-training quantization (eager mode, per-channel symmetric weights) of a plain VGG.
+    """int8 static post-training quantization of a plain VGG (masks folded; not modified), float in and out.
 
-    ``model`` (masks folded) is not modified. ``calibration_batches``: image batches, eval transforms (a few
-    hundred training images set the activation ranges); ``backend``: ``x86`` (default where available),
-    ``fbgemm`` or ``qnnpack``. The result takes and returns float CPU tensors; it sets
-    ``torch.backends.quantized.engine``, which must stay the same to run it.
-    """
-    if any(hasattr(m, "weight_mask") for m in prunable_modules(model).values()):
-        raise ExportError("quantize_int8: fold the pruning masks first (fold_masks)")
+    It sets ``torch.backends.quantized.engine`` (``backend``: default x86 where available), which must stay."""
     backend = pick_backend(backend)
     wrapper = prepared(model.cpu().eval(), backend)
-    seen = 0
     with _quiet():
         for x in calibration_batches:
             wrapper(x.cpu())
-            seen += len(x)
-    if not seen:
-        raise ExportError("quantize_int8: no calibration images")
     return _convert(wrapper, backend)
 
 
@@ -126,11 +109,8 @@ def save_int8(qmodel: QuantizedVGG, path: str | Path) -> Path:
 
 
 def load_int8(path: str | Path, float_skeleton: VGG | None = None, backend: str | None = None) -> QuantizedVGG:
-    """Rebuild the int8 model from its saved state dict (``<variant>.int8.pt``).
-
-    An untrained VGG of the same widths (default: from the sidecar) is converted without calibration; every
-    int8 weight, scale and zero point then comes from the file. ``backend``: default the sidecar's, else x86.
-    """
+    """Rebuild the int8 model from ``<variant>.int8.pt``: an untrained VGG of the sidecar's widths, converted,
+    takes every int8 weight, scale and zero point from the file."""
     if float_skeleton is None or backend is None:
         doc = read_sidecar(path)
         float_skeleton = float_skeleton if float_skeleton is not None else build_from_sidecar(doc)
@@ -171,18 +151,14 @@ class Int8Check:
         return self.int8_zeros / self.weight_count if self.weight_count else 0.0
 
     def as_dict(self) -> dict:
-        return {"zeros_preserved": self.zeros_preserved, "float_zeros": self.float_zeros,
-                "int8_zeros": self.int8_zeros, "int8_sparsity": self.int8_sparsity,
-                "zero_points_zero": self.zero_points_zero, "widths_kept": self.widths_kept,
-                "weight_count": self.weight_count}
+        return {**asdict(self), "int8_sparsity": self.int8_sparsity}
 
 
 def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
     """Compare the int8 weights' integer values with the float weights, layer by layer."""
     weights = int8_weights(qmodel)
     float_layers = prunable_modules(float_model)
-    if set(weights) != set(float_layers):
-        raise ExportError(f"int8 model has layers {sorted(weights)}, the float model {sorted(float_layers)}")
+    assert set(weights) == set(float_layers), f"int8 layers {sorted(weights)}, float {sorted(float_layers)}"
     preserved, zp_zero = True, True
     float_zeros = int8_zeros = count = 0
     for name, layer in float_layers.items():

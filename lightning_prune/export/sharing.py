@@ -1,9 +1,7 @@
 """Weight sharing on the int8 grid (Deep Compression's second stage, Han et al., ICLR 2016), for the download.
 
-int8 values spread over nearly all 254 levels, so even an entropy coder keeps about 7.8 bits a weight.
-Sharing moves each layer's non-zero int8 values to the nearest of ``2**bits - 1`` levels found by 1-D
-k-means on the layer's histogram (started at its quantiles). Zero stays zero and no kept weight becomes
-zero; the file stays an ordinary int8 ONNX model, whose weights LZMA now codes in about ``bits`` bits.
+Each layer's non-zero int8 values move to the nearest of ``2**bits - 1`` levels (1-D k-means on its
+histogram); zeros stay zeros, and LZMA then codes a weight in about ``bits`` bits instead of 7.8.
 """
 
 from __future__ import annotations

@@ -48,10 +48,7 @@ def default_out(path: Path, logs: Path) -> Path:
 def recorded(path: Path, logs: Path) -> dict[str, Any]:
     """What the experiment's results.json files say about this exact file (same path and SHA-256).
 
-    ``measured_in``: the results.json whose figures describe this file; ``recorded_accuracy``: its
-    test accuracy. A results.json that names the path with another hash measured an earlier content
-    of it; the export says so rather than pass those figures on.
-    """
+    One that names the path with another hash measured an earlier content: a note, not its figures."""
     record = checkpoint_record(path)
     experiment, _ = run_parts(path)
     info: dict[str, Any] = {"checkpoint": {**record, "finished": from_finished_run(path)}, "measured_in": None}
