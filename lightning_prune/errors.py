@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A wrong option value or missing resource; the message names the option."""
+
+
+class ExportError(ConfigError):
+    """An artifact that cannot be written or does not reproduce its source model; the message says which."""

@@ -66,7 +66,7 @@ def test_an_int8_onnx_model_that_loses_a_zero_is_refused(tmp_path, tiny_channels
         return out_path
 
     monkeypatch.setattr("lightning_prune.export.pipeline.quantize_onnx", broken)
-    from lightning_prune.export.errors import ExportError
+    from lightning_prune.errors import ExportError
 
     with pytest.raises(ExportError, match="int8 onnx: quantization changed the pruned structure"):
         export_model(_pruned(tiny_channels), tmp_path, "v", ["onnx"], torch.randn(4, 3, 32, 32),

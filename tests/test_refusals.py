@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from lightning_prune.cli import main
-from lightning_prune.errors import ConfigError
+from lightning_prune.errors import ConfigError, ExportError
 from lightning_prune.export.cli import main as export_main
-from lightning_prune.export.errors import ExportError
 from lightning_prune.export.onnx_int8 import load_compressed
 from lightning_prune.export.publish import staging
 from lightning_prune.models import VGG, scaled_channels

@@ -4,9 +4,9 @@
 reference; the functions below have no Lightning imports.
 """
 
+from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import fold_masks, load_state_dict_model, read_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
-from lightning_prune.export.errors import ExportError
 from lightning_prune.export.figures import handoff_figures
 from lightning_prune.export.int8 import Int8Settings
 from lightning_prune.export.onnx_int8 import load_compressed, quantize_onnx

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from lightning_prune.export.errors import ExportError
+from lightning_prune.errors import ExportError
 from lightning_prune.models import VGG, vgg16_bn
 from lightning_prune.pruning.unstructured import copy_model, make_permanent
-from lightning_prune.results import atomic_torch_save, atomic_write_bytes
+from lightning_prune.results import atomic_write_bytes
 
 SIDECAR_FORMAT = "lightning_prune.vgg16_bn"
 SIDECAR_VERSION = 1
@@ -23,11 +23,7 @@ INPUT_SHAPE = (3, 32, 32)
 
 
 def fold_masks(model: VGG) -> VGG:
-    """A copy with every ``torch.nn.utils.prune`` mask multiplied into its weight (pruned = exact 0.0).
-
-    The copy has plain ``weight`` parameters again, so its state dict has the dense VGG's keys and
-    loads into ``vgg16_bn`` with ``strict=True``. ``model`` keeps its masks.
-    """
+    """A copy with every mask multiplied into its weight (pruned = exact 0.0): the dense VGG's keys again."""
     return make_permanent(copy_model(model)).eval()
 
 
@@ -81,12 +77,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
         raise ExportError(f"{path}: not a {SIDECAR_FORMAT} sidecar (format={doc.get('format')!r})")
     return doc
-
-
-def save_state_dict(model: VGG, path: str | Path) -> Path:
-    """``torch.save`` of a plain (mask-free) VGG's state dict, written atomically."""
-    atomic_torch_save(model.state_dict(), path)
-    return Path(path)
 
 
 def build_from_sidecar(doc: dict[str, Any]) -> VGG:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_prune.checkpoint_io import read_checkpoint
-from lightning_prune.export.errors import ExportError
+from lightning_prune.errors import ExportError
 from lightning_prune.models import VGG, scaled_channels
 from lightning_prune.models.vgg import VGG16_CHANNELS, architecture_of
 from lightning_prune.pruning.layers import prunable_modules

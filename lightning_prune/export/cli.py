@@ -9,22 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightning_prune.errors import ConfigError
+from lightning_prune.errors import ConfigError, ExportError
 from lightning_prune.export.artifact import update_sidecar
 from lightning_prune.export.checkpoint import load_checkpoint_model
-from lightning_prune.export.errors import ExportError
 from lightning_prune.export.figures import handoff_figures
 from lightning_prune.export.int8 import Int8Settings, gate, refusal
 from lightning_prune.export.onnx_export import ONNX_MODULES, require
 from lightning_prune.export.pipeline import ATOL, FORMATS, export_checkpoint
 from lightning_prune.export.publish import (
     HANDOFF_TABLE,
-    check_out,
     discard,
     publish,
     remove_if_empty,
@@ -34,6 +33,7 @@ from lightning_prune.export.publish import (
 from lightning_prune.export.sources import DATASETS, datamodule, default_out, recorded, variant_name
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
+from lightning_prune.runs import make_folder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"one or more of {', '.join(FORMATS)} (default: both)")
     p.add_argument("--out", type=Path, help="output folder (default: the run's logs/<experiment>/version_N/export)")
     p.add_argument("--quantize", action="store_true", help="also write the int8 model and measure it")
-    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: the checkpoint's)")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     p.add_argument("--data-dir", help="dataset folder (default: the checkpoint's, else data)")
     p.add_argument("--verify-checksums", action=argparse.BooleanOptionalAction, default=None,
                    help="check CIFAR's MD5s (default: the checkpoint's setting)")
@@ -107,16 +107,6 @@ def _checkpoint(ref: str, logs: Path) -> Path:
     return resolved.path
 
 
-def _take(loader, images: int | None = None, batches: int | None = None) -> list:
-    out, seen = [], 0
-    for i, batch in enumerate(loader):
-        if (batches is not None and i >= batches) or (images is not None and seen >= images):
-            break
-        out.append(batch)
-        seen += len(batch[0])
-    return out
-
-
 def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, formats: list[str],
                settings: Int8Settings) -> dict[str, Any]:
     """Export the checkpoint ``path`` (``ref`` on the command line) into a staging folder of ``out``
@@ -124,10 +114,11 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     ck = load_checkpoint_model(path, "--run")
     dm = datamodule(args, ck)
     dm.setup("test")
-    test = _take(dm.test_dataloader(), batches=args.eval_batches)
+    test = list(islice(dm.test_dataloader(), args.eval_batches))
     calibration = None
     if args.quantize:
-        images = torch.cat([x for x, _ in _take(dm.train_eval_dataloader(), images=args.calibration_images)])
+        batches = -(-args.calibration_images // dm.batch_size)
+        images = torch.cat([x for x, _ in islice(dm.train_eval_dataloader(), batches)])
         calibration = list(images[: args.calibration_images].split(dm.batch_size))
     mean, std = dm.mean_std()
     info = recorded(path, args.logs)
@@ -158,11 +149,6 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     figures.update(dataset=dm.dataset, reference=ref, checkpoint=info["checkpoint"], measured_in=info["measured_in"],
                    staging=stage)
     return figures
-
-
-def _refuse(err: ConfigError) -> int:
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-    return 2
 
 
 def _checked(args: argparse.Namespace) -> tuple[list[str], Int8Settings, list[Path]]:
@@ -219,19 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     made: Path | None = None
     try:
         args = parser().parse_args(argv)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except ConfigError as err:
-        return _refuse(err)
-    try:
         formats, settings, paths = _checked(args)
         out = args.out or default_out(paths[0], args.logs)
         made = out if not out.exists() else None  # removed again when nothing lands in it
-        entries, refused = _export_all(args, paths, check_out(out), formats, settings)
+        make_folder(out, "--out", ExportError, probe=True)  # a file there: "cannot create ... (File exists)"
+        entries, refused = _export_all(args, paths, out, formats, settings)
         path = write_handoff(out, entries, argv, refused)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
     except ConfigError as err:
         remove_if_empty(made)
-        return _refuse(err)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     for entry in refused:
         print(f"error: {entry['reason']}", file=sys.stderr)
     if refused:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.errors import ExportError
 from lightning_prune.export.equalize import equalize
-from lightning_prune.export.errors import ExportError
 from lightning_prune.export.qat import qat_finetune
 from lightning_prune.export.sharing import SHARE_BITS
 from lightning_prune.names import CALIBRATIONS

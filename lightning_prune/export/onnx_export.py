@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_prune.export.errors import ExportError
+from lightning_prune.errors import ExportError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_prune.export.errors import ExportError
+from lightning_prune.errors import ExportError
 from lightning_prune.export.onnx_export import INPUT_NAME, onnx_session
 from lightning_prune.results import atomic_write_bytes
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from lightning_prune.export.artifact import fold_masks, load_state_dict_model, save_state_dict, write_sidecar
+from lightning_prune.errors import ExportError
+from lightning_prune.export.artifact import fold_masks, load_state_dict_model, write_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
-from lightning_prune.export.errors import ExportError
 from lightning_prune.export.figures import Forward
 from lightning_prune.export.int8 import Int8Settings, prepare
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
@@ -34,11 +34,11 @@ from lightning_prune.export.quantize import (
     load_int8,
     pick_backend,
     quantize_int8,
-    save_int8,
 )
 from lightning_prune.export.sharing import share_onnx_weights
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import weight_sparsity
+from lightning_prune.results import atomic_torch_save
 
 FORMATS = ("state_dict", "onnx")
 ATOL = 1e-4
@@ -124,7 +124,8 @@ def _float_formats(result: ExportResult, source: VGG, sidecar: Path, formats: li
     """The sidecar, the plain state dict and the float ONNX file, each reloaded and compared with ``source``."""
     model = result.float_model
     if "state_dict" in formats:
-        result.files["state_dict"] = save_state_dict(model, sidecar.with_name(f"{result.variant}.pt"))
+        result.files["state_dict"] = sidecar.with_name(f"{result.variant}.pt")
+        atomic_torch_save(model.state_dict(), result.files["state_dict"])
     result.files["sidecar"] = sidecar
     result.describe()
     if "state_dict" in formats:
@@ -144,7 +145,8 @@ def _int8(result: ExportResult, calibration: list[torch.Tensor], x: torch.Tensor
     result.int8_check = check_int8(prepared, result.int8)
     if not (result.int8_check.zeros_preserved and result.int8_check.widths_kept):
         raise ExportError(f"int8: quantization changed the pruned structure ({result.int8_check.as_dict()})")
-    result.files["int8"] = save_int8(result.int8, result.path(".int8.pt"))
+    result.files["int8"] = result.path(".int8.pt")
+    atomic_torch_save(result.int8.state_dict(), result.files["int8"])
     result.matches["int8"] = _match(result.int8, load_int8(result.files["int8"], backend=backend), x, atol,
                                     "int8 reload")
     recipe = {**asdict(settings), "seconds": seconds}

@@ -21,21 +21,12 @@ from typing import Any
 import torch
 
 from lightning_prune.export.artifact import SUFFIXES, write_json
-from lightning_prune.export.errors import ExportError
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.results import atomic_write_bytes
-from lightning_prune.runs import make_folder
 
 HANDOFF_TABLE = "handoff.md"
 STAGING_PREFIX = ".staging-"
 _STAGED = re.compile(r"-(?P<pid>\d+)-[0-9a-f]{8}$")  # .staging-<variant>-<pid>-<random>
-
-
-def check_out(out: Path) -> Path:
-    """The output folder, created if missing; one line naming ``--out`` when it cannot be used."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out: {out} is a file; name a folder to export into")
-    return make_folder(out, "--out", ExportError, probe=True)
 
 
 def staging(out: Path, variant: str) -> Path:

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import build_from_sidecar, read_sidecar
-from lightning_prune.export.errors import ExportError
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.results import atomic_torch_save
 
 PREFERRED_BACKENDS = ("x86", "fbgemm", "qnnpack")
 
@@ -100,12 +99,6 @@ def quantize_int8(
         for x in calibration_batches:
             wrapper(x.cpu())
     return _convert(wrapper, backend)
-
-
-def save_int8(qmodel: QuantizedVGG, path: str | Path) -> Path:
-    """``torch.save`` of the int8 model's state dict (int8 weights, scales, zero points), atomically."""
-    atomic_torch_save(qmodel.state_dict(), path)
-    return Path(path)
 
 
 def load_int8(path: str | Path, float_skeleton: VGG | None = None, backend: str | None = None) -> QuantizedVGG:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
+from lightning_prune.errors import ExportError
 from lightning_prune.export.checkpoint import CheckpointModel
-from lightning_prune.export.errors import ExportError
 from lightning_prune.runs import CHECKPOINTS
 
 DATASETS = ("digits", "cifar10", "cifar100")
@@ -87,8 +87,6 @@ def datamodule(args: argparse.Namespace, ck: CheckpointModel):
         dataset = "cifar100" if ck.model.num_classes == 100 else None
     if dataset is None:
         raise ExportError(f"--dataset: {ck.path} does not record its dataset; choose one of {', '.join(DATASETS)}")
-    if dataset not in DATASETS:
-        raise ExportError(f"--dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if NUM_CLASSES[dataset] != ck.model.num_classes:
         raise ExportError(f"--dataset: {dataset} has {NUM_CLASSES[dataset]} classes but {ck.path} predicts "
                           f"{ck.model.num_classes}")
