@@ -26,7 +26,6 @@ class CheckpointModel:
 
     model: VGG
     path: Path
-    hparams: dict[str, Any] = field(default_factory=dict)  # the LightningModule's (empty for a bare state dict)
     data_hparams: dict[str, Any] = field(default_factory=dict)  # the datamodule's (dataset, data_dir, ...)
     callbacks: dict[str, Any] = field(default_factory=dict)  # the callbacks' states, by state key
     pruning: dict[str, Any] = field(default_factory=dict)  # checkpoint["pruning"]: task, method, target
@@ -92,7 +91,6 @@ def load_checkpoint_model(path: str | Path, option: str = "--run") -> Checkpoint
     return CheckpointModel(
         model=model.eval(),
         path=Path(path),
-        hparams=dict(ckpt.get("hyper_parameters") or {}),
         data_hparams=dict(ckpt.get("datamodule_hyper_parameters") or {}),
         callbacks={str(k): v for k, v in (ckpt.get("callbacks") or {}).items()},
         pruning=dict(ckpt.get("pruning") or {}),

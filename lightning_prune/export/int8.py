@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -21,6 +21,30 @@ from lightning_prune.export.sharing import SHARE_BITS
 from lightning_prune.names import CALIBRATIONS
 
 INT8_FORMS = {"int8": "PyTorch int8", "int8_onnx": "int8 ONNX"}
+
+
+@dataclass
+class Int8Check:
+    """What an int8 form kept of its float model: exact zeros as int 0, symmetric zero points, the widths."""
+
+    zeros_preserved: bool
+    zero_points_zero: bool
+    widths_kept: bool
+    layers: int  # conv/linear weights quantized
+    float_zeros: int
+    int8_zeros: int  # >= float_zeros: tiny weights round to 0 too
+    weight_count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.zeros_preserved and self.zero_points_zero and self.widths_kept and self.layers > 0
+
+    @property
+    def int8_sparsity(self) -> float:
+        return self.int8_zeros / self.weight_count if self.weight_count else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "int8_sparsity": self.int8_sparsity}
 
 
 @dataclass(frozen=True)

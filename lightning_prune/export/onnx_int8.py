@@ -9,13 +9,13 @@ from __future__ import annotations
 import lzma
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lightning_prune.errors import ExportError
+from lightning_prune.export.int8 import Int8Check
 from lightning_prune.export.onnx_export import INPUT_NAME, onnx_session
 from lightning_prune.results import atomic_write_bytes
 
@@ -62,27 +62,7 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
     return out_path
 
 
-@dataclass
-class OnnxInt8Check:
-    """What the int8 ONNX model kept of the float one, read off both files' initializers."""
-
-    zeros_preserved: bool  # every exact 0.0 float weight is int 0
-    zero_points_zero: bool  # symmetric
-    widths_kept: bool  # every quantized weight has its float weight's shape
-    layers: int  # conv/linear weights quantized
-    float_zeros: int
-    int8_zeros: int  # >= float_zeros: tiny weights round to 0 too
-    weight_count: int
-
-    @property
-    def ok(self) -> bool:
-        return self.zeros_preserved and self.zero_points_zero and self.widths_kept and self.layers > 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
+def check_onnx_int8(float_path: Path, int8_path: Path) -> Int8Check:
     """Compare each int8 weight (``<name>_quantized``) with the float initializer of the same name."""
     import onnx
     from onnx import numpy_helper
@@ -105,7 +85,7 @@ def check_onnx_int8(float_path: Path, int8_path: Path) -> OnnxInt8Check:
         float_zeros += int((w == 0).sum())
         int8_zeros += int((q == 0).sum())
         count += w.size
-    return OnnxInt8Check(preserved, zp_zero, widths, layers, float_zeros, int8_zeros, count)
+    return Int8Check(preserved, zp_zero, widths, layers, float_zeros, int8_zeros, count)
 
 
 def _xz(path: Path) -> bytes:

@@ -18,7 +18,7 @@ from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import fold_masks, load_state_dict_model, write_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
 from lightning_prune.export.figures import Forward
-from lightning_prune.export.int8 import Int8Settings, prepare
+from lightning_prune.export.int8 import Int8Check, Int8Settings, prepare
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import (
     INT8_ONNX_SCHEME,
@@ -28,7 +28,6 @@ from lightning_prune.export.onnx_int8 import (
     quantize_onnx,
 )
 from lightning_prune.export.quantize import (
-    Int8Check,
     QuantizedVGG,
     check_int8,
     load_int8,
@@ -143,7 +142,7 @@ def _int8(result: ExportResult, calibration: list[torch.Tensor], x: torch.Tensor
     prepared, seconds = prepare(model, settings, calibration, train_batches)
     result.int8 = quantize_int8(prepared, calibration, backend)
     result.int8_check = check_int8(prepared, result.int8)
-    if not (result.int8_check.zeros_preserved and result.int8_check.widths_kept):
+    if not result.int8_check.ok:
         raise ExportError(f"int8: quantization changed the pruned structure ({result.int8_check.as_dict()})")
     result.files["int8"] = result.path(".int8.pt")
     atomic_torch_save(result.int8.state_dict(), result.files["int8"])

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import build_from_sidecar, read_sidecar
+from lightning_prune.export.int8 import Int8Check
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import prunable_modules
 
@@ -128,25 +128,6 @@ def int8_weights(qmodel: QuantizedVGG) -> dict[str, torch.Tensor]:
     return out
 
 
-@dataclass
-class Int8Check:
-    """What quantization kept: every exact 0.0 weight an int 0, symmetric zero points, the float model's widths."""
-
-    zeros_preserved: bool
-    float_zeros: int  # exact zeros over the float conv/linear weights
-    int8_zeros: int  # >= float_zeros: tiny weights round to 0 too
-    zero_points_zero: bool
-    widths_kept: bool  # the 13 conv widths and the classifier width
-    weight_count: int
-
-    @property
-    def int8_sparsity(self) -> float:
-        return self.int8_zeros / self.weight_count if self.weight_count else 0.0
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "int8_sparsity": self.int8_sparsity}
-
-
 def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
     """Compare the int8 weights' integer values with the float weights, layer by layer."""
     weights = int8_weights(qmodel)
@@ -168,4 +149,4 @@ def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
     convs = [m for m in qmodel.model.features if hasattr(m, "out_channels")]
     widths = [int(m.out_channels) for m in convs] == list(float_model.channels)
     widths &= int(qmodel.model.classifier[0].out_features) == float_model.classifier_width
-    return Int8Check(preserved, float_zeros, int8_zeros, zp_zero, widths, count)
+    return Int8Check(preserved, zp_zero, widths, len(weights), float_zeros, int8_zeros, count)
