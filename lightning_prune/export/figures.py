@@ -82,21 +82,17 @@ def handoff_figures(
     forwards: dict[str, Forward] = {"float": model}
     if "state_dict" in result.files:
         fig["float_size_mb"] = size_mb(result.files["state_dict"])
-    for form, forward in (("onnx", result.onnx_forward()), ("int8", result.int8)):
+        fig["float_compressed_mb"] = compressed_size_mb(result.files["state_dict"])
+    int8_onnx = onnx_runner(result.int8_onnx) if result.int8_onnx is not None else None
+    for form, forward in (("onnx", result.onnx_forward()), ("int8", result.int8), ("int8_onnx", int8_onnx)):
         if forward is not None:
             forwards[form] = forward
             fig[f"{form}_size_mb"] = size_mb(result.files[form])
             fig[f"{form}_top1"], _ = top1(forward, eval_batches)
-    if result.int8 is not None:
-        fig["int8"] = meta.get("int8")
-    if "state_dict" in result.files:
-        fig["float_compressed_mb"] = compressed_size_mb(result.files["state_dict"])
-    if result.int8_onnx is not None:
-        forwards["int8_onnx"] = onnx_runner(result.int8_onnx)
-        fig["int8_onnx_size_mb"] = size_mb(result.files["int8_onnx"])
+            if form != "onnx":
+                fig[form] = meta.get(form)  # the int8 recipe and what it kept
+    if int8_onnx is not None:
         fig["compressed_mb"] = size_mb(result.files["compressed"])
-        fig["int8_onnx_top1"], _ = top1(forwards["int8_onnx"], eval_batches)
-        fig["int8_onnx"] = meta.get("int8_onnx")
     for name, (mean, std) in latency_ms(forwards, latency_batches, warmup).items():
         fig[f"{name}_latency_ms"], fig[f"{name}_latency_ms_std"] = mean, std
     return fig
