@@ -58,9 +58,6 @@ CALLBACK_TASK: dict[str, str] = {"MagnitudePruning": "unstructured", "ChannelPru
 Calibration = Literal["minmax", "percentile", "entropy"]
 CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
 
-# How an exported model's weights are stored (handoff.json "structure"), read off the weights themselves.
-Structure = Literal["dense", "masked", "narrow", "narrow+masked"]
-
 
 def callback_task(class_path: str | None, method: str | None = None) -> str | None:
     """The task a pruning callback (by class path or name) records; ``baseline`` without one; None if unknown."""

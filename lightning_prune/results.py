@@ -84,11 +84,6 @@ def new_results(task: str, dataset: str, device: torch.device | str, model: str 
     }
 
 
-def load_results(path: str | Path) -> dict | None:
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def upsert_model(results: dict, entry: dict) -> None:
     """Add a variant's entry, replacing an earlier one of the same name."""
     results["models"] = [m for m in results["models"] if m["variant"] != entry["variant"]] + [entry]
