@@ -1,8 +1,9 @@
-"""Pretrained CIFAR VGG16-BN weights from chenyaofo/pytorch-cifar-models."""
+"""VGG16-BN built with pretrained CIFAR weights (chenyaofo/pytorch-cifar-models) or a local state dict."""
 
 from __future__ import annotations
 
 import urllib.error
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import ConfigError
+from lightning_prune.models.vgg import VGG, architecture_of
 
 RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/vgg"
 PRETRAINED_URLS: dict[int, str] = {
@@ -17,8 +19,6 @@ PRETRAINED_URLS: dict[int, str] = {
     100: f"{RELEASE}/cifar100_vgg16_bn-7d8c4031.pt",
 }
 WEIGHTS_DIR = Path("checkpoints/pretrained")  # downloaded release files (runs keep theirs in logs/)
-# Their published test accuracies (top-1, top-5), the reference for the baseline.
-PUBLISHED_ACCURACY: dict[int, tuple[float, float]] = {10: (94.16, 99.71), 100: (74.00, 90.56)}
 
 
 def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
@@ -39,11 +39,6 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A local state dict, or a Lightning checkpoint whose ``model.`` keys hold one."""
-    return read_pretrained(path)[0]
-
-
 def read_pretrained(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """The weights of a state dict or Lightning checkpoint, and the pruning steps that made them, in order.
 
@@ -61,6 +56,36 @@ def read_pretrained(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dic
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"model.pretrained: {path} holds no state dict (name -> tensor)")
     return obj, steps
+
+
+def architecture(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, Any]:
+    """:func:`architecture_of`, failing with a ConfigError that names ``model.pretrained`` and ``source``."""
+    try:
+        return architecture_of(state)
+    except ValueError as err:
+        raise ConfigError(f"model.pretrained: {source}: {err}") from err
+
+
+def vgg16_bn(num_classes: int = 10, channels: Sequence[int] | None = None,
+             pretrained: bool | str | Path = False, classifier_width: int = 512) -> VGG:
+    """VGG16-BN; ``pretrained=True`` downloads chenyaofo's weights, a path loads a local state dict.
+
+    A path's widths win over ``channels``: a channel-pruned checkpoint rebuilds its narrow network.
+    """
+    if pretrained is True or not pretrained:
+        model = VGG(num_classes=num_classes, channels=channels, classifier_width=classifier_width)
+        if pretrained is True:
+            load_weights(model, download_state_dict(num_classes), "pretrained=True")
+        return model
+    return vgg_from_state(num_classes, read_pretrained(pretrained)[0], str(pretrained))
+
+
+def vgg_from_state(num_classes: int, state: dict, source: str) -> VGG:
+    """A VGG of the widths the state dict's shapes give, with its weights (``source`` names it in errors)."""
+    arch = architecture(state, source)
+    model = VGG(num_classes=num_classes, channels=arch["channels"], classifier_width=arch["classifier_width"])
+    load_weights(model, state, f"pretrained={source}")
+    return model
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -84,24 +109,14 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 CONTINUES: dict[str, frozenset[str]] = {"unstructured": frozenset({"channel"})}
 
 
-def source_task(state: dict[str, torch.Tensor], steps: list[dict[str, Any]]) -> str | None:
-    """The task that last pruned the weights (``baseline`` for an unpruned, unmasked file; None if unknown)."""
-    if steps:
-        return steps[-1].get("task")
-    return None if any(key.endswith("weight_mask") for key in state) else "baseline"
-
-
 def check_starting_point(path: str, task: str | None, channels: list[int], classifier_width: int) -> None:
     """Refuse a pretrained file of another task or widths than the config builds, so that, say, a channel-pruned
     checkpoint never turns into a run labelled baseline; a compound config keeps its source's narrow widths."""
-    from lightning_prune.models.vgg import architecture_of
-
     state, steps = read_pretrained(path)
-    source = source_task(state, steps)
-    try:
-        arch = architecture_of(state)
-    except ValueError as err:
-        raise ConfigError(f"model.pretrained: {path}: {err}") from err
+    # the task that last pruned the weights: baseline for an unpruned, unmasked file; None if unknown
+    masked = any(key.endswith("weight_mask") for key in state)
+    source = steps[-1].get("task") if steps else (None if masked else "baseline")
+    arch = architecture(state, path)
     theirs = f"conv widths {arch['channels']}, classifier width {arch['classifier_width']}"
     ours = f"conv widths {list(channels)}, classifier width {classifier_width}"
     if task is not None and source not in (None, "baseline") and source not in CONTINUES.get(task, ()):

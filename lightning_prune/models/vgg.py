@@ -15,7 +15,6 @@ from torch import nn
 VGG16_CHANNELS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 # A 2x2 max-pool follows the last conv of each of the five blocks (0-based conv indices).
 POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})
-CLASSIFIER_WIDTH = 512
 
 
 def scaled_channels(width_multiplier: float) -> list[int]:
@@ -32,14 +31,12 @@ class VGG(nn.Module):
         self,
         num_classes: int = 10,
         channels: Sequence[int] | None = None,
-        classifier_width: int = CLASSIFIER_WIDTH,
+        classifier_width: int = 512,
     ) -> None:
         super().__init__()
         channels = list(VGG16_CHANNELS if channels is None else channels)
-        if len(channels) != len(VGG16_CHANNELS):
-            raise ValueError(f"channels must list {len(VGG16_CHANNELS)} conv widths, got {len(channels)}")
-        if any(int(c) < 1 for c in channels):
-            raise ValueError(f"channels must be positive integers, got {channels}")
+        if len(channels) != len(VGG16_CHANNELS) or any(int(c) < 1 for c in channels):
+            raise ValueError(f"channels must list {len(VGG16_CHANNELS)} positive conv widths, got {channels}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -54,12 +51,8 @@ class VGG(nn.Module):
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(in_ch, classifier_width),
-            nn.ReLU(True),
-            nn.Dropout(),
-            nn.Linear(classifier_width, classifier_width),
-            nn.ReLU(True),
-            nn.Dropout(),
+            nn.Linear(in_ch, classifier_width), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(classifier_width, classifier_width), nn.ReLU(True), nn.Dropout(),
             nn.Linear(classifier_width, num_classes),
         )
         self.reset_parameters()
@@ -85,11 +78,8 @@ class VGG(nn.Module):
     def conv_layers(self) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
         """(name, conv, following BN) for the 13 convs, in order: what channel surgery edits."""
         mods = list(self.features.named_children())
-        return [
-            (f"features.{name}", m, mods[i + 1][1])
-            for i, (name, m) in enumerate(mods)
-            if isinstance(m, nn.Conv2d)
-        ]
+        return [(f"features.{name}", m, mods[i + 1][1])
+                for i, (name, m) in enumerate(mods) if isinstance(m, nn.Conv2d)]
 
 
 def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
@@ -97,11 +87,8 @@ def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes (masked or not).
-
-    A channel-pruned checkpoint names its narrow widths this way, so whatever starts from it needs no
-    hand-copied ``channels``.
-    """
+    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes (masked
+    or not): the narrow widths of a channel-pruned checkpoint, with no hand-copied ``channels``."""
     channels, index = [], 0
     for conv in range(len(VGG16_CHANNELS)):
         w = _weight(state, f"features.{index}")

@@ -22,11 +22,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _scoring_copy(model: nn.Module, masks: Masks | None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A plain copy whose weights already carry every mask (pruned weights are exact zeros).
-
-    BatchNorm stays in training mode (batch statistics, as the authors' code runs it); dropout is
-    off, or the gradient pass and the Hessian pass would see two different networks.
-    """
+    """A plain copy whose weights carry every mask; BatchNorm in training mode (as the authors' code runs it),
+    dropout off (or the gradient and Hessian passes would see two different networks)."""
     net = make_permanent(copy_model(model))
     net.train()
     for m in net.modules():
@@ -94,10 +91,8 @@ def gradient_and_hg(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(g, Hg) on the masked network as GraSP's Algorithm 1: g summed over all batches, then Hg batch by batch.
 
-    Hg, the gradient of ``z = <stop_grad(g), grad L_b>`` summed over the batches, is a Hessian-vector
-    product that never forms the Hessian. The graphs of the first pass are kept for batches of at most
-    ``keep_images`` images in all and differentiated again directly: the same numbers, a quarter less
-    work, about 4 MB per kept image at full width. Other batches are recomputed as in the paper.
+    Hg is the gradient of ``z = <stop_grad(g), grad L_b>``. The first pass's graphs of up to ``keep_images``
+    images are reused (a quarter less work, ~4 MB per image at full width); other batches are recomputed.
     """
     batches = _batches(batches)
     net, weights = _scoring_copy(model, masks)
@@ -120,10 +115,7 @@ def gradient_and_hg(
 def grasp_scores(
     model: nn.Module, batches: Iterable[Batch], temperature: float = 200.0, masks: Masks | None = None
 ) -> dict[str, torch.Tensor]:
-    """GraSP saliency ``S = -theta * Hg`` per conv/linear weight (remove the HIGHEST).
-
-    Pruned weights (theta = 0) score 0; :func:`masks_from_scores` removes them first anyway.
-    """
+    """GraSP saliency ``S = -theta * Hg`` per conv/linear weight (remove the HIGHEST; pruned ones score 0)."""
     _, hg = gradient_and_hg(model, batches, temperature, masks)
     theta = _masked_weights(model, masks)
     return {name: -(theta[name] * h).detach() for name, h in hg.items()}
@@ -153,11 +145,9 @@ def masks_from_scores(
     remove: Literal["highest", "lowest"] = "highest",
     masks: Masks | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks removing exactly ``round(sparsity * N)`` of the N scored weights.
+    """Keep-masks removing exactly ``round(sparsity * N)`` of the N scored weights by one global threshold.
 
-    One global threshold over all layers. Weights already pruned in ``masks`` are removed first
-    whatever their score, so they never come back and count towards the budget; asking for fewer
-    removals than are already pruned is an error.
+    Weights already pruned in ``masks`` are removed first whatever their score (they never come back).
     """
     assert 0 <= sparsity < 1 and remove in ("highest", "lowest"), (sparsity, remove)
     names = list(scores)
@@ -202,11 +192,9 @@ def stage_diagnostics(
 ) -> dict[str, float | None]:
     """What one pruning stage did, measured: does a criterion spare the large weights?
 
-    ``top_removed``: the share of the ``top_fraction`` largest kept weights the stage removed (magnitude
-    pruning: ~0; random: its removal rate). ``filter_sum_ratio``: over conv filters, sum |filter score
-    sum| / sum |scores|; BatchNorm makes the loss invariant to a filter's scale, so GraSP's scores of a
-    filter sum to its tiny squared gradient norm, and a ratio near 0 means scores cancel within filters.
-    ``filter_sum_mean``: the mean per-filter sum. Both filter figures are None without ``scores``.
+    ``top_removed``: the share of the ``top_fraction`` largest kept weights the stage removed.
+    ``filter_sum_ratio``: sum |per-filter score sum| / sum |scores| over conv filters; near 0, scores cancel
+    within filters (BatchNorm makes the loss invariant to a filter's scale). None without ``scores``.
     """
     names = [n for n in (weights if scores is None else scores) if n in weights]
     kept = torch.cat([before[n].flatten().bool().cpu() for n in names])
@@ -237,11 +225,10 @@ def stage_diagnostics(
 def prune_by_saliency(
     model: nn.Module, batches: Iterable[Batch], method: str, sparsity: float, temperature: float = 200.0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Score the (masked) network and mask it further to ``sparsity`` overall; returns the masks and diagnostics.
+    """Score the (masked) network and mask it further to ``sparsity`` overall: CPU masks and diagnostics.
 
-    ``method``: ``grasp`` removes the highest ``-theta * Hg``, ``grasp_abs`` the lowest ``|theta * Hg|``,
-    ``snip`` the lowest ``|g * theta|``; one global threshold over all conv and linear weights.
-    The masks come back on the CPU (ready to broadcast); ``model`` is not modified.
+    ``grasp`` removes the highest ``-theta * Hg``, ``grasp_abs`` the lowest ``|theta * Hg|``, ``snip`` the
+    lowest ``|g * theta|``. ``model`` is not modified.
     """
     assert method in REMOVES, f"method must be one of {', '.join(REMOVES)}, got {method!r}"
     masks = current_masks(model)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_prune.pruning.layers import effective_weight, prunable_modules
+from lightning_prune.pruning.layers import dense, prunable_modules
 from lightning_prune.pruning.unstructured import is_masked, magnitude_masks
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
@@ -86,7 +86,7 @@ def _masked_levels(modules: dict[str, nn.Module], names: Sequence[str], sparsiti
     """Each swept layer's masked weight at every level, computed once; None where the level prunes nothing."""
     masked = {}
     for n in names:
-        w = effective_weight(modules[n])
+        w = dense(modules[n].weight)
         masked[n] = [w * m if s > 0 else None for s, m in zip(sparsities, magnitude_masks(w, sparsities))]
     return masked
 

@@ -32,8 +32,7 @@ def is_masked(module: nn.Module) -> bool:
 
 
 def _refresh_masked_weight(module: nn.Module, incompatible_keys: object = None) -> None:
-    """Recompute ``weight`` from the just-loaded ``weight_orig`` and ``weight_mask``: ``torch.nn.utils.prune``
-    only refreshes it in the forward pre-hook, so after ``load_state_dict`` it would show the pre-load values."""
+    """Recompute ``weight`` from the loaded ``weight_orig`` and mask (prune's hook does only in forward)."""
     if is_masked(module):
         module.weight = module.weight_orig * module.weight_mask
 
@@ -50,12 +49,8 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[torch.Tensor]:
-    """:func:`magnitude_mask` at every level, from one partial sort of ``|weight|`` instead of a top-k per level.
-
-    ``l1_unstructured`` removes the k = round(s n) smallest magnitudes: where the k-th and (k+1)-th
-    smallest differ, a comparison with the k-th gives the same mask; where they tie, which tied weight
-    top-k drops is its own choice, so that level falls back to :func:`magnitude_mask`.
-    """
+    """:func:`magnitude_mask` at every level from one partial sort of ``|weight|``; a level whose cut falls
+    in a tie falls back to :func:`magnitude_mask` (which tied weight top-k drops is its own choice)."""
     magnitude = weight.detach().abs()
     flat = magnitude.flatten().cpu().numpy()
     n = flat.size
@@ -77,11 +72,10 @@ def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[t
 
 def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float], whole_layers: bool = False
                             ) -> dict[str, float]:
-    """Mask exactly ``round(s * n)`` of each named layer's weights by magnitude (``l1_unstructured``).
+    """Mask ``round(s * n)`` of each named layer's weights by magnitude (``l1_unstructured``).
 
-    Layers at 0 get no mask; ``whole_layers`` allows a sparsity of 1 (a layer pruned away, as one global
-    threshold can do). Returns every named layer's achieved sparsity; the names and sparsities are the
-    callers' (checked where parsed).
+    Layers at 0 get no mask; ``whole_layers`` allows a sparsity of 1 (as one global threshold can give).
+    Returns the achieved sparsities.
     """
     modules = prunable_modules(model)
     achieved = {}
@@ -103,12 +97,8 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def restore_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> list[str]:
-    """Give ``model`` identity masks where ``state_dict`` holds ``weight_orig`` + ``weight_mask``.
-
-    A fresh model has plain ``weight`` parameters, so a masked state dict would not load; call
-    this first (e.g. from ``LightningModule.on_load_checkpoint`` with ``prefix="model."``), then
-    ``load_state_dict`` fills in the real masks.
-    """
+    """Identity masks where ``state_dict`` holds ``weight_orig`` + ``weight_mask``, so that the masked state
+    dict loads into a fresh model (``load_state_dict`` then fills in the real masks)."""
     restored = []
     for name, module in prunable_modules(model).items():
         if f"{prefix}{name}.weight_mask" in state_dict and not is_masked(module):
@@ -152,12 +142,8 @@ def overall_sparsity(sparsities: Mapping[str, float], sizes: Mapping[str, int]) 
 
 
 def ensure_masks(model: nn.Module) -> list[str]:
-    """Give every unmasked conv/linear layer an all-ones ``torch.nn.utils.prune`` mask.
-
-    With masks everywhere from the start, the parameter list (``weight_orig``) is the same before
-    and after any pruning stage, so optimizer state saved in a checkpoint resumes in order, and
-    later stages only overwrite the mask buffers.
-    """
+    """All-ones masks on every unmasked conv/linear layer: the parameter list (``weight_orig``) stays the same
+    through every later stage, so a checkpoint's optimizer state resumes in order."""
     added = []
     for name, module in prunable_modules(model).items():
         if not is_masked(module):
@@ -191,8 +177,7 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def mask_sparsity(masks: Masks, names: Sequence[str] | None = None) -> float:
-    """Fraction of zeros over the given masks (all of them by default)."""
-    names = list(masks) if names is None else names
-    total = sum(masks[n].numel() for n in names)
-    return sum(int((~masks[n].bool()).sum()) for n in names) / total if total else 0.0
+def mask_sparsity(masks: Masks) -> float:
+    """Fraction of zeros over all the masks."""
+    total = sum(m.numel() for m in masks.values())
+    return sum(int((~m.bool()).sum()) for m in masks.values()) / total if total else 0.0
