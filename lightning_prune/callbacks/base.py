@@ -1,9 +1,7 @@
 """What every pruning callback shares, so that each one holds only its decision (as Lightning's ``ModelPruning``).
 
-A pruning callback checks its options once (``setup``), claims the model in ``on_fit_start`` (its
-``describe()`` goes into every checkpoint; a resumed checkpoint pruned otherwise is refused), keeps
-its progress as state (``state_keys``), and at fit end tells the recorder what to profile and record
-(:class:`PruningRecord`). It writes no file: the :class:`~lightning_prune.callbacks.recorder.Recorder` does.
+Options are checked in ``setup``, the model is claimed at fit start, and the :class:`PruningRecord` handed over at
+fit end tells the recorder what to profile and write: pruning callbacks write no file.
 """
 
 from __future__ import annotations
@@ -54,20 +52,16 @@ class PruningCallback(L.Callback):
     state_keys: ClassVar[tuple[str, ...]] = ()  # attributes saved in checkpoints (the callback's progress)
     profile_dense: bool = False  # the recorder profiles the unpruned model at fit setup
 
-    @property
-    def task(self) -> str:
-        raise NotImplementedError
+    task: str  # the results.json task the fit is recorded under
 
     def check(self, trainer: L.Trainer, model: nn.Module) -> None:
         """Raise ``ValueError`` (starting with the option's name) for options that no type can check."""
 
     def describe(self) -> dict[str, Any]:
         """What this callback prunes to: kept in every checkpoint, and a resumed fit must agree."""
-        raise NotImplementedError
 
     def handover(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningRecord | None:
         """What to profile and record at fit end; None: nothing."""
-        raise NotImplementedError
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         with refused_as(f"{type(self).__name__}."):
@@ -85,12 +79,12 @@ class PruningCallback(L.Callback):
                 setattr(self, key, state_dict[key])
 
 
-def log_text(trainer: L.Trainer, tag: str, text: str) -> None:
-    """``add_text`` on every logger that has it (TensorBoard)."""
+def log_each(trainer: L.Trainer, method: str, tag: str, value: Any, **kwargs: Any) -> None:
+    """``method`` (``add_text``, ``add_figure``) on every logger whose experiment has it (TensorBoard)."""
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            experiment.add_text(tag, text, global_step=trainer.global_step)
+        if hasattr(experiment, method):
+            getattr(experiment, method)(tag, value, global_step=trainer.global_step, **kwargs)
 
 
 def log_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -1,10 +1,7 @@
 """The recorder: profiles every model variant of a run and writes its results.json, once, with its files.
 
-After ``test`` it profiles the tested model; at the end of a pruning fit it profiles what the
-pruning callback hands over (:class:`~lightning_prune.callbacks.base.PruningRecord`): the dense model
-(profiled at fit setup, before any pruning), the fitted model and, for a masked one, its sparse
-variants, after writing masks, COO weights, sensitivity curves or channel tables into the run's
-folder. It is the only callback that writes files besides the run's identity (``RunInfo``).
+Besides the run's identity (``RunInfo``) it is the only callback that writes: after ``test`` the tested
+model, at the end of a pruning fit what the pruning callback hands over (:class:`PruningRecord`).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from torch import nn
 
 from lightning_prune import artifacts as A
 from lightning_prune import results as R
-from lightning_prune.callbacks.base import PruningCallback, PruningRecord, callback_of
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord, callback_of, log_each, log_metrics
 from lightning_prune.callbacks.run import final_checkpoint, measured_checkpoint, on_rank_zero, resume_path, run_dir
 from lightning_prune.callbacks.run import run_info as identity
 from lightning_prune.errors import ConfigError
@@ -36,10 +33,8 @@ PROFILE_SCALARS = ("model_size_mb", "sparsity", "nonzero_params", "macs", "laten
 class Recorder(L.Callback):
     """Profiling settings of the run; the profile of every model it measures; its results.json, written once.
 
-    Every profile (size, MACs, latency, memory, energy, train/test accuracy) uses these settings.
-    After ``test`` the model is recorded under the task its checkpoint was pruned by (an unpruned
-    model is ``baseline``), so a pruned checkpoint is never recorded as dense. Test accuracy is the
-    test loop's own; train accuracy uses the training images with eval transforms.
+    After ``test`` the model is recorded under the task its checkpoint was pruned by (an unpruned model is
+    ``baseline``), so a pruned checkpoint is never recorded as dense. Train accuracy uses eval transforms.
 
     Args:
         latency_batches: Test batches timed (one forward pass each) for the latency and memory figures.
@@ -58,7 +53,6 @@ class Recorder(L.Callback):
         self.train_batches, self.task, self.variant = plain(train_batches), task, variant
         self.dense_entry: dict | None = None  # the unpruned model's profile, taken before pruning (kept on resume)
 
-    # ------------------------------------------------------------------ profiles
     def profile(self, trainer: L.Trainer, model: nn.Module, variant: str, test_accuracy: tuple[float, float] | None
                 = None, macs_model: nn.Module | None = None, checkpoint: str | None = None) -> dict:
         """A results.json ``models`` entry: accuracy (test, train) plus the profile on test batches."""
@@ -98,7 +92,6 @@ class Recorder(L.Callback):
             point["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         pl_module.history.append(point)
 
-    # ------------------------------------------------------------------ test
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Decide the task before the test loop runs, so a contradiction costs no time."""
         masked = any(is_masked(m) for m in prunable_modules(pl_module.model).values())
@@ -113,17 +106,12 @@ class Recorder(L.Callback):
         self._tested_task = self.task or kind
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        on_rank_zero(trainer, lambda: self._record_test(trainer, pl_module))
-
-    def _record_test(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
+        metrics, task = trainer.callback_metrics, self._tested_task
         accuracy = (100 * float(metrics["test/top1"]), 100 * float(metrics["test/top5"]))
-        task = getattr(self, "_tested_task", self.task or "baseline")
-        entry = self.profile(trainer, pl_module.model, self.variant or TASK_VARIANT[task], accuracy,
-                             checkpoint=trainer.ckpt_path)
-        self.write(trainer, task, [entry])
+        variant = self.variant or TASK_VARIANT[task]
+        on_rank_zero(trainer, lambda: self.write(trainer, task, [
+            self.profile(trainer, pl_module.model, variant, accuracy, checkpoint=trainer.ckpt_path)]))
 
-    # ------------------------------------------------------------------ fit
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pruning = callback_of(trainer, PruningCallback)
         handover = pruning.handover(trainer, pl_module) if pruning is not None else None
@@ -164,28 +152,22 @@ class Recorder(L.Callback):
         return entries
 
     def _files(self, trainer: L.Trainer, out: Path, handover: PruningRecord) -> dict[str, str]:
-        """The hand-over's text files and sweep curves in the run's folder; their artifact names and paths."""
+        """The hand-over's text files and sweep curves (CSV, plot also in TensorBoard) in the run's folder."""
         files = {}
         for name, text in handover.files.items():
             R.atomic_write_bytes(out / name, text.encode())
             files[name.replace(".", "_")] = str(out / name)
         if handover.curves is not None:
-            files.update(self._curves(trainer, out, *handover.curves))
+            import matplotlib.pyplot as plt
+
+            curves, levels, title = handover.curves
+            files["sensitivity_csv"] = str(A.save_curves_csv(curves, levels, out / A.SENSITIVITY_CSV))
+            fig = A.plot_curves(curves, levels, title)
+            fig.savefig(out / A.SENSITIVITY_PLOT, bbox_inches="tight")
+            log_each(trainer, "add_figure", "sensitivity", fig, close=False)
+            plt.close(fig)
+            files["sensitivity_plot"] = str(out / A.SENSITIVITY_PLOT)
         return files
-
-    def _curves(self, trainer: L.Trainer, out: Path, curves: dict, levels: list[float], title: str) -> dict[str, str]:
-        """The sweep's CSV and plot in the run's folder, and the plot in TensorBoard."""
-        import matplotlib.pyplot as plt
-
-        csv_path = A.save_curves_csv(curves, levels, out / A.SENSITIVITY_CSV)
-        fig = A.plot_curves(curves, levels, title)
-        fig.savefig(out / A.SENSITIVITY_PLOT, bbox_inches="tight")
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("sensitivity", fig, global_step=trainer.global_step, close=False)
-        plt.close(fig)
-        return {"sensitivity_csv": str(csv_path), "sensitivity_plot": str(out / A.SENSITIVITY_PLOT)}
 
     @staticmethod
     def _layer_figure(trainer: L.Trainer, entries: list[dict]) -> None:
@@ -198,52 +180,29 @@ class Recorder(L.Callback):
         from lightning_prune.report.plots import layer_bars
 
         fig = layer_bars({pruned["variant"]: {r["name"]: r["sparsity"] for r in pruned["layers"]}})
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("prune/layer_sparsity", fig, global_step=trainer.global_step, close=False)
+        log_each(trainer, "add_figure", "prune/layer_sparsity", fig, close=False)
         plt.close(fig)
 
-    # ------------------------------------------------------------------ results.json
     def write(self, trainer: L.Trainer, task: str, entries: list[dict], artifacts: dict[str, str] | None = None,
-              extra: dict[str, Any] | None = None) -> Path:
-        """results.json of the run, written whole; the table printed and logged to TensorBoard."""
+              extra: dict[str, Any] | None = None) -> None:
+        """results.json of the run, written whole; the table printed, and logged to TensorBoard with the scalars."""
         results = R.new_results(task, getattr(trainer.datamodule, "dataset", "unknown"), trainer.strategy.root_device)
-        info = identity(trainer)
-        if info is not None:
-            results.update(info.describe(trainer))
-        pruning = getattr(trainer.lightning_module, "pruning", None)
-        if pruning:
-            results["pruning"] = dict(pruning)
-        checkpoint = measured_checkpoint(trainer)
-        if checkpoint is not None:
-            results["checkpoint"] = checkpoint
-        history = getattr(trainer.lightning_module, "history", None)
-        if history:
-            results["history"] = list(history)
-        lineage = getattr(trainer.lightning_module, "lineage", None)
-        if lineage:
-            results["lineage"] = list(lineage)  # the pruning steps before this run's own, in order
-        results["models"] = entries
-        results["artifacts"] = dict(artifacts or {})
-        results.update(extra or {})
+        info, module = identity(trainer), trainer.lightning_module
+        results.update(info.describe(trainer) if info is not None else {})
+        # the module's record of its pruning, learning curve and lineage (the pruning steps before this run's own)
+        found = {"pruning": dict(getattr(module, "pruning", None) or {}), "checkpoint": measured_checkpoint(trainer),
+                 "history": list(getattr(module, "history", None) or []),
+                 "lineage": list(getattr(module, "lineage", None) or [])}
+        results.update({key: value for key, value in found.items() if value})
+        results.update({"models": entries, "artifacts": dict(artifacts or {}), **(extra or {})})
         path = R.save_results(results, run_dir(trainer))
         table = R.markdown_table(results)
         rank_zero_info("\n" + table + f"\n\nresults: {path}")
-        self._log(trainer, entries, table)
-        return path
-
-    @staticmethod
-    def _log(trainer: L.Trainer, entries: list[dict], table: str) -> None:
-        """The profile in TensorBoard too: ``profile/<variant>/<figure>`` scalars and the table as text."""
-        scalars = {f"profile/{e['variant']}/{key}": float(value) for e in entries
-                   for key, value in {**e["profile"], **e["accuracy"]}.items()
-                   if key in PROFILE_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool)}
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                experiment.add_text("profile/table", table, global_step=trainer.global_step)
+        log_metrics(trainer, {f"profile/{e['variant']}/{key}": float(value) for e in entries
+                              for key, value in {**e["profile"], **e["accuracy"]}.items()
+                              if key in PROFILE_SCALARS and isinstance(value, (int, float))
+                              and not isinstance(value, bool)})
+        log_each(trainer, "add_text", "profile/table", table)
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense_entry": self.dense_entry}

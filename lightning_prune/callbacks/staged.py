@@ -1,10 +1,7 @@
 """Task 1b: staged GraSP (or SNIP, |GraSP|) pruning while training from random initialisation.
 
-Pruning happens in ``on_train_epoch_start``, so an epoch's validation and checkpoint always see the
-network it trained. Every conv/linear carries a ``torch.nn.utils.prune`` mask from fit setup on (all
-ones until its first stage), so stages only overwrite mask buffers: the parameters and the optimizer
-stay as they are, and checkpoints resume in order. The schedule is
-:class:`~lightning_prune.pruning.schedule.StageSchedule`; the scores are in ``lightning_prune.pruning.saliency``.
+Every conv/linear carries a mask from fit setup on, so a stage (at an epoch's start) only overwrites mask
+buffers: parameters, optimizer and checkpoints stay in order. Scores: ``lightning_prune.pruning.saliency``.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_prune.callbacks.base import PruningCallback, PruningRecord, log_metrics, log_text, refused_as
+from lightning_prune.callbacks.base import PruningCallback, PruningRecord, log_each, log_metrics, refused_as
 from lightning_prune.callbacks.run import from_rank_zero
 from lightning_prune.checkpoint_io import read_checkpoint
 from lightning_prune.names import MASKED, STAGED_TASK, Schedule, StagedMethod
@@ -35,11 +32,9 @@ VAL_METRIC = "val/top1"
 class StagedPruning(PruningCallback):
     """Prune to ``fractions[i] * target_sparsity`` when validation top-1 first reaches ``accuracy_triggers[i]`` %.
 
-    One global threshold over all conv and linear weights, classifier included. Scores come from
-    a class-balanced calibration batch of the training images (``calibration_per_class`` per class,
-    split into ``calibration_chunks``). Earlier masks stay: each stage removes more. At most one
-    stage fires per epoch. At fit end stages that never fired are reported, and the masked, COO
-    and densified-once models are recorded (task ``grasp`` or ``snip``).
+    One global threshold over all conv and linear weights, scored on a class-balanced calibration batch;
+    earlier masks stay. At fit end stages that never fired are reported, and the masked, COO and
+    densified-once models are recorded (task ``grasp`` or ``snip``).
 
     Args:
         method: ``grasp`` (remove the highest -theta*Hg), ``snip`` (remove the lowest |g*theta|),
@@ -102,10 +97,9 @@ class StagedPruning(PruningCallback):
             ensure_masks(pl_module.model)
 
     def describe(self) -> dict[str, Any]:
-        s = self.schedule
         return {"task": self.task, "method": self.method, "schedule": self.mode, "layerwise_from": self.layerwise_from,
-                "copies": self.copied_method,
-                "target_sparsity": self.target_sparsity, "accuracy_triggers": s.triggers, "fractions": s.fractions}
+                "copies": self.copied_method, "target_sparsity": self.target_sparsity,
+                "accuracy_triggers": self.schedule.triggers, "fractions": self.schedule.fractions}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and VAL_METRIC in trainer.callback_metrics:  # synced over the ranks
@@ -118,10 +112,9 @@ class StagedPruning(PruningCallback):
         masks = current_masks(pl_module.model)
         log_metrics(trainer, {"prune/sparsity": mask_sparsity(masks), "prune/stage": float(len(self.schedule.events))})
 
-    def prune_stage(self, trainer: L.Trainer, model: nn.Module, reason: str) -> dict[str, Any]:
+    def prune_stage(self, trainer: L.Trainer, model: nn.Module, reason: str) -> None:
         """Score the current (masked) network on rank 0, mask it further to the next stage's sparsity everywhere."""
         s, stage, start = self.schedule, len(self.schedule.events), time.perf_counter()
-        calibration = trainer.datamodule.calibration_batch
 
         def score() -> tuple[dict, dict]:
             if self.method == "random":  # seeded by the run's seed: each seed draws its own masks
@@ -130,7 +123,7 @@ class StagedPruning(PruningCallback):
                 masks = random_masks(before, self.plan[stage], generator)
                 weights = {n: m.weight.detach() for n, m in prunable_modules(model).items()}
                 return masks, stage_diagnostics(weights, before, masks, None)
-            batch = calibration(self.per_class, seed=self.seed + stage)
+            batch = trainer.datamodule.calibration_batch(self.per_class, seed=self.seed + stage)
             return prune_by_saliency(model, split_batch(batch, self.chunks), self.method, s.sparsity(stage),
                                      self.temperature)
 
@@ -141,8 +134,7 @@ class StagedPruning(PruningCallback):
                          time.perf_counter() - start, diagnostics, layer_sparsities(new))
         text = s.describe(event, self.method)
         rank_zero_info(text)
-        log_text(trainer, "prune/stages", text)
-        return event
+        log_each(trainer, "add_text", "prune/stages", text)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         notes = self.schedule.notes(mask_sparsity(current_masks(pl_module.model)))
