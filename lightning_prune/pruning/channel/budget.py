@@ -18,10 +18,7 @@ def prunable_convs(model: VGG) -> dict[str, int]:
 
 
 def resolve_ratios(ratios: Ratios, model: VGG) -> dict[int, float]:
-    """Per conv ordinal, the fraction of its input channels to keep; one number applies to all.
-
-    The layer names are the one thing no option type checks; the values are typed (0, 1) where parsed.
-    """
+    """Per conv ordinal, the fraction of its input channels to keep; one number applies to all."""
     names = prunable_convs(model)
     if not isinstance(ratios, Mapping):
         ratios = dict.fromkeys(names, ratios)
@@ -39,25 +36,13 @@ def keep_count(ratio: float, channels: int) -> int:
 
 
 def vgg_parameter_count(channels: Sequence[int], num_classes: int, classifier_width: int) -> int:
-    """Parameters of ``vgg16_bn(num_classes, channels, classifier_width=...)``, from shapes alone.
-
-    Each conv has a 3x3 weight and a bias, each BatchNorm a weight and a bias (running statistics
-    are buffers); the classifier takes the last conv's 1x1 map. Cheap enough to search widths with.
-    """
+    """Parameters of ``vgg16_bn(num_classes, channels, classifier_width=...)``, from shapes alone (cheap)."""
     total, in_ch = 0, 3
     for out_ch in channels:
         total += in_ch * out_ch * 9 + out_ch + 2 * out_ch
         in_ch = out_ch
     w = classifier_width
     return total + (in_ch * w + w) + (w * w + w) + (w * num_classes + num_classes)
-
-
-def zeroed_linear_weights(channels: Sequence[int], classifier_width: int, linear_sparsity: float | None) -> int:
-    """Weights :func:`~lightning_prune.pruning.channel.reconstruction.prune_linear` zeroes (``round(s * n)`` each)."""
-    if not linear_sparsity:
-        return 0
-    sizes = (channels[-1] * classifier_width, classifier_width * classifier_width)
-    return sum(round(linear_sparsity * n) for n in sizes)
 
 
 def narrow_channels(ratios: Mapping[int, float], channels: Sequence[int]) -> list[int]:
@@ -75,7 +60,8 @@ def params_removed_share(
     """Fraction of the dense model's parameters gone after channel pruning and zeroing the hidden linears."""
     narrow = narrow_channels(ratios, channels)
     kept = vgg_parameter_count(narrow, num_classes, classifier_width)
-    kept -= zeroed_linear_weights(narrow, classifier_width, linear_sparsity)
+    if linear_sparsity:  # what prune_linear zeroes: round(s * n) of each hidden linear
+        kept -= sum(round(linear_sparsity * n) for n in (narrow[-1] * classifier_width, classifier_width**2))
     return 1 - kept / vgg_parameter_count(channels, num_classes, classifier_width)
 
 
@@ -99,9 +85,7 @@ def ratios_for_target(
 ) -> dict[int, float]:
     """The keep ratios scaled by the largest common factor that removes >= ``target`` of the parameters.
 
-    One factor keeps the configured per-layer profile (early convs keep more). The share removed
-    only falls as the factor grows, so a bisection finds it. An unreachable target (even one channel
-    per pruned conv removes too little) is an error naming the highest share reachable.
+    One factor keeps the per-layer profile; the share removed falls as the factor grows, so bisect.
     """
     assert 0 < target < 1, f"target_sparsity must be in (0, 1), got {target!r}"
 

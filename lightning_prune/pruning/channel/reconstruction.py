@@ -22,9 +22,7 @@ def reconstruct_weight(
 ) -> torch.Tensor:
     """Least-squares weights (n, keep, kh, kw) mapping the kept channels' inputs onto ``y``.
 
-    Solved in float64 on all sampled rows by QR (LAPACK gels, several times faster than the
-    pivoting gelsy). When the kept inputs are rank-deficient (dead channels, fewer rows than
-    unknowns) or the solve breaks down, a tiny ridge term makes the problem well-posed.
+    float64 QR (gels, several times faster than gelsy); a tiny ridge where the kept inputs are rank-deficient.
     """
     kh, kw = kernel_size
     kept = torch.as_tensor(kept, dtype=torch.long)
@@ -55,9 +53,8 @@ def relative_error(x_unf: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, k
 def prune_linear(model: nn.Module, sparsity: float, names: Sequence[str] = HIDDEN_LINEAR) -> dict[str, torch.Tensor]:
     """Zero the smallest-magnitude ``sparsity`` of each hidden linear layer's weights, in place; the keep-masks.
 
-    ``prune.l1_unstructured``'s mask on the plain weight: no ``weight_orig`` (the checkpoint loads into a
-    plain VGG) and no re-registration (which would move ``weight`` after ``bias`` and misalign a resumed
-    optimizer); :func:`hold_zeros` keeps the zeros. The output layer stays dense: each row is one class.
+    On the plain weight, no ``weight_orig``: the checkpoint loads into a plain VGG and a resumed optimizer
+    keeps its parameter order. The output layer stays dense: each row is one class.
     """
     assert 0 <= sparsity < 1, f"linear_sparsity must be in [0, 1), got {sparsity!r}"
     modules = dict(model.named_modules())

@@ -7,8 +7,6 @@ removal the remaining ones can best make up for are dropped.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +18,8 @@ from torch import nn
 def sample_positions(
     images: int, grid: int, per_image: int, samples: int | None, generator: torch.Generator
 ) -> torch.Tensor:
-    """(images, p) distinct random output positions per image out of ``grid``, p = min(per_image, grid).
-
-    Entries are -1 where a row is dropped to stay within ``samples`` (every image keeps p slots).
-    """
+    """(images, p) distinct random output positions per image out of ``grid``, p = min(per_image, grid);
+    -1 where a row is dropped to stay within ``samples``."""
     p = min(per_image, grid)
     idx = torch.stack([torch.randperm(grid, generator=generator)[:p] for _ in range(images)])
     if samples is not None and images * p > samples:
@@ -33,11 +29,9 @@ def sample_positions(
 
 
 def sample_rows(x: torch.Tensor, conv: nn.Conv2d, idx: torch.Tensor) -> torch.Tensor:
-    """The rows of ``F.unfold(x, ...)`` for ``conv`` at output positions ``idx`` (-1: skipped), stacked.
+    """The rows of ``F.unfold(x, ...)`` for ``conv`` at output positions ``idx`` (-1: skipped), image-major.
 
-    Row order is image-major, then the order within ``idx``; columns are unfold's channel-major
-    (c, ky, kx), like the conv's flattened weight. Only the sampled windows are gathered: unfolding
-    whole maps would cost kh*kw times the activations for the few positions actually used.
+    Only the sampled windows are gathered: unfolding whole maps would cost kh*kw times the activations.
     """
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = conv.kernel_size, conv.dilation, conv.padding, conv.stride
     out_w = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
@@ -63,8 +57,7 @@ def out_positions(x: torch.Tensor, conv: nn.Conv2d) -> int:
 def channel_gram(x_unf: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """G = Z^T Z (c x c) and b = Z^T y (c) of the LASSO design Z_i = vec(X_i W_i^T), never forming Z.
 
-    G_ij = sum_{k,l} (X^T X)[(i,k),(j,l)] (W^T W)[(i,k),(j,l)]: two (c kk)^2 products instead of
-    an (M n) x c matrix. Selection only ranks channels, so float32 products are precise enough.
+    Two (c kk)^2 products instead of an (M n) x c matrix; selection only ranks, so float32 products suffice.
     """
     n, c = weight.shape[:2]
     kk = weight[0, 0].numel()
@@ -79,28 +72,17 @@ def channel_gram(x_unf: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> 
 
 
 def equivalent_design(g: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """A (r x c) and t with A^T A = G and A^T t = b, so ||t - A beta||^2 = ||y - Z beta||^2 - const.
-
-    From G's eigen-decomposition; directions of (numerically) zero eigenvalue carry nothing (b is in G's range).
-    """
-    with _one_thread():
+    """A (r x c) and t with A^T A = G and A^T t = b, so ||t - A beta||^2 = ||y - Z beta||^2 - const."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small LAPACK calls of many short parallel steps run faster on one thread
+    try:
         s, v = torch.linalg.eigh(g)
+    finally:
+        torch.set_num_threads(threads)
     good = s > s.max().clamp(min=0) * 1e-12
     s, v = s[good], v[:, good]
     root = s.sqrt()
     return (root[:, None] * v.T).numpy(), ((v.T @ b) / root).numpy()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Small LAPACK calls made of many short parallel steps run faster on one thread (and far
-    faster when other processes share the cores: every step waits for the slowest thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lasso(a: np.ndarray, t: np.ndarray, alpha: float, model=None):
@@ -154,11 +136,9 @@ class ChannelChoice:
 def select_channels(
     x_unf: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, keep: int, max_steps: int = 60
 ) -> ChannelChoice:
-    """LASSO channel selection with a lambda search for exactly ``keep`` non-zero betas.
+    """LASSO channel selection, lambda searched for exactly ``keep`` non-zero betas, via the c x c problem.
 
-    Minimises (1/2N) ||y - sum_i beta_i X_i W_i^T||^2 + lambda ||beta||_1 (N = M n) through the
-    equivalent c x c problem. If the search stalls (ties), the ``keep`` largest |beta| at the last
-    lambda that left too many are taken.
+    If the search stalls (ties), the ``keep`` largest |beta| at the last lambda that left too many are taken.
     """
     n, c = weight.shape[:2]
     assert 1 <= keep < c, f"keep must be in [1, {c - 1}], got {keep}"
@@ -187,8 +167,7 @@ def choose_channels(selection: str, x: torch.Tensor, weight: torch.Tensor, y: to
                     producer: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, float | None, str]:
     """The sorted input channels to keep, the LASSO's lambda (if it chose) and how they were chosen.
 
-    ``lasso`` (He et al.), or the controls ``l1`` (the producer's filters of largest L1 norm, Li et al. 2017)
-    and ``random``."""
+    ``lasso`` (He et al.), or the controls ``l1`` (Li et al. 2017) and ``random``."""
     if selection == "lasso":
         choice = select_channels(x, weight, y, keep)
         return choice.kept, choice.alpha, "fallback" if choice.fallback else "lasso"

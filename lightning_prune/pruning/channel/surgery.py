@@ -26,11 +26,9 @@ from lightning_prune.pruning.channel.selection import choose_channels, out_posit
 def remove_input_channels(
     model: VGG, conv: int, kept: torch.Tensor | Sequence[int], weight: torch.Tensor | None = None
 ) -> VGG:
-    """A new VGG without the dropped input channels of conv ``conv`` (its ordinal, 1..12).
+    """A new VGG without the dropped input channels of conv ``conv`` (its ordinal, 1..12), same module names.
 
-    The previous conv loses the matching filters (weight rows, bias) and its BatchNorm the
-    matching weight, bias, running mean and var; this conv gets ``weight`` (n, keep, kh, kw) or,
-    if None, its own weights on the kept channels. Module names stay the same.
+    The previous conv and its BatchNorm lose the matching outputs; this conv gets ``weight`` or its own.
     """
     convs = model.conv_layers()
     assert 1 <= conv < len(convs), f"conv must be in [1, {len(convs) - 1}] (the RGB input stays), got {conv}"
@@ -129,9 +127,7 @@ def prune_channels(model: VGG, images: torch.Tensor, ratios: Ratios, samples: in
                    ) -> tuple[VGG, list[LayerReport]]:
     """Prune the input channels of every conv named in ``ratios``, front to back; a new VGG (``model`` untouched).
 
-    Per layer, up to ``positions`` random output positions per calibration image (the paper uses 10), at
-    most ``samples`` rows in all. ``selection``: ``lasso``, ``l1`` or ``random`` (:func:`choose_channels`);
-    ``reconstruct``: refit the kept channels' weights by least squares (else they keep their own).
+    Per layer, up to ``positions`` output positions per image (the paper: 10), at most ``samples`` rows.
     """
     assert selection in SELECTIONS and (samples is None or samples >= 1) and positions >= 1
     if any(n.endswith("_orig") for n, _ in model.named_parameters()):
@@ -143,7 +139,9 @@ def prune_channels(model: VGG, images: torch.Tensor, ratios: Ratios, samples: in
     per_image = min(positions, math.ceil(samples / images.shape[0])) if samples else positions
     how = _Sampling(per_image, samples, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1),
                     selection, reconstruct)
-    bar = _bar(len(convs), progress)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(convs), desc="channel pruning", unit="conv", disable=not progress, dynamic_ncols=True)
     reports: list[LayerReport] = []
     x_orig = x_pruned = images
     pruned = model
@@ -164,12 +162,6 @@ def prune_channels(model: VGG, images: torch.Tensor, ratios: Ratios, samples: in
         bar.close()
         model.train(was_training)
     return pruned.train(was_training), reports
-
-
-def _bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="channel pruning", unit="conv", disable=not enabled, dynamic_ncols=True)
 
 
 def summary(layers: list[dict], seconds: float, dense_params: int, total: int, nonzero: int) -> str:
