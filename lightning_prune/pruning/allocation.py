@@ -1,9 +1,7 @@
 """How a global sparsity target is split over the layers (task 1a): the per-layer sparsities to prune to.
 
-``sensitivity``: at the least loss the layers' sensitivity curves predict (or per layer the highest
-sparsity within ``max_drop`` points). Its controls reach the same overall sparsity without a sweep:
-``global``, one magnitude threshold over all weights (Lightning's ``ModelPruning`` default: layers of
-small weights lose most), and ``uniform``, every layer at the target.
+``sensitivity``: at the least loss the sensitivity curves predict (or within ``max_drop`` points); its
+controls ``global`` (one magnitude threshold) and ``uniform`` (every layer at the target) need no sweep.
 """
 
 from __future__ import annotations
@@ -81,8 +79,7 @@ Move = tuple[tuple[float, int], float, int, float]  # (cost per weight, -weights
 
 def _cheapest_move(k: int, d: float, removed: int, need: int, n: int, ks: np.ndarray, ds: np.ndarray,
                    ss: np.ndarray, xs: np.ndarray, y: np.ndarray) -> Move | None:
-    """One layer's cheapest step up its grid (``ks`` weights removed, ``ds`` drop at sparsity ``ss``) from
-    ``k`` removed at drop ``d``; a step that reaches ``need`` overall is trimmed to the exact count."""
+    """One layer's cheapest step up its grid from ``k`` removed at drop ``d``, trimmed to reach ``need``."""
     ok = ks > k
     if not ok.any():
         return None
@@ -110,10 +107,8 @@ def choose_for_target(
 ) -> dict[str, float]:
     """Per-layer sparsities that remove ``target`` of all prunable weights at the least predicted loss.
 
-    Greedy on the marginal cost: each step takes, over all layers and higher grid sparsities, the move of
-    least predicted top-1 loss per removed weight (ties: the larger move), so large tolerant layers absorb
-    most of the budget. No layer goes past the highest swept level nor its ``caps`` sparsity (its floor);
-    layers without a curve stay dense.
+    Greedy: each step takes the move of least predicted loss per removed weight (ties: the larger move),
+    up to the highest swept level and each layer's ``caps``; layers without a curve stay dense.
     """
     xs, ys = _sorted_curves(curves, levels)
     assert 0 <= target < 1 and set(ys) <= set(sizes), "a target in [0, 1) and curves of known layers"
@@ -137,8 +132,7 @@ def choose_for_target(
 
 
 def layer_floors(model: nn.Module) -> dict[str, int]:
-    """The fewest weights each prunable layer keeps under any allocation: ``MIN_KEPT_SHARE`` of them and one per
-    output (channel or class), so no split of a target removes a layer whole (an empty output layer is its bias)."""
+    """The fewest weights each prunable layer keeps: ``MIN_KEPT_SHARE`` of them and one per output."""
     return {name: min(m.weight.numel(), max(math.ceil(MIN_KEPT_SHARE * m.weight.numel()), m.weight.shape[0]))
             for name, m in prunable_modules(model).items()}
 
@@ -162,12 +156,8 @@ def check_floors(chosen: Mapping[str, float], floors: Mapping[str, int], sizes: 
 
 
 def choose_global(model: nn.Module, target: float) -> dict[str, float]:
-    """Per-layer sparsities of one magnitude threshold over all prunable weights removing ``target`` of them.
-
-    Exactly ``round(target * N)`` weights go, the smallest |w| of the whole network (ties by layer order),
-    so each layer loses its own smallest weights: what ``torch.nn.utils.prune.global_unstructured`` does,
-    except that each layer's ``layer_floors`` largest weights are never candidates (no layer is emptied).
-    """
+    """Per-layer sparsities of one magnitude threshold removing ``round(target * N)`` weights, as
+    ``global_unstructured`` (ties by layer order), except that no layer goes under its floor."""
     floors = layer_floors(model)
     weights = {name: m.weight.detach().abs().flatten().double().cpu() for name, m in prunable_modules(model).items()}
     for name, w in weights.items():
@@ -203,8 +193,7 @@ def choose_sparsities(
 ) -> dict[str, float]:
     """One of: an explicit ``{layer: sparsity}`` map, a ``target_sparsity`` or a ``max_drop`` rule.
 
-    The options are the callback's, checked there (exactly one given, known layers, curves for a rule);
-    what only the choice shows (a layer under its floor, an unreachable target) is refused here.
+    The options are checked in the callback; what only the choice shows (floors, reach) is refused here.
     """
     assert [sparsities, target_sparsity, max_drop].count(None) == 2, "exactly one of sparsities, target, max_drop"
     if sparsities is not None:

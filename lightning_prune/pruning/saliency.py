@@ -1,9 +1,5 @@
-"""GraSP and SNIP saliency scores, and global masks from them.
-
-GraSP (Wang et al., ICLR 2020) scores a weight by ``-theta * Hg`` (removing the highest keeps the gradient
-flow largest), SNIP (Lee et al., ICLR 2019) by ``|g * theta|`` (removing the lowest changes the loss least),
-both on a copy of the model, whose weights, gradients, BatchNorm statistics and mode are never touched.
-"""
+"""GraSP (Wang et al., ICLR 2020: ``-theta * Hg``, remove the highest) and SNIP (Lee et al., ICLR 2019:
+``|g * theta|``, remove the lowest) saliency scores on a copy of the model, and global masks from them."""
 
 from __future__ import annotations
 
@@ -91,8 +87,7 @@ def gradient_and_hg(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(g, Hg) on the masked network as GraSP's Algorithm 1: g summed over all batches, then Hg batch by batch.
 
-    Hg is the gradient of ``z = <stop_grad(g), grad L_b>``. The first pass's graphs of up to ``keep_images``
-    images are reused (a quarter less work, ~4 MB per image at full width); other batches are recomputed.
+    The first pass's graphs of up to ``keep_images`` images are reused (~4 MB per image at full width).
     """
     batches = _batches(batches)
     net, weights = _scoring_copy(model, masks)
@@ -190,12 +185,8 @@ def stage_diagnostics(
     scores: Mapping[str, torch.Tensor] | None,
     top_fraction: float = 0.1,
 ) -> dict[str, float | None]:
-    """What one pruning stage did, measured: does a criterion spare the large weights?
-
-    ``top_removed``: the share of the ``top_fraction`` largest kept weights the stage removed.
-    ``filter_sum_ratio``: sum |per-filter score sum| / sum |scores| over conv filters; near 0, scores cancel
-    within filters (BatchNorm makes the loss invariant to a filter's scale). None without ``scores``.
-    """
+    """What one pruning stage did: the share of the ``top_fraction`` largest kept weights it removed, and
+    how much scores cancel within conv filters (``filter_sum_ratio`` near 0; None without ``scores``)."""
     names = [n for n in (weights if scores is None else scores) if n in weights]
     kept = torch.cat([before[n].flatten().bool().cpu() for n in names])
     magnitude = torch.cat([weights[n].detach().abs().flatten().double().cpu() for n in names])
@@ -227,8 +218,7 @@ def prune_by_saliency(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Score the (masked) network and mask it further to ``sparsity`` overall: CPU masks and diagnostics.
 
-    ``grasp`` removes the highest ``-theta * Hg``, ``grasp_abs`` the lowest ``|theta * Hg|``, ``snip`` the
-    lowest ``|g * theta|``. ``model`` is not modified.
+    ``grasp_abs`` removes the lowest ``|theta * Hg|``. ``model`` is not modified.
     """
     assert method in REMOVES, f"method must be one of {', '.join(REMOVES)}, got {method!r}"
     masks = current_masks(model)

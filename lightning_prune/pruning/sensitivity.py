@@ -1,9 +1,7 @@
 """Layer-by-layer sensitivity sweep: top-1 with one layer magnitude-pruned at a time.
 
-Pruning layer ``l`` changes nothing upstream of it, so each batch runs the network once, keeps the
-activations entering every scanned layer, and for each (layer, level) re-runs only the suffix from
-that layer on. Level 0 is the unpruned network, measured once for all layers. The model itself is
-never modified: the masked weight is passed to the layer's functional form.
+Pruning layer ``l`` changes nothing upstream of it, so each batch keeps the activations entering every
+scanned layer and each (layer, level) re-runs only the suffix from there; the model is never modified.
 """
 
 from __future__ import annotations
@@ -181,14 +179,9 @@ def sensitivity_scan(
 ) -> dict[str, list[float]]:
     """Top-1 (%) per layer and sparsity, pruning one layer at a time by absolute magnitude.
 
-    ``shard=(rank, world)`` evaluates every ``world``-th batch from ``rank`` on and ``reduce`` sums the
-    counts over the shards (an all-reduce under DDP): the unsharded curves, N times faster. ``layers``
-    defaults to every conv and linear; ``progress``: True for a tqdm bar, or ``(done, total, layer,
-    sparsity)``. A layer's levels run stacked along the batch, at most ``max_images`` images per pass.
-    ``max_pass_mb`` also bounds the activation a pass starts from: on a CPU a conv over more images than
-    fit in cache runs slower per image (full-width VGG16-BN: 3.0 ms per image in passes of 32, 4.2 in
-    passes of 768), so it defaults to 8 MB there; on CUDA only ``max_images`` applies. The model comes
-    back exactly as it was (weights, masks, train/eval mode).
+    ``shard=(rank, world)`` takes every ``world``-th batch and ``reduce`` sums the counts (all-reduce under
+    DDP). A layer's levels run stacked, at most ``max_images`` images per pass; ``max_pass_mb`` bounds the
+    activation a pass starts from (8 MB on a CPU, where larger passes run slower per image).
     """
     names = _resolve(model, sparsities, layers)
     flat, modules = stages(model), prunable_modules(model)
@@ -234,10 +227,7 @@ def naive_sensitivity_scan(
     layers: Sequence[str] | None = None,
     max_batches: int | None = None,
 ) -> dict[str, list[float]]:
-    """The reference: for every (layer, level) prune the layer with ``l1_unstructured`` and evaluate the whole net.
-
-    The layer is pruned in place and its weight restored afterwards: no copies, only forward passes are timed.
-    """
+    """The reference: per (layer, level), prune the layer in place with ``l1_unstructured``, run the net."""
     names = _resolve(model, sparsities, layers)
     modules = prunable_modules(model)
     if any(is_masked(modules[n]) for n in names):

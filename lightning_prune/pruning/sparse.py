@@ -1,9 +1,7 @@
 """Export of a masked model to torch.sparse COO, the COO check, and sparse inference modules.
 
-torch.sparse has no sparse convolution: ``SparseConv2d`` stores its weight as COO (what is saved
-and kept resident) and densifies it at every forward call. ``SparseLinear`` multiplies with
-``torch.sparse.mm``. ``densify_once`` turns the COO weights back into ordinary dense layers at
-load, which shows what the per-call conversion costs.
+torch.sparse has no sparse convolution: ``SparseConv2d`` densifies its COO weight at every call
+(``densify_once`` does it once at load, which shows that cost); ``SparseLinear`` uses ``torch.sparse.mm``.
 """
 
 from __future__ import annotations
@@ -22,13 +20,6 @@ from lightning_prune.pruning.unstructured import copy_model, get_masks, make_per
 MASKS_FILE = "masks.pt"
 SPARSE_FILE = "sparse_coo.pt"
 CHECK_FILE = "coo_check.json"
-
-
-def coo_from_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """COO whose indices are exactly the mask's non-zero coordinates (kept zeros stay stored)."""
-    mask = mask.to(weight.device).bool()
-    indices = mask.nonzero().t()
-    return torch.sparse_coo_tensor(indices, weight.detach()[mask], weight.shape, check_invariants=False).coalesce()
 
 
 class _SparseLayer(nn.Module):
@@ -125,7 +116,10 @@ def to_sparse_model(
         mask = masks.get(name)
         if mask is None or bool(mask.all()) or isinstance(module, SPARSE_TYPES):
             continue
-        layer = _sparse_layer(module, coo_from_mask(module.weight, mask))
+        mask = mask.to(module.weight.device).bool()  # the COO indices are the mask's (kept zeros stay stored)
+        coo = torch.sparse_coo_tensor(mask.nonzero().t(), module.weight.detach()[mask], module.weight.shape,
+                                      check_invariants=False).coalesce()
+        layer = _sparse_layer(module, coo)
         _replace(sparse, name, layer.densified() if densify_once else layer)
     return sparse
 
@@ -156,25 +150,17 @@ def sparse_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k.removesuffix(".weight"): v for k, v in items if k.endswith(".weight") and v.is_sparse}
 
 
-def _flat_indices(indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Row-major linear index of each (ndim, nnz) COO coordinate."""
-    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
-    return (indices.cpu() * torch.tensor(strides, dtype=torch.long).unsqueeze(1)).sum(0)
-
-
 def verify_coo(sparse: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Per layer, how many coordinates differ between the COO indices and the mask's non-zeros (0 = exact).
-
-    Counts coordinates on one side only, plus duplicated COO coordinates; a layer missing on one
-    side or of another shape counts all of its coordinates.
-    """
+    """Per layer, the coordinates on one side only of COO indices and mask non-zeros, plus COO duplicates
+    (0 = exact); a layer missing on one side or of another shape counts all of its coordinates."""
     result = {}
     for name in list(masks) + [n for n in sparse if n not in masks]:
         coo, mask = sparse.get(name), masks.get(name)
         if coo is None or mask is None or tuple(coo.shape) != tuple(mask.shape):
             result[name] = (0 if coo is None else coo._nnz()) + (0 if mask is None else int(mask.bool().sum()))
             continue
-        stored = _flat_indices(coo._indices(), coo.shape)
+        strides = [math.prod(coo.shape[i + 1 :]) for i in range(coo.dim())]  # row-major linear indices
+        stored = (coo._indices().cpu() * torch.tensor(strides, dtype=torch.long).unsqueeze(1)).sum(0)
         unique = stored.unique()
         expected = mask.bool().flatten().nonzero().squeeze(1).cpu()
         _, counts = torch.cat([unique, expected]).unique(return_counts=True)

@@ -49,8 +49,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[torch.Tensor]:
-    """:func:`magnitude_mask` at every level from one partial sort of ``|weight|``; a level whose cut falls
-    in a tie falls back to :func:`magnitude_mask` (which tied weight top-k drops is its own choice)."""
+    """:func:`magnitude_mask` at every level from one partial sort (a cut inside a tie asks top-k itself)."""
     magnitude = weight.detach().abs()
     flat = magnitude.flatten().cpu().numpy()
     n = flat.size
@@ -72,10 +71,9 @@ def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[t
 
 def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float], whole_layers: bool = False
                             ) -> dict[str, float]:
-    """Mask ``round(s * n)`` of each named layer's weights by magnitude (``l1_unstructured``).
+    """Mask ``round(s * n)`` of each named layer's weights by magnitude; the achieved sparsities.
 
     Layers at 0 get no mask; ``whole_layers`` allows a sparsity of 1 (as one global threshold can give).
-    Returns the achieved sparsities.
     """
     modules = prunable_modules(model)
     achieved = {}
@@ -97,8 +95,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def restore_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> list[str]:
-    """Identity masks where ``state_dict`` holds ``weight_orig`` + ``weight_mask``, so that the masked state
-    dict loads into a fresh model (``load_state_dict`` then fills in the real masks)."""
+    """Identity masks where ``state_dict`` holds masks, so that it loads into a fresh model."""
     restored = []
     for name, module in prunable_modules(model).items():
         if f"{prefix}{name}.weight_mask" in state_dict and not is_masked(module):
@@ -109,8 +106,7 @@ def restore_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor], pref
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on masked models: a masked ``weight`` is computed with autograd,
-    which deepcopy refuses, so the copy gets it detached (the forward pre-hook recomputes it anyway)."""
+    """``copy.deepcopy`` that also works on masked models (whose autograd-computed ``weight`` it refuses)."""
     masked = [m for m in prunable_modules(model).values() if is_masked(m)]
     saved = [m.weight for m in masked]
     try:
@@ -142,8 +138,7 @@ def overall_sparsity(sparsities: Mapping[str, float], sizes: Mapping[str, int]) 
 
 
 def ensure_masks(model: nn.Module) -> list[str]:
-    """All-ones masks on every unmasked conv/linear layer: the parameter list (``weight_orig``) stays the same
-    through every later stage, so a checkpoint's optimizer state resumes in order."""
+    """All-ones masks on every unmasked layer: the parameters stay the same through later stages (resumes)."""
     added = []
     for name, module in prunable_modules(model).items():
         if not is_masked(module):
@@ -154,8 +149,7 @@ def ensure_masks(model: nn.Module) -> list[str]:
 
 
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Apply keep-masks with ``torch.nn.utils.prune.custom_from_mask``, or overwrite an existing mask (the same
-    ``weight_orig`` object, so the optimizer needs no rebuild). The caller keeps masks monotone."""
+    """Apply keep-masks, overwriting an existing mask in place (the optimizer keeps its ``weight_orig``)."""
     modules = prunable_modules(model)
     assert set(masks) <= set(modules), f"masks of unknown layers: {sorted(set(masks) - set(modules))}"
     for name, mask in masks.items():
