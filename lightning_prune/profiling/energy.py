@@ -69,14 +69,11 @@ def measure_energy(fn: Callable[[], None], batches: int, device_index: int | Non
         except Exception as err:  # noqa: BLE001
             reason = f"pyJoules failed ({type(err).__name__}: {err})"
             return result, "; ".join(f"{k}: {reason}" for k in result)
+        units = {"package": ("cpu", 1e3), "dram": ("dram", 1e3), "nvidia_gpu": ("gpu", 1.0)}  # uJ, uJ, mJ
         for name, value in sample.energy.items():
-            # RAPL counters are in microjoules, NVML's in millijoules.
-            if name.startswith("package"):
-                result["cpu"] = (result["cpu"] or 0.0) + value / 1e3 / batches
-            elif name.startswith("dram"):
-                result["dram"] = (result["dram"] or 0.0) + value / 1e3 / batches
-            elif name.startswith("nvidia_gpu"):
-                result["gpu"] = (result["gpu"] or 0.0) + value / batches
+            for prefix, (domain, per_mj) in units.items():
+                if name.startswith(prefix):
+                    result[domain] = (result[domain] or 0.0) + value / per_mj / batches
         if cpu_domains and result["dram"] is None:
             notes["dram"] = "no RAPL DRAM domain on this CPU"
     by_reason: dict[str, list[str]] = {}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_prune.profiling.energy import measure_energy
-from lightning_prune.profiling.runtime import measure_latency, measure_memory, top_operators
+from lightning_prune.profiling.runtime import measure_latency, measure_memory, sync, top_operators
 from lightning_prune.profiling.static import count_macs, serialized_size_mb
 from lightning_prune.pruning.layers import count_parameters, weight_sparsity
 
@@ -22,12 +22,8 @@ class ProfileSettings:
     warmup_batches: int = 2
     energy_batches: int = 10
 
-    def __post_init__(self) -> None:
-        for name in ("latency_batches", "energy_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_batches < 0:
-            raise ValueError(f"warmup_batches must be >= 0, got {self.warmup_batches}")
+    def __post_init__(self) -> None:  # the options are typed where parsed
+        assert min(self.latency_batches, self.energy_batches) >= 1 and self.warmup_batches >= 0, self
 
 
 def take_batches(loader: Iterable, count: int, device: torch.device | str) -> list[torch.Tensor]:
@@ -53,8 +49,7 @@ def profile_model(
 ) -> dict:
     """Size, parameters, sparsity, MACs, latency, memory, energy and top operators of ``model`` on ``batches``.
 
-    ``macs_model`` counts MACs for models torchprofile cannot trace (sparse COO weights): pass
-    the dense equivalent, whose operators are the ones that actually run.
+    ``macs_model``: the dense equivalent, for models torchprofile cannot trace (sparse COO weights).
     """
     settings = settings or ProfileSettings()
     device = batches[0].device
@@ -88,5 +83,4 @@ def profile_model(
 
 def _forward(model: nn.Module, x: torch.Tensor) -> None:
     model(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+    sync(x.device)

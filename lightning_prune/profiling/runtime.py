@@ -10,32 +10,26 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only), so that timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
-def measure_latency(
-    model: nn.Module, batches: list[torch.Tensor], warmup: int = 2, repeats: int = 1
-) -> tuple[float, float]:
-    """Mean and std in ms of one forward pass per batch, after ``warmup`` untimed passes.
-
-    Batches are already on the device, so loading and copying are not timed; CUDA is
-    synchronised around every pass.
-    """
+def measure_latency(model: nn.Module, batches: list[torch.Tensor], warmup: int = 2) -> tuple[float, float]:
+    """Mean and std in ms of one forward pass per batch (already on the device), after ``warmup`` passes."""
     device = batches[0].device
     model.eval()
     for i in range(warmup):
         model(batches[i % len(batches)])
-    _sync(device)
+    sync(device)
     times = []
-    for _ in range(repeats):
-        for x in batches:
-            start = time.perf_counter()
-            model(x)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
+    for x in batches:
+        start = time.perf_counter()
+        model(x)
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
     return statistics.fmean(times), (statistics.stdev(times) if len(times) > 1 else 0.0)
 
 
@@ -45,12 +39,9 @@ def _resident_bytes(model: nn.Module, device: torch.device) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         if t.device.type != device.type:
             continue
-        if t.is_sparse:
-            t = t.coalesce() if not t.is_coalesced() else t
-            total += t.indices().nelement() * t.indices().element_size()
-            total += t.values().nelement() * t.values().element_size()
-        else:
-            total += t.nelement() * t.element_size()
+        t = t.coalesce() if t.is_sparse else t  # COO: its indices and values
+        for part in (t.indices(), t.values()) if t.is_sparse else (t,):
+            total += part.nelement() * part.element_size()
     return total
 
 
@@ -60,21 +51,17 @@ def _profiled_pass(model: nn.Module, x: torch.Tensor, profile_memory: bool = Fal
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
     model.eval()
     model(x)
-    _sync(x.device)
+    sync(x.device)
     with profile(activities=activities, profile_memory=profile_memory) as prof:
         model(x)
-        _sync(x.device)
+        sync(x.device)
     return prof
 
 
 @torch.inference_mode()
 def measure_memory(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """Peak and average memory in MB of one forward pass, from torch.profiler's memory events.
-
-    The level is the model's resident tensors plus what the pass has allocated so far (running sum
-    of the profiler's allocation/free events on the batch's device). Peak is its maximum; average
-    is its mean over the operators' start times.
-    """
+    """Peak and average memory in MB of one forward pass: the model's resident tensors plus the running sum
+    of the profiler's allocation/free events, at its maximum and averaged over the operators' starts."""
     device = x.device
     prof = _profiled_pass(model, x, profile_memory=True)
     want = "CUDA" if device.type == "cuda" else "CPU"
@@ -97,13 +84,8 @@ SPARSE_MARKERS = ("sparse", "to_dense")
 
 @torch.inference_mode()
 def top_operators(model: nn.Module, x: torch.Tensor, count: int = 8) -> list[dict]:
-    """The ``count`` operators one forward pass spent most self time in (device time on CUDA),
-    plus every sparse or densifying operator however small.
-
-    This is the evidence for "which kernels ran": a sparse-weight model whose convolutions still
-    run ``aten::mkldnn_convolution`` / ``cudnn_convolution`` after ``aten::to_dense`` did not use
-    sparse kernels, whatever its weights are stored as.
-    """
+    """The ``count`` operators of most self time in one forward pass (device time on CUDA), plus every sparse
+    or densifying one: the evidence of which kernels ran, whatever the weights are stored as."""
     device = x.device
     prof = _profiled_pass(model, x)
     rows = []
