@@ -42,8 +42,7 @@ def download_state_dict(num_classes: int) -> dict[str, torch.Tensor]:
 def read_pretrained(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """The weights of a state dict or Lightning checkpoint, and the pruning steps that made them, in order.
 
-    Each step is a checkpoint's pruning record (task, method, target, ...) with ``source``: the file it
-    was read from. A model pruned from an already pruned one (channel pruning, then 1a) lists both.
+    Each step is a checkpoint's pruning record with ``source``, the file it was read from.
     """
     from lightning_prune.checkpoint_io import read_checkpoint
 
@@ -68,10 +67,8 @@ def architecture(state: dict[str, torch.Tensor], source: str | Path) -> dict[str
 
 def vgg16_bn(num_classes: int = 10, channels: Sequence[int] | None = None,
              pretrained: bool | str | Path = False, classifier_width: int = 512) -> VGG:
-    """VGG16-BN; ``pretrained=True`` downloads chenyaofo's weights, a path loads a local state dict.
-
-    A path's widths win over ``channels``: a channel-pruned checkpoint rebuilds its narrow network.
-    """
+    """VGG16-BN; ``pretrained=True`` downloads chenyaofo's weights, a path loads a local state dict
+    (whose widths win over ``channels``: a channel-pruned checkpoint rebuilds its narrow network)."""
     if pretrained is True or not pretrained:
         model = VGG(num_classes=num_classes, channels=channels, classifier_width=classifier_width)
         if pretrained is True:
@@ -110,8 +107,8 @@ CONTINUES: dict[str, frozenset[str]] = {"unstructured": frozenset({"channel"})}
 
 
 def check_starting_point(path: str, task: str | None, channels: list[int], classifier_width: int) -> None:
-    """Refuse a pretrained file of another task or widths than the config builds, so that, say, a channel-pruned
-    checkpoint never turns into a run labelled baseline; a compound config keeps its source's narrow widths."""
+    """Refuse a pretrained file of another task or widths than the config builds (a compound config keeps
+    its source's narrow widths), so that a pruned checkpoint never turns into a run labelled baseline."""
     state, steps = read_pretrained(path)
     # the task that last pruned the weights: baseline for an unpruned, unmasked file; None if unknown
     masked = any(key.endswith("weight_mask") for key in state)

@@ -1,8 +1,5 @@
-"""VGG16-BN for 32x32 inputs, laid out exactly like chenyaofo/pytorch-cifar-models.
-
-The module tree (``features.N``, ``classifier.0/3/6``) matches the published checkpoints so
-they load with ``strict=True``; ``channels`` lets channel pruning rebuild a narrower copy.
-"""
+"""VGG16-BN for 32x32 inputs, laid out exactly like chenyaofo/pytorch-cifar-models (their checkpoints load
+with ``strict=True``); ``channels`` lets channel pruning rebuild a narrower copy."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})
 
 def scaled_channels(width_multiplier: float) -> list[int]:
     """VGG16 widths times ``width_multiplier`` (at least 1 channel each): tiny models for tests."""
-    if width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    assert width_multiplier > 0, f"width_multiplier must be > 0, got {width_multiplier}"
     return [max(1, round(c * width_multiplier)) for c in VGG16_CHANNELS]
 
 
@@ -87,8 +83,7 @@ def _weight(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
 
 
 def architecture_of(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes (masked
-    or not): the narrow widths of a channel-pruned checkpoint, with no hand-copied ``channels``."""
+    """``num_classes``, ``channels`` and ``classifier_width`` read off a VGG state dict's shapes."""
     channels, index = [], 0
     for conv in range(len(VGG16_CHANNELS)):
         w = _weight(state, f"features.{index}")

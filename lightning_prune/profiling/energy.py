@@ -1,8 +1,5 @@
-"""Energy per batch with pyJoules: RAPL (CPU package, DRAM) and NVML (GPU).
-
-A domain that cannot be read on this machine is reported as ``None`` with the reason; nothing
-is estimated.
-"""
+"""Energy per batch with pyJoules: RAPL (CPU package, DRAM) and NVML (GPU); an unreadable domain is
+``None`` with the reason (nothing is estimated)."""
 
 from __future__ import annotations
 

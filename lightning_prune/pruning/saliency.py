@@ -140,10 +140,8 @@ def masks_from_scores(
     remove: Literal["highest", "lowest"] = "highest",
     masks: Masks | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks removing exactly ``round(sparsity * N)`` of the N scored weights by one global threshold.
-
-    Weights already pruned in ``masks`` are removed first whatever their score (they never come back).
-    """
+    """Keep-masks removing exactly ``round(sparsity * N)`` of the N scored weights by one global threshold;
+    weights already pruned in ``masks`` go first whatever their score (they never come back)."""
     assert 0 <= sparsity < 1 and remove in ("highest", "lowest"), (sparsity, remove)
     names = list(scores)
     assert set(masks or {}) <= set(names), "masks of layers without scores"

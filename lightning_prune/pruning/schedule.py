@@ -1,8 +1,7 @@
 """Task 1b's schedule: when the next pruning stage is due, and to what sparsity it prunes. No Lightning.
 
 Stage ``i`` prunes to ``fractions[i] * target`` when validation top-1 first reaches ``triggers[i]`` %,
-or at the start of epoch ``fallbacks[i]`` at the latest; at most one stage fires per epoch, so each
-trigger is judged after the previous stage. Its progress is its state, saved in checkpoints.
+or at epoch ``fallbacks[i]`` at the latest; at most one stage fires per epoch.
 """
 
 from __future__ import annotations

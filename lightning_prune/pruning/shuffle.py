@@ -20,10 +20,8 @@ def layer_sparsities(masks: Masks) -> dict[str, float]:
 
 
 def random_masks(masks: Masks, sparsities: Mapping[str, float], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Keep-masks that bring each layer to its sparsity, the added zeros drawn uniformly among its kept weights.
-
-    Weights already pruned in ``masks`` stay pruned (they count towards the layer's sparsity).
-    """
+    """Keep-masks that bring each layer to its sparsity, the added zeros drawn uniformly among its kept
+    weights; weights already pruned in ``masks`` stay pruned (and count towards it)."""
     unknown = sorted(set(sparsities) - set(masks))
     if unknown:
         raise ValueError(f"sparsities name layer(s) without a mask: {', '.join(unknown)}")
@@ -43,8 +41,7 @@ def random_masks(masks: Masks, sparsities: Mapping[str, float], generator: torch
 def plan_from_checkpoint(checkpoint: dict[str, Any], stages: int) -> list[dict[str, float]]:
     """Per stage, the per-layer sparsities a pruned run reached: its recorded stages, or its final masks for one stage.
 
-    ``stages``: the stages of the run that copies them. A staged copy needs a run of as many stages
-    (each stage copies the matching one); a one-shot copy takes the run's final per-layer sparsities.
+    A staged copy needs a run of as many ``stages``; a one-shot copy takes the run's final sparsities.
     """
     events = next((state.get("events") for key, state in (checkpoint.get("callbacks") or {}).items()
                    if key.startswith("StagedPruning") and isinstance(state, dict)), None) or []
@@ -65,11 +62,8 @@ COPYABLE_TASKS = ("grasp", "snip")  # 1b runs: pruned while training from random
 
 
 def check_copyable(checkpoint: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """ValueError unless the run a shuffle copies is a 1b run whose layers have this model's shapes.
-
-    Another task's allocation (1a prunes a trained model) would be filed as this run's task, and other widths
-    give other layer sizes, so the copied per-layer sparsities would reach another overall sparsity.
-    """
+    """ValueError unless the run a shuffle copies is a 1b run whose layers have this model's shapes (other
+    widths give other layer sizes, so the copied sparsities would reach another overall sparsity)."""
     pruning = checkpoint.get("pruning") or {}
     task = pruning.get("task")
     if task not in COPYABLE_TASKS:

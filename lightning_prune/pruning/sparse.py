@@ -105,11 +105,8 @@ def _sparse_layer(module: nn.Module, weight: torch.Tensor) -> nn.Module:
 def to_sparse_model(
     model: nn.Module, densify_once: bool = False, masks: Mapping[str, torch.Tensor] | None = None
 ) -> nn.Module:
-    """A copy of ``model`` whose pruned layers hold COO weights (or, ``densify_once``, dense ones again).
-
-    Pruned layers are those with a mask (from ``torch.nn.utils.prune`` or ``masks``) that removes
-    at least one weight; the rest stay ordinary dense layers. ``model`` is not modified.
-    """
+    """A copy of ``model`` whose pruned layers (a mask, own or in ``masks``, that removes a weight) hold COO
+    weights (or, ``densify_once``, dense ones again); the rest stay ordinary dense layers."""
     masks = dict(get_masks(model) if masks is None else masks)
     sparse = make_permanent(copy_model(model))
     for name, module in prunable_modules(sparse).items():
@@ -127,10 +124,8 @@ def to_sparse_model(
 def load_sparse_model(
     template: nn.Module, state_dict: Mapping[str, torch.Tensor], densify_once: bool = False
 ) -> nn.Module:
-    """Rebuild a saved sparse model on a copy of a dense ``template`` of the same architecture.
-
-    Layers whose weight is sparse in ``state_dict`` become ``SparseConv2d``/``SparseLinear`` (``densify_once``:
-    ordinary layers filled from the COO weight)."""
+    """Rebuild a saved sparse model on a copy of a dense ``template`` of the same architecture
+    (``densify_once``: its COO weights filled into ordinary layers)."""
     model = make_permanent(copy_model(template))
     for name, module in prunable_modules(model).items():
         weight = state_dict.get(f"{name}.weight")

@@ -71,10 +71,8 @@ def magnitude_masks(weight: torch.Tensor, sparsities: Sequence[float]) -> list[t
 
 def apply_magnitude_pruning(model: nn.Module, sparsities: Mapping[str, float], whole_layers: bool = False
                             ) -> dict[str, float]:
-    """Mask ``round(s * n)`` of each named layer's weights by magnitude; the achieved sparsities.
-
-    Layers at 0 get no mask; ``whole_layers`` allows a sparsity of 1 (as one global threshold can give).
-    """
+    """Mask ``round(s * n)`` of each named layer's weights by magnitude; the achieved sparsities. Layers at 0
+    get no mask; ``whole_layers`` allows a sparsity of 1 (as one global threshold can give)."""
     modules = prunable_modules(model)
     achieved = {}
     for name, s in sparsities.items():

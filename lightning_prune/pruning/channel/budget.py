@@ -1,7 +1,6 @@
 """How many input channels each conv keeps, and the share of the dense VGG's parameters that removes.
 
-Pure arithmetic on the widths, hence the same answer on every DDP rank.
-"""
+Pure arithmetic on the widths, hence the same answer on every DDP rank."""
 
 from __future__ import annotations
 

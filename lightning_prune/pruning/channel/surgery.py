@@ -1,9 +1,7 @@
 """Channel pruning of the whole network, conv by conv (He et al., ICCV 2017), and the surgery that narrows it.
 
-Each conv's inputs X come from the network pruned so far, its targets Y (output before BatchNorm, less
-the bias) from the original one, so errors do not pile up. Removing input channels of conv ``i`` removes
-the matching outputs of conv ``i-1`` and its BatchNorm: a genuinely narrower, dense VGG. Never pruned:
-the first conv's RGB input and the last conv's outputs (the classifier's features, which no conv refits).
+Each conv's inputs come from the network pruned so far, its targets from the original one, so errors do
+not pile up. Never pruned: the first conv's RGB input and the last conv's outputs (no conv refits them).
 """
 
 from __future__ import annotations
