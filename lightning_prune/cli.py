@@ -14,6 +14,7 @@ every option can be set on the command line (``--prune.target_sparsity=0.8``) an
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -241,15 +242,8 @@ def run_cli(args: list[str] | None) -> None:
 
 
 def _subcommand(name: str):
-    if name == "report":
-        from lightning_prune.report.cli import main as report_main
-
-        return report_main
-    if name == "export":
-        from lightning_prune.export.cli import main as export_main
-
-        return export_main
-    return None
+    """``report`` and ``export`` are plain argparse commands, imported only when called."""
+    return importlib.import_module(f"lightning_prune.{name}.cli").main if name in ("report", "export") else None
 
 
 def main(args: list[str] | None = None) -> int:

@@ -110,10 +110,6 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ConfigError(f"data.dataset: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        if int(batch_size) < 1:
-            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}")
         self.save_hyperparameters()
         self.dataset, self.data_dir = dataset, data_dir
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -204,13 +200,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         self.setup()
-        return DataLoader(
-            self._sets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return DataLoader(self._sets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -6,10 +6,11 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -17,36 +18,32 @@ RESULTS_FILE = "results.json"
 SCHEMA_FILE = "results.schema.json"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` then rename: readers never see half a file."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write`` into a temporary file beside ``path``, then rename it: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from everyone else
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would hide the file from everyone else
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write_bytes` (masks, sparse weights)."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    """``torch.save`` written whole or not at all (checkpoints, masks, sparse weights)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def schema() -> dict:

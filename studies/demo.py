@@ -32,7 +32,7 @@ def _export(experiment: str, seed: int, options: Sequence[str]) -> list[str]:
 
 def seed_steps(seed: int, configs: Path = CONFIGS, extra: Sequence[str] = (),
                export: Sequence[str] | None = ()) -> list[Step]:
-    """One seed's tasks 0, 1a, 1b and 2 (and the chain 2 -> 1a), longest first; each step exports its runs."""
+    """One seed's tasks 0, 1a, 1b and 2 (and the chain 2 -> 1a); each step exports its runs."""
     base = f"{{digits_baseline@{seed}}}"
 
     def step(label: str, fits: list[tuple[str, list[str]]], needs: Sequence[str] = ()) -> Step:
@@ -47,17 +47,16 @@ def seed_steps(seed: int, configs: Path = CONFIGS, extra: Sequence[str] = (),
 
     test = ["test", "--config", str(configs / "baseline.yaml"), f"--seed_everything={seed}", f"--ckpt_path={base}",
             *extra]
-    return [
+    channel = [("channel", _fit(configs, "channel", seed, extra, f"--model.pretrained={base}")),
+               ("compound", _fit(configs, "compound", seed, extra, f"--model.pretrained={{digits_channel@{seed}}}"))]
+    return [  # the three 1b runs first, so that both workers share them while the baseline's tasks wait
         step("task0_baseline", [("baseline", _fit(configs, "baseline", seed, extra)), ("baseline", test)]),
         step("task1b_grasp", [("grasp", _fit(configs, "grasp", seed, extra))]),
-        step("task2_channel_then_1a", [
-            ("channel", _fit(configs, "channel", seed, extra, f"--model.pretrained={base}")),
-            ("compound", _fit(configs, "compound", seed, extra, f"--model.pretrained={{digits_channel@{seed}}}"))],
-            needs=["baseline"]),
         step("task1b_snip", [("snip", _fit(configs, "snip", seed, extra))]),
+        step("task1b_grasp_abs", [("grasp_abs", _fit(configs, "grasp_abs", seed, extra))]),
+        step("task2_channel_then_1a", channel, needs=["baseline"]),
         step("task1a_unstructured", [("unstructured", _fit(configs, "unstructured", seed, extra,
                                                            f"--model.pretrained={base}"))], needs=["baseline"]),
-        step("task1b_grasp_abs", [("grasp_abs", _fit(configs, "grasp_abs", seed, extra))]),
     ]
 
 

@@ -10,6 +10,7 @@ from torchvision import transforms
 
 from lightning_prune.data import MEAN_STD, ImageDataModule
 from lightning_prune.errors import ConfigError
+from tests.helpers import run_cli_expecting_error, tiny_cli_args
 
 
 def _types(compose: transforms.Compose) -> list[type]:
@@ -59,9 +60,10 @@ def test_val_size_too_large():
         ImageDataModule("digits", val_size=5000).setup()
 
 
-def test_unknown_dataset_names_the_choices():
-    with pytest.raises(ConfigError, match="cifar10, cifar100, digits"):
-        ImageDataModule("mnist")
+def test_unknown_dataset_names_the_choices(tmp_path, capsys):
+    err = run_cli_expecting_error(["fit", "--config", "configs/demo/baseline.yaml", *tiny_cli_args(tmp_path),
+                                   "--data.dataset=mnist"], capsys)
+    assert "data.dataset: must be one of 'cifar10', 'cifar100', 'digits', got 'mnist'" in err
 
 
 def test_missing_cifar_offline_names_data_dir_and_url(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_prune.artifacts import read_curves_csv
 from lightning_prune.cli import main
 from lightning_prune.models import VGG
 from lightning_prune.module import ImageClassifier
@@ -119,6 +120,10 @@ def test_cli_prunes_exports_and_resumes(tmp_path, monkeypatch):
     for key in ("masks", "sparse_coo", "coo_check", "sensitivity_csv", "sensitivity_plot", "checkpoint"):
         assert Path(results["artifacts"][key]).is_file(), key
     assert json.loads((run / "coo_check.json").read_text())["mismatches"] == 0
+    levels, curves = read_curves_csv(run / "sensitivity.csv")  # the sweep's curves are kept in results.json too
+    sweep = results["sweep"]
+    assert sweep["sparsities"] == levels and set(sweep["curves"]) == set(curves) and len(curves) == 16
+    assert all(sweep["curves"][n] == pytest.approx(curves[n], abs=1e-4) for n in curves)
 
     # masks are in the checkpoint, equal to the exported ones, and survive load_from_checkpoint
     ckpt = last_checkpoint(tmp_path, "tiny_unstructured")

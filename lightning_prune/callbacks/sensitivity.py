@@ -98,9 +98,9 @@ class SensitivityScan(L.Callback):
         return f"Sensitivity on {dataset} ({'validation' if self.split == 'val' else 'test'})"
 
     def describe(self) -> dict[str, Any]:
-        """What results.json says about the sweep."""
+        """What results.json says about the sweep, with its curves (top-1 % per layer, one per level)."""
         return {"split": self.split, "sparsities": self.sparsities, "layers": self.layers,
-                "max_batches": self.max_batches, "curves_csv": self.curves_csv}
+                "max_batches": self.max_batches, "curves_csv": self.curves_csv, "curves": self.curves}
 
     def state_dict(self) -> dict[str, Any]:
         return {"sparsities": self.sparsities, "curves": self.curves}
