@@ -1,14 +1,7 @@
 """``lightning-prune``: LightningCLI's fit / validate / test, plus ``report`` and ``export``.
 
-Besides ``model``, ``data`` and ``trainer`` the parser has one group per callback a task uses, so
-every option can be set on the command line (``--prune.target_sparsity=0.8``) and is described by
-``--help`` (``--prune.help MagnitudePruning`` for one class):
-
-- ``run``: the run's identity (experiment name, version) and the root of every run's folder;
-- ``checkpoint``: ``ModelCheckpoint`` (its folder is the run's own ``checkpoints/``);
-- ``profile``: the ``Recorder``, whose settings every profile of the run uses and which writes results.json;
-- ``sweep``: the sensitivity scan of task 1a (optional);
-- ``prune``: the task's pruning callback (optional).
+Besides ``model``, ``data`` and ``trainer`` the parser has one group per callback (``run``, ``checkpoint``,
+``profile``, ``sweep``, ``prune``), so every option can be set on the command line and is described by ``--help``.
 """
 
 from __future__ import annotations

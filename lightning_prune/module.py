@@ -78,13 +78,9 @@ class ImageClassifier(L.LightningModule):
         # The fit's learning curve, one entry per validation (the Recorder appends it): saved in checkpoints,
         # so results.json of a tested checkpoint shows how its model was trained.
         self.history: list[dict[str, float]] = []
-        self.metrics = torch.nn.ModuleDict(
-            {
-                f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
-                for stage in STAGES
-                for k in (1, 5)
-            }
-        )
+        self.metrics = torch.nn.ModuleDict({
+            f"{stage}_{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
+            for stage in STAGES for k in (1, 5)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -114,10 +110,8 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
-        )
+        optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=hp.lr, momentum=hp.momentum,
+                                    weight_decay=hp.weight_decay, nesterov=hp.nesterov)
         if not hp.cosine_schedule:
             return optimizer
         steps = max(1, int(self.trainer.estimated_stepping_batches))
