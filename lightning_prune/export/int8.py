@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +46,18 @@ class Int8Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "int8_sparsity": self.int8_sparsity}
+
+    @classmethod
+    def tally(cls, layers: list[tuple[np.ndarray, np.ndarray, Any]], widths_kept: bool = True) -> Int8Check:
+        """Sum up (float weight, int8 values, zero points or None) per layer; a reshaped layer lost width."""
+        same = [w.shape == q.shape for w, q, _ in layers]
+        kept = [bool((q[w == 0] == 0).all()) for (w, q, _), s in zip(layers, same) if s]
+        return cls(zeros_preserved=all(kept),
+                   zero_points_zero=all(zp is None or not np.asarray(zp).any() for _, _, zp in layers),
+                   widths_kept=widths_kept and all(same), layers=len(layers),
+                   float_zeros=sum(int((w == 0).sum()) for w, _, _ in layers),
+                   int8_zeros=sum(int((q == 0).sum()) for _, q, _ in layers),
+                   weight_count=sum(w.size for w, _, _ in layers))
 
 
 @dataclass(frozen=True)

@@ -133,20 +133,13 @@ def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
     weights = int8_weights(qmodel)
     float_layers = prunable_modules(float_model)
     assert set(weights) == set(float_layers), f"int8 layers {sorted(weights)}, float {sorted(float_layers)}"
-    preserved, zp_zero = True, True
-    float_zeros = int8_zeros = count = 0
+    layers = []
     for name, layer in float_layers.items():
-        w, q = layer.weight.detach(), weights[name]
-        ints = q.int_repr()
-        was_zero = w == 0
-        preserved &= bool((ints[was_zero] == 0).all())
-        zp = q.q_per_channel_zero_points() if q.qscheme() in (torch.per_channel_affine,
-                                                               torch.per_channel_symmetric) else q.q_zero_point()
-        zp_zero &= bool((torch.as_tensor(zp) == 0).all())
-        float_zeros += int(was_zero.sum())
-        int8_zeros += int((ints == 0).sum())
-        count += w.numel()
+        q = weights[name]
+        per_channel = q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        zp = q.q_per_channel_zero_points() if per_channel else q.q_zero_point()
+        layers.append((layer.weight.detach().numpy(), q.int_repr().numpy(), zp))
     convs = [m for m in qmodel.model.features if hasattr(m, "out_channels")]
     widths = [int(m.out_channels) for m in convs] == list(float_model.channels)
     widths &= int(qmodel.model.classifier[0].out_features) == float_model.classifier_width
-    return Int8Check(preserved, zp_zero, widths, len(weights), float_zeros, int8_zeros, count)
+    return Int8Check.tally(layers, widths)
