@@ -16,6 +16,7 @@ import torch
 from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import fold_masks, load_state_dict_model, write_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
+from lightning_prune.export.fakequant import share_onnx_weights
 from lightning_prune.export.figures import Forward
 from lightning_prune.export.int8 import Int8Check, Int8Settings, prepare
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
@@ -27,7 +28,6 @@ from lightning_prune.export.onnx_int8 import (
     quantize_onnx,
 )
 from lightning_prune.export.quantize import QuantizedVGG, check_int8, load_int8, pick_backend, quantize_int8
-from lightning_prune.export.sharing import share_onnx_weights
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import weight_sparsity
 from lightning_prune.results import atomic_torch_save
