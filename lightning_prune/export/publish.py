@@ -93,12 +93,6 @@ def discard(stage: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def remove_if_empty(folder: Path | None) -> None:
-    """A failed export removes the output folder it created, so no empty ``--out`` looks like an export."""
-    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
 def export_environment() -> dict[str, str]:
     versions = {}
     for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
