@@ -168,10 +168,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[str], Int8Settings, list[Pa
 
 def _export_all(args: argparse.Namespace, paths: list[Path], out: Path, formats: list[str], settings: Int8Settings
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every run exported into a staging folder, then published unless the int8 gate refused it: (published, refused).
-
-    Only once every variant is checked do their files replace the earlier ones; nothing of a refused one is published.
-    """
+    """Every run exported into a staging folder, then (once all are checked) published unless the int8 gate
+    refused it: (published, refused)."""
     entries: list[dict[str, Any]] = []
     try:
         for ref, p in zip(args.run, paths):

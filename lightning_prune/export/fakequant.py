@@ -64,11 +64,8 @@ class WeightQuant(nn.Module):
 
 
 class ActivationQuant:
-    """A forward pre-hook that rounds a layer's input to uint8 over the range it has seen.
-
-    ``observing``: only widen the range (calibration); ``momentum`` > 0 while gradients are on
-    (training): the range follows each batch's min/max as a moving average (as torch's MovingAverageMinMaxObserver).
-    """
+    """A forward pre-hook that rounds a layer's input to uint8 over the range it has seen; ``observing``:
+    only widen it (calibration); ``momentum`` > 0 in training: follow batch min/max as a moving average."""
 
     def __init__(self) -> None:
         self.low, self.high, self.observing, self.momentum = float("inf"), float("-inf"), True, 0.0
@@ -86,11 +83,8 @@ class ActivationQuant:
 
 
 class Int8Simulation:
-    """A copy of ``model`` (plain VGG, masks folded) that computes as its int8 form would.
-
-    ``weights`` and ``activations`` (inputs, calibrate first) of the chosen ``layers`` (default: every conv
-    and linear) are rounded; ``share_bits``: the int8 weights' sharing (0: none).
-    """
+    """A copy of ``model`` (plain VGG, masks folded) that computes as its int8 form would: ``weights``
+    and ``activations`` (calibrate first) of ``layers`` (default: all conv and linear) rounded."""
 
     def __init__(self, model: nn.Module, weights: bool = True, activations: bool = True,
                  layers: Iterable[str] | None = None, share_bits: int = 0) -> None:

@@ -29,35 +29,28 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
                   method: str = "minmax") -> Path:
     """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the batches by
     ``method``, one of :data:`lightning_prune.names.CALIBRATIONS`."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime import quantization as ortq
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Batches(CalibrationDataReader):
-        def __init__(self, batches: list[np.ndarray]) -> None:
-            self.batches = batches
+    class Batches(ortq.CalibrationDataReader):
+        def __init__(self) -> None:
             self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
 
         def rewind(self) -> None:
-            self.feeds = iter([{INPUT_NAME: b} for b in self.batches])
+            self.feeds = iter([{INPUT_NAME: b} for b in batches])
 
     batches = [np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for x in calibration]
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(dir=out_path.parent) as work:
         prepared, staged = Path(work) / "prepared.onnx", Path(work) / out_path.name
         quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
-        quantize_static(str(prepared), str(staged), Batches(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        ortq.quantize_static(
+            str(prepared), str(staged), Batches(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+            weight_type=ortq.QuantType.QInt8, activation_type=ortq.QuantType.QUInt8,
+            calibrate_method=getattr(ortq.CalibrationMethod, ORT_CALIBRATION[method]),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         atomic_write_bytes(out_path, staged.read_bytes())
     return out_path
 
