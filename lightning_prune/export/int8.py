@@ -97,23 +97,15 @@ def _pairs(model: VGG) -> list[tuple[nn.Module, nn.Module | None, nn.Module]]:
     return pairs
 
 
-def _out_scale(producer: nn.Module, bn: nn.Module | None) -> torch.Tensor:
-    """The factor BatchNorm applies to each output channel (1 without BatchNorm)."""
-    if bn is None:
-        return torch.ones(producer.weight.shape[0], dtype=producer.weight.dtype)
-    return bn.weight / torch.sqrt(bn.running_var + bn.eps)
-
-
 def output_ranges(producer: nn.Module, bn: nn.Module | None) -> torch.Tensor:
-    """Max |weight| of each output channel of ``producer`` with ``bn`` folded in."""
+    """Max |weight| of each output channel of ``producer`` with ``bn``'s per-channel factor folded in."""
     w = producer.weight.detach().flatten(1).abs().amax(1)
-    return w * _out_scale(producer, bn).detach().abs()
+    return w if bn is None else w * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().abs()
 
 
 def input_ranges(consumer: nn.Module) -> torch.Tensor:
     """Max |weight| over each input channel of ``consumer`` (a conv's or linear's column)."""
-    w = consumer.weight.detach()
-    return w.transpose(0, 1).flatten(1).abs().amax(1)
+    return consumer.weight.detach().transpose(0, 1).flatten(1).abs().amax(1)
 
 
 @torch.no_grad()
