@@ -33,13 +33,11 @@ from typing import Any
 import torch
 
 from lightning_prune.export import fold_masks, load_checkpoint_model, quantize_int8
-from lightning_prune.export.equalize import equalize, input_ranges
-from lightning_prune.export.fakequant import Int8Simulation
+from lightning_prune.export.fakequant import Int8Simulation, qat_finetune, share_onnx_weights
 from lightning_prune.export.figures import top1
+from lightning_prune.export.int8 import equalize, input_ranges
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
 from lightning_prune.export.onnx_int8 import compressed_size_mb, quantize_onnx
-from lightning_prune.export.qat import qat_finetune
-from lightning_prune.export.sharing import share_onnx_weights
 from lightning_prune.export.sources import datamodule, recorded
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.pruning.layers import prunable_modules

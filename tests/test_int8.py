@@ -17,11 +17,15 @@ import torch
 from lightning_prune.data import ImageDataModule
 from lightning_prune.export import ExportError, Int8Settings, fold_masks
 from lightning_prune.export.cli import main as export_main
-from lightning_prune.export.equalize import _pairs, equalize, input_ranges, output_ranges
-from lightning_prune.export.fakequant import Int8Simulation, fake_quant_activation, fake_quant_weight
-from lightning_prune.export.int8 import gate, refusal
-from lightning_prune.export.qat import qat_finetune
-from lightning_prune.export.sharing import share, shared_levels
+from lightning_prune.export.fakequant import (
+    Int8Simulation,
+    fake_quant_activation,
+    fake_quant_weight,
+    qat_finetune,
+    share,
+    shared_levels,
+)
+from lightning_prune.export.int8 import _pairs, equalize, gate, input_ranges, output_ranges, refusal
 from lightning_prune.models import VGG, scaled_channels
 from lightning_prune.module import ImageClassifier
 from lightning_prune.pruning.layers import prunable_modules

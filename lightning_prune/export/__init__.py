@@ -1,7 +1,6 @@
 """Hand-off of a pruned model: plain state dict + JSON sidecar, ONNX, and int8, each reloaded and checked.
 
-``lightning-prune export`` (:mod:`lightning_prune.export.cli`) drives it from a checkpoint or a run
-reference; the functions below have no Lightning imports.
+``lightning-prune export`` (:mod:`lightning_prune.export.cli`) drives it; these functions need no Lightning.
 """
 
 from lightning_prune.errors import ExportError
@@ -15,7 +14,6 @@ from lightning_prune.export.quantize import check_int8, load_int8, quantize_int8
 
 __all__ = [
     "FORMATS", "CheckpointModel", "ExportError", "ExportResult", "Int8Settings", "check_int8", "export_checkpoint",
-    "export_model",
-    "fold_masks", "handoff_figures", "load_checkpoint_model", "load_compressed", "load_int8", "load_state_dict_model",
-    "quantize_int8", "quantize_onnx", "read_sidecar",
+    "export_model", "fold_masks", "handoff_figures", "load_checkpoint_model", "load_compressed", "load_int8",
+    "load_state_dict_model", "quantize_int8", "quantize_onnx", "read_sidecar",
 ]

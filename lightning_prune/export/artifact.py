@@ -1,7 +1,6 @@
 """The ``state_dict`` artifact: plain dense weights (masks folded to exact zeros) plus a JSON sidecar.
 
-The sidecar is all a consumer needs: the three architecture numbers of ``vgg16_bn``, the input it
-expects, what the weights came from (task, method, sparsity, accuracy, source) and the variant's other files.
+All a consumer needs is in the sidecar: ``vgg16_bn``'s architecture numbers, its input, the weights' origin.
 """
 
 from __future__ import annotations
@@ -27,17 +26,6 @@ def fold_masks(model: VGG) -> VGG:
     return make_permanent(copy_model(model)).eval()
 
 
-def architecture(model: VGG) -> dict[str, Any]:
-    """What ``vgg16_bn`` needs to rebuild ``model``: class count, 13 conv widths, classifier width."""
-    return {
-        "name": "vgg16_bn",
-        "num_classes": int(model.num_classes),
-        "channels": [int(c) for c in model.channels],
-        "classifier_width": int(model.classifier_width),
-        "input_shape": list(INPUT_SHAPE),
-    }
-
-
 SUFFIXES = (".int8.onnx.xz", ".int8.onnx", ".int8.pt", ".pt", ".onnx", ".json")
 
 
@@ -56,8 +44,11 @@ def write_json(path: str | Path, doc: Any) -> Path:
 
 def write_sidecar(path: str | Path, model: VGG, metadata: dict[str, Any], files: dict[str, str]) -> Path:
     """Write the variant's JSON description (atomically); ``files`` maps format to file name beside it."""
+    arch = {"name": "vgg16_bn", "num_classes": int(model.num_classes),
+            "channels": [int(c) for c in model.channels], "classifier_width": int(model.classifier_width),
+            "input_shape": list(INPUT_SHAPE)}
     return write_json(path, {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
-                             "architecture": architecture(model), "metadata": metadata, "files": files})
+                             "architecture": arch, "metadata": metadata, "files": files})
 
 
 def update_sidecar(path: str | Path, metadata: dict[str, Any]) -> Path:

@@ -1,7 +1,6 @@
 """A Lightning checkpoint of ``ImageClassifier`` read back as a plain VGG, without Lightning.
 
-The architecture is read off the weights' shapes, so dense, masked and channel-pruned checkpoints (and a
-bare ``VGG.state_dict()``) all rebuild the same way.
+The architecture is read off the weights' shapes: dense, masked and channel-pruned checkpoints rebuild alike.
 """
 
 from __future__ import annotations
@@ -37,11 +36,8 @@ class CheckpointModel:
 
     @property
     def channel_pruned(self) -> bool:
-        """Narrower than the network the run started from.
-
-        The ``ChannelPruning`` callback's saved state names the dense widths; without it, widths
-        that are not VGG16's scaled by one factor (what ``width_multiplier`` builds) count as pruned.
-        """
+        """Narrower than the network the run started from (ChannelPruning's saved dense widths, else
+        widths that are not VGG16's scaled by one factor)."""
         for name, state in self.callbacks.items():
             if name.startswith("ChannelPruning") and isinstance(state, dict) and state.get("dense_channels"):
                 return list(state["dense_channels"]) != list(self.model.channels)
@@ -68,9 +64,7 @@ class CheckpointModel:
 def load_checkpoint_model(path: str | Path, option: str = "--run") -> CheckpointModel:
     """Rebuild the VGG of a checkpoint of ``ImageClassifier`` (or a bare state dict) with its masks.
 
-    As ``ImageClassifier.on_load_checkpoint`` does. A missing or unreadable file, or one that holds no
-    VGG16-BN of this package, is one line naming ``option`` (the option that named the file).
-    """
+    A file that holds no VGG16-BN of this package is one error line naming ``option``."""
     ckpt = read_checkpoint(path, option)
     raw = ckpt.get("state_dict", ckpt)
     if not isinstance(raw, dict) or not raw:

@@ -22,14 +22,7 @@ from lightning_prune.export.figures import handoff_figures
 from lightning_prune.export.int8 import Int8Settings, gate, refusal
 from lightning_prune.export.onnx_export import ONNX_MODULES, require
 from lightning_prune.export.pipeline import ATOL, FORMATS, export_checkpoint
-from lightning_prune.export.publish import (
-    HANDOFF_TABLE,
-    discard,
-    publish,
-    remove_if_empty,
-    staging,
-    write_handoff,
-)
+from lightning_prune.export.publish import HANDOFF_TABLE, discard, publish, staging, write_handoff
 from lightning_prune.export.sources import DATASETS, datamodule, default_out, recorded, variant_name
 from lightning_prune.names import CALIBRATIONS
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
@@ -175,10 +168,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[str], Int8Settings, list[Pa
 
 def _export_all(args: argparse.Namespace, paths: list[Path], out: Path, formats: list[str], settings: Int8Settings
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every run exported into a staging folder, then published unless the int8 gate refused it: (published, refused).
-
-    Only once every variant is checked do their files replace the earlier ones; nothing of a refused one is published.
-    """
+    """Every run exported into a staging folder, then (once all are checked) published unless the int8 gate
+    refused it: (published, refused)."""
     entries: list[dict[str, Any]] = []
     try:
         for ref, p in zip(args.run, paths):
@@ -214,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except ConfigError as err:
-        remove_if_empty(made)
+        if made is not None and made.is_dir() and not any(made.iterdir()):
+            made.rmdir()  # no empty --out folder looks like an export
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for entry in refused:

@@ -29,35 +29,28 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: Iterable[torch.
                   method: str = "minmax") -> Path:
     """Write the int8 QDQ model of ``float_path`` to ``out_path`` (atomically), calibrated on the batches by
     ``method``, one of :data:`lightning_prune.names.CALIBRATIONS`."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime import quantization as ortq
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Batches(CalibrationDataReader):
-        def __init__(self, batches: list[np.ndarray]) -> None:
-            self.batches = batches
+    class Batches(ortq.CalibrationDataReader):
+        def __init__(self) -> None:
             self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
 
         def rewind(self) -> None:
-            self.feeds = iter([{INPUT_NAME: b} for b in self.batches])
+            self.feeds = iter([{INPUT_NAME: b} for b in batches])
 
     batches = [np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for x in calibration]
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(dir=out_path.parent) as work:
         prepared, staged = Path(work) / "prepared.onnx", Path(work) / out_path.name
         quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
-        quantize_static(str(prepared), str(staged), Batches(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        ortq.quantize_static(
+            str(prepared), str(staged), Batches(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+            weight_type=ortq.QuantType.QInt8, activation_type=ortq.QuantType.QUInt8,
+            calibrate_method=getattr(ortq.CalibrationMethod, ORT_CALIBRATION[method]),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         atomic_write_bytes(out_path, staged.read_bytes())
     return out_path
 
@@ -69,23 +62,12 @@ def check_onnx_int8(float_path: Path, int8_path: Path) -> Int8Check:
 
     floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(float_path)).graph.initializer}
     ints = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8_path)).graph.initializer}
-    preserved = zp_zero = widths = True
-    layers = float_zeros = int8_zeros = count = 0
+    layers = []
     for name, q in ints.items():
-        base = name.removesuffix("_quantized")
-        if not name.endswith("_quantized") or q.dtype != np.int8 or base not in floats or floats[base].ndim < 2:
-            continue  # biases (int32), activations: not weights
-        w = floats[base]
-        layers += 1
-        widths &= tuple(q.shape) == tuple(w.shape)
-        if tuple(q.shape) == tuple(w.shape):
-            preserved &= bool((q[w == 0] == 0).all())
-        zp = ints.get(f"{base}_zero_point")
-        zp_zero &= zp is None or bool((np.asarray(zp) == 0).all())
-        float_zeros += int((w == 0).sum())
-        int8_zeros += int((q == 0).sum())
-        count += w.size
-    return Int8Check(preserved, zp_zero, widths, layers, float_zeros, int8_zeros, count)
+        base = name.removesuffix("_quantized")  # not biases (int32) nor activations
+        if name.endswith("_quantized") and q.dtype == np.int8 and base in floats and floats[base].ndim >= 2:
+            layers.append((floats[base], q, ints.get(f"{base}_zero_point")))
+    return Int8Check.tally(layers)
 
 
 def _xz(path: Path) -> bytes:

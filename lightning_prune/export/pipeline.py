@@ -1,7 +1,6 @@
 """Export one pruned model: write each requested format, reload what was written, compare outputs.
 
-An artifact that does not reproduce its source model on a real batch is an error, not a warning:
-the hand-off must run the network that was measured.
+A file not reproducing its source on a real batch is an error: the hand-off runs what was measured.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import torch
 from lightning_prune.errors import ExportError
 from lightning_prune.export.artifact import fold_masks, load_state_dict_model, write_sidecar
 from lightning_prune.export.checkpoint import CheckpointModel, load_checkpoint_model
+from lightning_prune.export.fakequant import share_onnx_weights
 from lightning_prune.export.figures import Forward
 from lightning_prune.export.int8 import Int8Check, Int8Settings, prepare
 from lightning_prune.export.onnx_export import export_onnx, onnx_runner, onnx_session
@@ -27,14 +27,7 @@ from lightning_prune.export.onnx_int8 import (
     load_compressed,
     quantize_onnx,
 )
-from lightning_prune.export.quantize import (
-    QuantizedVGG,
-    check_int8,
-    load_int8,
-    pick_backend,
-    quantize_int8,
-)
-from lightning_prune.export.sharing import share_onnx_weights
+from lightning_prune.export.quantize import QuantizedVGG, check_int8, load_int8, pick_backend, quantize_int8
 from lightning_prune.models import VGG
 from lightning_prune.pruning.layers import weight_sparsity
 from lightning_prune.results import atomic_torch_save
@@ -100,11 +93,8 @@ def export_model(
     int8: Int8Settings | None = None,
     train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> ExportResult:
-    """Write ``<variant>.json`` plus ``formats`` (``state_dict``: ``.pt``, ``onnx``) into ``out_dir``, each checked.
-
-    Every reloaded artifact must reproduce ``source`` (not modified) within ``atol`` on ``check_batch`` (real
-    images, N >= 2), or ExportError. ``calibration_batches`` (None: no int8) calibrate the ``int8`` recipe.
-    """
+    """Write ``<variant>.json`` plus ``formats`` into ``out_dir``; each reload must reproduce ``source``
+    within ``atol`` on ``check_batch`` (N >= 2). ``calibration_batches`` (None: no int8) calibrate int8."""
     assert set(formats) <= set(FORMATS) and check_batch.dim() == 4 and len(check_batch) >= 2
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     source = source.cpu().eval()
@@ -179,9 +169,8 @@ def _int8_onnx(result: ExportResult, source: Path, calibration: list[torch.Tenso
 def export_checkpoint(checkpoint: str | Path | CheckpointModel, out_dir: str | Path, formats: Sequence[str],
                       check_batch: torch.Tensor, variant: str | None = None, metadata: dict[str, Any] | None = None,
                       **options: Any) -> ExportResult:
-    """:func:`export_model` for a checkpoint of ``ImageClassifier`` (its file or a loaded :class:`CheckpointModel`).
-
-    The sidecar's metadata starts from what the checkpoint records; ``options`` go to :func:`export_model`."""
+    """:func:`export_model` for a checkpoint of ``ImageClassifier`` (file or :class:`CheckpointModel`), its
+    sidecar's metadata starting from what the checkpoint records."""
     ck = checkpoint if isinstance(checkpoint, CheckpointModel) else load_checkpoint_model(checkpoint)
     info = {"task": ck.task, "method": ck.method, "structure": ck.structure, "source_checkpoint": str(ck.path),
             "lineage": [step.get("task") for step in ck.lineage],

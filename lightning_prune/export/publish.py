@@ -47,12 +47,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_abandoned(out: Path, legacy_age_s: float = 3600.0) -> list[Path]:
-    """Remove the staging folders whose export process is gone (a kill leaves them); returns them.
-
-    Folders named before the process id was part of the name are removed once ``legacy_age_s`` old.
-    """
-    removed = []
+def remove_abandoned(out: Path, legacy_age_s: float = 3600.0) -> None:
+    """Remove the staging folders whose export process is gone (a kill leaves them); those named before
+    the process id was part of the name once ``legacy_age_s`` old."""
     for folder in out.glob(f"{STAGING_PREFIX}*"):
         found = _STAGED.search(folder.name)
         if found:
@@ -60,9 +57,7 @@ def remove_abandoned(out: Path, legacy_age_s: float = 3600.0) -> list[Path]:
         else:
             gone = time.time() - folder.stat().st_mtime > legacy_age_s
         if gone and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+            discard(folder)
 
 
 def variant_files(folder: Path, variant: str) -> list[Path]:
@@ -71,10 +66,8 @@ def variant_files(folder: Path, variant: str) -> list[Path]:
 
 
 def publish(stage: Path, out: Path, variant: str) -> dict[str, Path]:
-    """Move the staged files of ``variant`` into ``out`` (sidecar last) and remove its stale files there.
-
-    Returns each staged path's new path.
-    """
+    """Move the staged files of ``variant`` into ``out`` (sidecar last), remove its stale files there;
+    returns each staged path's new path."""
     staged = variant_files(stage, variant)
     names = {p.name for p in staged}
     for old in variant_files(out, variant):
@@ -85,18 +78,13 @@ def publish(stage: Path, out: Path, variant: str) -> dict[str, Path]:
         target = out / path.name
         os.replace(path, target)
         moved[str(path)] = target
-    shutil.rmtree(stage, ignore_errors=True)
+    discard(stage)
     return moved
 
 
 def discard(stage: Path) -> None:
+    """Remove a staging folder and what it holds."""
     shutil.rmtree(stage, ignore_errors=True)
-
-
-def remove_if_empty(folder: Path | None) -> None:
-    """A failed export removes the output folder it created, so no empty ``--out`` looks like an export."""
-    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def export_environment() -> dict[str, str]:
@@ -112,10 +100,8 @@ def export_environment() -> dict[str, str]:
 
 def write_handoff(out: Path, entries: list[dict[str, Any]], argv: list[str],
                   refused: list[dict[str, Any]] = ()) -> Path:
-    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``.
-
-    ``refused``: variants the int8 gate turned down, with their figures and the reason (no files).
-    """
+    """Write (or update: variants of the same name are replaced) ``handoff.json`` and ``handoff.md``;
+    ``refused``: the variants the int8 gate turned down, with their figures and the reason."""
     path = out / HANDOFF_FILE
     try:
         old = json.loads(path.read_text()) if path.is_file() else {}

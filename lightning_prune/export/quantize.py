@@ -1,8 +1,7 @@
 """int8 post-training static quantization of the VGG, and the checks that it kept the pruning.
 
-Eager-mode ``torch.ao.quantization`` (fusion, prepare, calibration, convert): in torch 2.14 the one path
-with real int8 CPU kernels and no extra package (torchao's PT2E needs ``torch.compile``; docs/deploy.md).
-Symmetric per-channel weights keep an exact 0.0 at int 0; BN folding and fusion keep zeros and widths.
+Eager-mode ``torch.ao.quantization``: in torch 2.14 the one path with real int8 CPU kernels and no extra
+package (docs/deploy.md). Symmetric per-channel weights keep 0.0 at int 0; BN folding keeps zeros and widths.
 """
 
 from __future__ import annotations
@@ -70,10 +69,9 @@ def prepared(model: VGG, backend: str) -> QuantizedVGG:
     from torch.ao import quantization as tq
 
     wrapper = QuantizedVGG(copy.deepcopy(model)).eval()
-    with _quiet():
-        tq.fuse_modules(wrapper, fusion_groups(wrapper.model), inplace=True)
-        wrapper.qconfig = tq.get_default_qconfig(backend)
-        tq.prepare(wrapper, inplace=True)
+    tq.fuse_modules(wrapper, fusion_groups(wrapper.model), inplace=True)
+    wrapper.qconfig = tq.get_default_qconfig(backend)
+    tq.prepare(wrapper, inplace=True)
     return wrapper
 
 
@@ -81,8 +79,7 @@ def _convert(wrapper: QuantizedVGG, backend: str) -> QuantizedVGG:
     from torch.ao import quantization as tq
 
     torch.backends.quantized.engine = backend  # packs the int8 weights for this engine's kernels
-    with _quiet():
-        tq.convert(wrapper, inplace=True)
+    tq.convert(wrapper, inplace=True)
     return wrapper
 
 
@@ -94,25 +91,20 @@ def quantize_int8(
 
     It sets ``torch.backends.quantized.engine`` (``backend``: default x86 where available), which must stay."""
     backend = pick_backend(backend)
-    wrapper = prepared(model.cpu().eval(), backend)
     with _quiet():
+        wrapper = prepared(model.cpu().eval(), backend)
         for x in calibration_batches:
             wrapper(x.cpu())
-    return _convert(wrapper, backend)
+        return _convert(wrapper, backend)
 
 
-def load_int8(path: str | Path, float_skeleton: VGG | None = None, backend: str | None = None) -> QuantizedVGG:
-    """Rebuild the int8 model from ``<variant>.int8.pt``: an untrained VGG of the sidecar's widths, converted,
-    takes every int8 weight, scale and zero point from the file."""
-    if float_skeleton is None or backend is None:
-        doc = read_sidecar(path)
-        float_skeleton = float_skeleton if float_skeleton is not None else build_from_sidecar(doc)
-        backend = backend or (doc.get("metadata", {}).get("int8") or {}).get("backend")
-    backend = pick_backend(backend)
-    wrapper = _convert(prepared(float_skeleton.cpu().eval(), backend), backend)
+def load_int8(path: str | Path, backend: str | None = None) -> QuantizedVGG:
+    """The int8 model of ``<variant>.int8.pt``: a converted VGG of the sidecar's widths, with its weights."""
+    doc = read_sidecar(path)
+    backend = pick_backend(backend or (doc.get("metadata", {}).get("int8") or {}).get("backend"))
     with _quiet():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        wrapper.load_state_dict(state, strict=True)
+        wrapper = _convert(prepared(build_from_sidecar(doc), backend), backend)
+        wrapper.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return wrapper.eval()
 
 
@@ -133,20 +125,13 @@ def check_int8(float_model: VGG, qmodel: QuantizedVGG) -> Int8Check:
     weights = int8_weights(qmodel)
     float_layers = prunable_modules(float_model)
     assert set(weights) == set(float_layers), f"int8 layers {sorted(weights)}, float {sorted(float_layers)}"
-    preserved, zp_zero = True, True
-    float_zeros = int8_zeros = count = 0
+    layers = []
     for name, layer in float_layers.items():
-        w, q = layer.weight.detach(), weights[name]
-        ints = q.int_repr()
-        was_zero = w == 0
-        preserved &= bool((ints[was_zero] == 0).all())
-        zp = q.q_per_channel_zero_points() if q.qscheme() in (torch.per_channel_affine,
-                                                               torch.per_channel_symmetric) else q.q_zero_point()
-        zp_zero &= bool((torch.as_tensor(zp) == 0).all())
-        float_zeros += int(was_zero.sum())
-        int8_zeros += int((ints == 0).sum())
-        count += w.numel()
+        q = weights[name]
+        per_channel = q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        zp = q.q_per_channel_zero_points() if per_channel else q.q_zero_point()
+        layers.append((layer.weight.detach().numpy(), q.int_repr().numpy(), zp))
     convs = [m for m in qmodel.model.features if hasattr(m, "out_channels")]
     widths = [int(m.out_channels) for m in convs] == list(float_model.channels)
     widths &= int(qmodel.model.classifier[0].out_features) == float_model.classifier_width
-    return Int8Check(preserved, zp_zero, widths, len(weights), float_zeros, int8_zeros, count)
+    return Int8Check.tally(layers, widths)

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_prune.checkpoint_io import checkpoint_record, from_finished_run
+from lightning_prune.data import DATASETS, NUM_CLASSES, ImageDataModule
 from lightning_prune.errors import ExportError
 from lightning_prune.export.checkpoint import CheckpointModel
 from lightning_prune.runs import CHECKPOINTS
-
-DATASETS = ("digits", "cifar10", "cifar100")
 
 
 def run_parts(path: Path) -> tuple[str, str | None]:
@@ -26,10 +25,7 @@ def run_parts(path: Path) -> tuple[str, str | None]:
 
 
 def variant_name(path: Path) -> str:
-    """``<experiment>_v<N>`` for a run's ``last.ckpt`` (``_<stem>`` added for its other checkpoints), else the stem.
-
-    Two runs never share a name, so exports of several runs (or versions) into one folder never mix.
-    """
+    """``<experiment>_v<N>`` (plus ``_<stem>`` but for ``last.ckpt``), else the stem: runs never share one."""
     experiment, version = run_parts(path)
     if version is None:
         return experiment
@@ -46,9 +42,7 @@ def default_out(path: Path, logs: Path) -> Path:
 
 
 def recorded(path: Path, logs: Path) -> dict[str, Any]:
-    """What the experiment's results.json files say about this exact file (same path and SHA-256).
-
-    One that names the path with another hash measured an earlier content: a note, not its figures."""
+    """What the experiment's results.json files say about this exact file (same path and SHA-256)."""
     record = checkpoint_record(path)
     experiment, _ = run_parts(path)
     info: dict[str, Any] = {"checkpoint": {**record, "finished": from_finished_run(path)}, "measured_in": None}
@@ -79,12 +73,8 @@ def recorded(path: Path, logs: Path) -> dict[str, Any]:
 
 def datamodule(args: argparse.Namespace, ck: CheckpointModel):
     """The test and training images the checkpoint was trained on (options override the checkpoint's)."""
-    from lightning_prune.data import NUM_CLASSES, ImageDataModule
-
     saved = ck.data_hparams
-    dataset = args.dataset or saved.get("dataset")
-    if dataset is None:
-        dataset = "cifar100" if ck.model.num_classes == 100 else None
+    dataset = args.dataset or saved.get("dataset") or ("cifar100" if ck.model.num_classes == 100 else None)
     if dataset is None:
         raise ExportError(f"--dataset: {ck.path} does not record its dataset; choose one of {', '.join(DATASETS)}")
     if NUM_CLASSES[dataset] != ck.model.num_classes:
