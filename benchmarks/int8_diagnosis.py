@@ -101,7 +101,6 @@ def diagnose(ref: str, logs: str = "logs", qat_epochs: int = 1) -> dict[str, Any
     ck = load_checkpoint_model(path)
     ns = argparse.Namespace(dataset=None, data_dir=None, download=None, verify_checksums=None, batch_size=None)
     dm = datamodule(ns, ck)
-    dm.setup("test")
     test = list(dm.test_dataloader())
     images = torch.cat([x for x, _ in dm.train_eval_dataloader()])[:CALIBRATION_IMAGES]
     calibration = list(images.split(dm.batch_size))

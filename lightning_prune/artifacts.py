@@ -1,9 +1,4 @@
-"""The files a run writes besides results.json, in one place: only the recorder callback calls the writers.
-
-- ``sensitivity.csv`` / ``sensitivity.png``: the 1a sweep's curves (one row per layer, one column per level);
-- ``masks.pt``, ``sparse_coo.pt``, ``coo_check.json``: a masked model's masks, its torch.sparse COO weights
-  reloaded and checked against the masks;
-- ``channels.csv`` / ``channels.json``: the channels each conv kept after channel pruning.
+"""The files a run writes besides results.json (listed in docs/runs.md); only the recorder calls the writers.
 
 Every file is written whole or not at all (a temporary file renamed into place).
 """
@@ -43,10 +38,8 @@ CHANNEL_COLUMNS = ("layer", "in_dense", "in_kept", "out_dense", "out_kept", "sam
 def save_curves_csv(curves: dict[str, list[float]], sparsities: Sequence[float], path: str | Path) -> Path:
     """One row per layer, one column per sparsity level (top-1 %)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["layer", *(f"{s:g}" for s in sparsities)])
-    for name, accs in curves.items():
-        writer.writerow([name, *(f"{a:.4f}" for a in accs)])
+    csv.writer(buffer).writerows([["layer", *(f"{s:g}" for s in sparsities)],
+                                  *([name, *(f"{a:.4f}" for a in accs)] for name, accs in curves.items())])
     atomic_write_bytes(path, buffer.getvalue().encode())
     return Path(path)
 
@@ -130,16 +123,10 @@ def export_sparse(model: nn.Module, out_dir: str | Path) -> SparseExport:
     check = {"mismatches": sum(mismatches.values()), "layers": mismatches}
     atomic_write_bytes(check_path, (json.dumps(check, indent=2) + "\n").encode())
     device = next(permanent.parameters()).device
-    return SparseExport(
-        masks_path=masks_path,
-        sparse_path=sparse_path,
-        check_path=check_path,
-        mismatches=mismatches,
-        permanent=permanent,
-        sparse=load_sparse_model(permanent, saved).to(device),
-        densified=load_sparse_model(permanent, saved, densify_once=True).to(device),
-        layers=list(pruned),
-    )
+    return SparseExport(masks_path, sparse_path, check_path, mismatches, permanent,
+                        sparse=load_sparse_model(permanent, saved).to(device),
+                        densified=load_sparse_model(permanent, saved, densify_once=True).to(device),
+                        layers=list(pruned))
 
 
 # --- channels kept ------------------------------------------------------------------------------

@@ -1,10 +1,7 @@
 """Checkpoint files: reading them with one-line errors, and naming exactly which file a result measured.
 
-A fit writes ``last.ckpt`` (its newest weights) after every epoch and, only when it ends normally,
-``finished.json`` beside it: the epoch, step and SHA-256 of the final ``last.ckpt``. A run without that
-marker was killed or failed, so ``run:`` references skip it. results.json and the hand-off record the
-same fields for the file they measured, so anyone can check that a file is the one the figures describe.
-No Lightning imports.
+``finished.json`` (epoch, step and SHA-256 of the final ``last.ckpt``) marks a fit that ended normally;
+results.json and the hand-off record the same fields for the file they measured. No Lightning imports.
 """
 
 from __future__ import annotations

@@ -164,9 +164,6 @@ class PruneCLI(LightningCLI):
         model = cfg.model
         if not isinstance(model.pretrained, str) or not model.pretrained:
             return
-        if model.channels is None and not (isinstance(model.width_multiplier, (int, float))
-                                           and model.width_multiplier > 0):
-            return  # the model names the bad multiplier itself
         channels = list(model.channels) if model.channels is not None else scaled_channels(model.width_multiplier)
         check_starting_point(model.pretrained, config_task(cfg), channels, model.classifier_width)
 
@@ -195,9 +192,7 @@ class PruneCLI(LightningCLI):
             placed = [{"class_path": RUN_LOGGER, "init_args": {}}]
             entries = [*placed, *entries]
         entry = placed[0]
-        if entry.get("init_args") is None:
-            entry["init_args"] = {}
-        init_args = entry["init_args"]
+        init_args = entry["init_args"] = {} if entry.get("init_args") is None else entry["init_args"]
         name = init_args.get("name")
         if name not in DEFAULT_LOGGER_NAMES and name != spec.experiment:
             raise ConfigError(

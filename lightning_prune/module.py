@@ -13,6 +13,7 @@ from lightning_prune.errors import ConfigError
 from lightning_prune.models import scaled_channels, vgg16_bn, vgg_from_state
 from lightning_prune.models.pretrained import read_pretrained
 from lightning_prune.models.vgg import VGG16_CHANNELS
+from lightning_prune.options import PositiveFloat
 from lightning_prune.pruning.unstructured import restore_masks
 
 STAGES = ("train", "val", "test")
@@ -43,25 +44,22 @@ class ImageClassifier(L.LightningModule):
         self,
         num_classes: int = 10,
         channels: list[int] | None = None,
-        width_multiplier: float = 1.0,
+        width_multiplier: PositiveFloat = 1.0,
         classifier_width: int = 512,
         pretrained: bool | str = False,
-        lr: float = 0.1,
+        lr: PositiveFloat = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         nesterov: bool = True,
         cosine_schedule: bool = True,
     ) -> None:
         super().__init__()
-        if width_multiplier <= 0:
-            raise ConfigError(f"model.width_multiplier must be > 0, got {width_multiplier}")
-        if lr <= 0:
-            raise ConfigError(f"model.lr must be > 0, got {lr}")
         if channels is None:
             channels = scaled_channels(width_multiplier)
         if len(channels) != len(VGG16_CHANNELS) or any(isinstance(c, bool) or int(c) < 1 for c in channels):
             raise ConfigError(f"model.channels: {len(VGG16_CHANNELS)} conv widths >= 1 (null: VGG16's times "
                               f"width_multiplier), got {len(channels)}: {list(channels)}")
+        width_multiplier, lr = float(width_multiplier), float(lr)  # checkpoints load builtin types only
         self.save_hyperparameters(ignore=["pretrained"])
         # The pruning steps the pretrained weights went through (channel pruning before this 1a, say).
         self.lineage: list[dict[str, Any]] = []

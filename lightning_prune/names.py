@@ -45,11 +45,8 @@ TASK_VARIANT: dict[str, str] = {"baseline": DENSE, "unstructured": MASKED, "gras
 
 # What each task's ``target_sparsity`` counts (the report's header states it).
 TARGET_MEANING: dict[str, str] = {
-    "unstructured": "share of conv and linear weights zeroed",
-    "grasp": "share of conv and linear weights zeroed",
-    "snip": "share of conv and linear weights zeroed",
-    "channel": "share of the dense model's parameters removed (channels cut out, hidden linear weights zeroed)",
-}
+    **dict.fromkeys(("unstructured", "grasp", "snip"), "share of conv and linear weights zeroed"),
+    "channel": "share of the dense model's parameters removed (channels cut out, hidden linear weights zeroed)"}
 
 # The pruning callback of each task (StagedPruning's task follows its method).
 CALLBACK_TASK: dict[str, str] = {"MagnitudePruning": "unstructured", "ChannelPruning": "channel"}

@@ -1,10 +1,7 @@
 """Run references: ``run:<experiment>[/version_N][:last|:best]`` to the checkpoint file they name.
 
-``run:<experiment>`` is the final model (``last.ckpt``) of the experiment's newest run that finished;
-newer runs that did not finish are skipped and named. ``/version_N`` picks that run, finished or not
-(with a note when it did not finish). ``:best`` is the best checkpoint that run's monitored
-``ModelCheckpoint`` kept, looked up in the run's own ``checkpoints/`` folder (so a copied or moved
-folder resolves to its own files). No Lightning imports.
+What each form picks is in docs/runs.md; ``:best`` is looked up in the run's own ``checkpoints/`` folder, so
+a copied or moved folder resolves to its own files. No Lightning imports.
 """
 
 from __future__ import annotations
@@ -72,11 +69,6 @@ def resolve(ref: str, logs: str | Path = "logs") -> Resolved:
     run_dir = folder / f"version_{chosen}" / CHECKPOINTS
     path = run_dir / LAST_CHECKPOINT if which == "last" else best_checkpoint(run_dir, ref)
     return Resolved(path, chosen in finished, notes)
-
-
-def resolve_reference(ref: str, logs: str | Path = "logs") -> Path:
-    """:func:`resolve`'s path alone."""
-    return resolve(ref, logs).path
 
 
 def best_checkpoint(run_dir: Path, ref: str) -> Path:

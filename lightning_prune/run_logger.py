@@ -1,10 +1,8 @@
 """The run's TensorBoard logger: Lightning's, with the version claimed atomically on global rank 0.
 
-Lightning decides a run's folder once, on global rank 0, from its first logger (``<save_dir>/<name>/
-version_N``) and hands it to the other ranks by broadcast (``trainer.log_dir``, ``ModelCheckpoint``'s
-folder). Two launches that start together could still read the same free version; here rank 0
-creates the folder with ``os.mkdir``, which only one of them can do, and takes the next number if it
-loses. The other ranks create nothing.
+Lightning picks ``<save_dir>/<name>/version_N`` on rank 0 and broadcasts it; two launches that start
+together could read the same free version, so rank 0 creates it with ``os.mkdir`` (only one can) and
+takes the next number if it loses. The other ranks create nothing.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """Run identity: an experiment name plus a version, and the one folder that belongs to that run alone.
 
-A run ``<experiment>/version_N`` owns ``logs/<experiment>/version_N/``, Lightning's own layout:
-TensorBoard events, config.yaml, results.json, masks and exports, and its checkpoints in
-``checkpoints/`` inside it. Lightning picks the version on global rank 0 (from the logger) and shares it
-with the other ranks; this module only makes that pick atomic, so two launches that start together
-never share a version. Later tasks name the run they build on (``run:<experiment>``,
-:mod:`lightning_prune.references`) instead of a fixed file name. No Lightning imports.
+The layout and why a version is claimed atomically are in docs/runs.md. No Lightning imports.
 """
 
 from __future__ import annotations

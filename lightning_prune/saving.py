@@ -1,9 +1,7 @@
 """Checkpoints written whole or not at all, and a failed write (a full disk) as one line naming the file.
 
-Lightning writes a checkpoint straight to its final name, so a write that fails part-way (no space left,
-a folder that turned read-only) leaves a truncated ``.ckpt`` that looks like any other. Here it is written
-as every file of a run is (:func:`~lightning_prune.results.atomic_torch_save`: a temporary file renamed
-into place once complete), and a failure is one :class:`~lightning_prune.errors.ConfigError` line (exit 2).
+Lightning writes straight to the final name, so a failed write would leave a truncated ``.ckpt``; here it
+goes through :func:`~lightning_prune.results.atomic_torch_save` and a failure is one ``ConfigError``.
 """
 
 from __future__ import annotations

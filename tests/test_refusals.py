@@ -67,6 +67,14 @@ def test_a_dense_checkpoint_of_other_widths_is_refused(tmp_path, monkeypatch, ca
     assert "model.width_multiplier" in err and _error_lines(err) == 1
 
 
+@pytest.mark.parametrize("option", ["--model.width_multiplier=0", "--model.lr=-0.1"])
+def test_a_non_positive_multiplier_or_learning_rate_is_refused_where_parsed(tmp_path, monkeypatch, capsys, option):
+    monkeypatch.chdir(tmp_path)
+    err = run_cli_expecting_error(["fit", "--config", BASELINE, *tiny_cli_args(tmp_path), option], capsys)
+    assert option.split("=")[0].lstrip("-") in err and _error_lines(err) == 1
+    assert not (tmp_path / "logs").exists()
+
+
 def test_the_compound_config_continues_a_channel_pruned_checkpoint(tmp_path):
     narrow = str(_checkpoint(tmp_path / "channel.ckpt", NARROW, "channel"))
     check_starting_point(narrow, "unstructured", scaled_channels(TINY_WIDTH), TINY_CLASSIFIER)  # its own widths

@@ -14,7 +14,7 @@ from lightning_prune.checkpoint_io import FINISHED_FILE
 from lightning_prune.cli import main
 from lightning_prune.config_files import expand_configs
 from lightning_prune.errors import ConfigError
-from lightning_prune.references import resolve_reference
+from lightning_prune.references import resolve
 from lightning_prune.report.cli import main as report_main
 from lightning_prune.runs import Run, claim_next
 from tests.helpers import fake_cifar, last_checkpoint, run_cli_expecting_error, tiny_cli_args
@@ -46,14 +46,14 @@ def test_versions_never_collide_and_references_pick_the_newest(tmp_path):
         (run.checkpoint_dir / "last.ckpt").write_bytes(b"x")
         (run.checkpoint_dir / FINISHED_FILE).write_text("{}")
     (logs / "exp" / "version_2").mkdir()  # a run that never saved: not a candidate
-    assert resolve_reference("run:exp", ckpts) == second.checkpoint_dir / "last.ckpt"
-    assert resolve_reference("run:exp/version_0", ckpts) == first.checkpoint_dir / "last.ckpt"
-    assert resolve_reference("plain/path.ckpt", ckpts) == Path("plain/path.ckpt")
+    assert resolve("run:exp", ckpts).path == second.checkpoint_dir / "last.ckpt"
+    assert resolve("run:exp/version_0", ckpts).path == first.checkpoint_dir / "last.ckpt"
+    assert resolve("plain/path.ckpt", ckpts).path == Path("plain/path.ckpt")
     for ref, words in (("run:nope", ["no finished run of experiment 'nope'", "exp"]),
                        ("run:exp/version_7", ["no version_7", "versions with one: 0, 1"]),
                        ("run:exp:newest", ["run:<experiment>[/version_N][:last|:best]"])):
         with pytest.raises(ConfigError) as err:
-            resolve_reference(ref, ckpts)
+            resolve(ref, ckpts)
         assert all(w in str(err.value) for w in words), str(err.value)
 
 

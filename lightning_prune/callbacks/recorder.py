@@ -66,8 +66,7 @@ class Recorder(L.Callback):
         batches = take_batches(dm.test_dataloader(), self.settings.latency_batches, device)
         profile = profile_model(model, batches, self.settings, macs_model=macs_model)
         model.train(was_training)
-        accuracy = {"test_top1": test_accuracy[0], "test_top5": test_accuracy[1], "train_top1": train[0],
-                    "train_top5": train[1]}
+        accuracy = dict(zip(("test_top1", "test_top5", "train_top1", "train_top5"), (*test_accuracy, *train)))
         return {"variant": variant, "checkpoint": checkpoint, "accuracy": accuracy, "profile": profile,
                 "layers": layer_table(model)}
 

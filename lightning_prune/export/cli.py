@@ -25,6 +25,7 @@ from lightning_prune.export.pipeline import ATOL, FORMATS, export_checkpoint
 from lightning_prune.export.publish import HANDOFF_TABLE, discard, publish, staging, write_handoff
 from lightning_prune.export.sources import DATASETS, datamodule, default_out, recorded, variant_name
 from lightning_prune.names import CALIBRATIONS
+from lightning_prune.references import resolve
 from lightning_prune.report.handoff import HANDOFF_FILE, handoff_table
 from lightning_prune.runs import make_folder
 
@@ -89,8 +90,6 @@ def _formats(values: list[str] | None) -> list[str]:
 
 
 def _checkpoint(ref: str, logs: Path) -> Path:
-    from lightning_prune.references import resolve
-
     try:
         resolved = resolve(ref, logs)
     except ConfigError as err:
@@ -106,7 +105,6 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     (``figures["staging"]``, published by :func:`main`); returns its handoff entry."""
     ck = load_checkpoint_model(path, "--run")
     dm = datamodule(args, ck)
-    dm.setup("test")
     test = list(islice(dm.test_dataloader(), args.eval_batches))
     calibration = None
     if args.quantize:
@@ -117,12 +115,9 @@ def export_run(args: argparse.Namespace, ref: str, path: Path, out: Path, format
     info = recorded(path, args.logs)
     for note in info.pop("notes", []):
         print(f"note: {note}", file=sys.stderr)
-    metadata = {
-        "dataset": dm.dataset,
-        "preprocessing": {"input": "float32 NCHW RGB 32x32, pixels scaled to [0, 1], then (x - mean) / std",
-                          "mean": list(mean), "std": list(std)},
-        **info,
-    }
+    metadata = {"dataset": dm.dataset, **info,
+                "preprocessing": {"input": "float32 NCHW RGB 32x32, pixels scaled to [0, 1], then (x - mean) / std",
+                                  "mean": list(mean), "std": list(std)}}
     variant = variant_name(path)
     print(f"export: {ref} -> {out}/{variant}.* ({', '.join(formats)}{', int8' if args.quantize else ''})",
           file=sys.stderr)

@@ -84,16 +84,8 @@ def datamodule(args: argparse.Namespace, ck: CheckpointModel):
     if batch_size < 2:
         raise ExportError(f"--batch-size: must be >= 2 (the exported batch axis is dynamic), got {batch_size}")
 
-    def pick(value, key, default):
-        return value if value is not None else saved.get(key, default)
-
-    return ImageDataModule(
-        dataset=dataset,
-        data_dir=pick(args.data_dir, "data_dir", "data"),
-        batch_size=batch_size,
-        num_workers=0,
-        download=pick(args.download, "download", True),
-        verify_checksums=pick(args.verify_checksums, "verify_checksums", True),
-        val_size=saved.get("val_size", 0),
-        split_seed=saved.get("split_seed", 0),
-    )
+    pick = {key: value if value is not None else saved.get(key, default) for key, value, default in (
+        ("data_dir", args.data_dir, "data"), ("download", args.download, True),
+        ("verify_checksums", args.verify_checksums, True))}
+    return ImageDataModule(dataset=dataset, batch_size=batch_size, num_workers=0, val_size=saved.get("val_size", 0),
+                           split_seed=saved.get("split_seed", 0), **pick)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 import torch
 from torch import nn
@@ -25,9 +26,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        for i, (x, y) in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
+        for x, y in islice(batches, max_batches):
             logits = model(x.to(device))
             y = y.to(device)
             top1.update(logits, y)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import nn
@@ -28,16 +29,10 @@ class ProfileSettings:
 
 def take_batches(loader: Iterable, count: int, device: torch.device | str) -> list[torch.Tensor]:
     """The first ``count`` input batches, moved to the device once (cycling a short loader)."""
-    batches: list[torch.Tensor] = []
-    while len(batches) < count:
-        before = len(batches)
-        for x, _ in loader:
-            batches.append(x.to(device))
-            if len(batches) == count:
-                break
-        if len(batches) == before:
-            raise ValueError("cannot profile on an empty dataloader")
-    return batches
+    batches = [x.to(device) for x, _ in islice(loader, count)]
+    if not batches:
+        raise ValueError("cannot profile on an empty dataloader")
+    return [batches[i % len(batches)] for i in range(count)]
 
 
 @torch.inference_mode()

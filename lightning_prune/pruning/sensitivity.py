@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -202,9 +203,7 @@ def sensitivity_scan(
     was_training = model.training
     model.eval()
     try:
-        for b, (xb, yb) in enumerate(dataloader):
-            if max_batches is not None and b >= max_batches:
-                break
+        for b, (xb, yb) in enumerate(islice(dataloader, max_batches)):
             if b % world == rank:
                 sweep.batch(model, xb.to(device), yb.to(device))
     finally:
@@ -233,11 +232,7 @@ def naive_sensitivity_scan(
     if any(is_masked(modules[n]) for n in names):
         raise ValueError("naive_sensitivity_scan expects layers without pruning masks")
     device = next(model.parameters()).device
-    batches = []
-    for b, (x, y) in enumerate(dataloader):
-        if max_batches is not None and b >= max_batches:
-            break
-        batches.append((x.to(device), y.to(device)))
+    batches = [(x.to(device), y.to(device)) for x, y in islice(dataloader, max_batches)]
     was_training = model.training
     model.eval()
     result: dict[str, list[float]] = {}
