@@ -54,29 +54,6 @@ def read_curves_csv(path: str | Path) -> tuple[list[float], dict[str, list[float
     return levels, {row[0]: [float(a) for a in row[1:]] for row in rows[1:] if row}
 
 
-def plot_curves(curves: dict[str, list[float]], sparsities: Sequence[float], title: str = ""):
-    """Accuracy vs sparsity, one line per layer (matplotlib figure; the caller saves or logs it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
-    colors = plt.get_cmap("tab20")
-    markers = "osD^v<>p"
-    for i, (name, accs) in enumerate(curves.items()):
-        ax.plot(sparsities, accs, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
-                color=colors(i % 20), label=name)
-    ax.set_xlabel("sparsity of the pruned layer (fraction of its weights removed)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "Sensitivity: one layer magnitude-pruned at a time")
-    ax.set_xlim(min(sparsities) - 0.02, max(sparsities) + 0.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="layer")
-    fig.tight_layout()
-    return fig
-
-
 # --- a masked model: masks and COO weights ------------------------------------------------------
 
 

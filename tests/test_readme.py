@@ -64,7 +64,8 @@ def test_the_generated_tables_live_in_the_docs_pages():
     assert {("results_table", ("digits",)), ("results_table", ("cifar10",)), ("controls_table", ("cifar10",)),
             ("stages_table", ("cifar10",)), ("stages_table", ("digits",)), ("budget_table", ("cifar10",)),
             ("budget_table", ("cifar10", 15)), ("learning_curves_figure", ("cifar10",)),
-            ("layer_sparsity_figure", ("cifar10", "1a"))} <= calls_of("results.md.j2")
+            ("layer_sparsity_figure", ("cifar10", "1a")), ("sensitivity_figure", ("digits_unstructured",))} <= calls_of(
+        "results.md.j2")
     assert {("handoff_table", ()), ("ladder", ("cifar10",)), ("ladder", ("digits",))} <= calls_of("deploy.md.j2")
     assert ("controls_table", ("cifar10",)) in calls_of("discussion.md.j2")
     assert "{{" not in README.read_text(), "README.md is the entrance: its tables live in docs/"

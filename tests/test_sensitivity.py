@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_prune.artifacts import plot_curves, read_curves_csv, save_curves_csv
+from lightning_prune.artifacts import read_curves_csv, save_curves_csv
 from lightning_prune.pruning.layers import prunable_modules
 from lightning_prune.pruning.sensitivity import naive_sensitivity_scan, sensitivity_scan
+from lightning_prune.report.plots import sensitivity_curves
 
 LEVELS = (0.0, 0.5, 0.9)
 
@@ -51,5 +52,18 @@ def test_csv_round_trip_and_plot(tmp_path):
     curves = {"features.0": [90.0, 80.5, 10.0], "classifier.6": [90.0, 89.0, 70.25]}
     path = save_curves_csv(curves, LEVELS, tmp_path / "s.csv")
     assert read_curves_csv(path) == (list(LEVELS), curves)
-    fig = plot_curves(curves, LEVELS)
+    fig = sensitivity_curves(curves, LEVELS)
     assert [line.get_label() for line in fig.axes[0].get_lines()] == list(curves)
+
+
+def test_the_docs_figure_is_drawn_from_the_curves_results_json_keeps(tmp_path):
+    from lightning_prune.report.collect import RunResults
+    from lightning_prune.report.plots import sensitivity_figure
+
+    curves = {"features.0": [90.0, 80.5, 10.0], "classifier.6": [90.0, 89.0, 70.25]}
+    run = RunResults(tmp_path / "exp" / "version_0" / "results.json",
+                     {"seed": 1, "sweep": {"sparsities": list(LEVELS), "curves": curves}})
+    path = sensitivity_figure(run, tmp_path / "sweep.png")
+    assert path == tmp_path / "sweep.png" and path.stat().st_size > 1000
+    assert sensitivity_figure(RunResults(run.path, {"sweep": {"sparsities": list(LEVELS)}}), tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()

@@ -159,9 +159,11 @@ class Recorder(L.Callback):
         if handover.curves is not None:
             import matplotlib.pyplot as plt
 
+            from lightning_prune.report.plots import sensitivity_curves
+
             curves, levels, title = handover.curves
             files["sensitivity_csv"] = str(A.save_curves_csv(curves, levels, out / A.SENSITIVITY_CSV))
-            fig = A.plot_curves(curves, levels, title)
+            fig = sensitivity_curves(curves, levels, title)
             fig.savefig(out / A.SENSITIVITY_PLOT, bbox_inches="tight")
             log_each(trainer, "add_figure", "sensitivity", fig, close=False)
             plt.close(fig)

@@ -95,6 +95,11 @@ class Sources:
     def controls_table(self, dataset: str) -> str:
         return self._found(f"controls of {dataset}", controls.controls_table(self._dataset(dataset), self.pairs))
 
+    def sensitivity_figure(self, experiment: str) -> str:
+        """The 1a sweep of the experiment's latest seed, drawn from its results.json."""
+        run = self._run(experiment)
+        return self._figure(f"{experiment}-sensitivity", lambda path: plots.sensitivity_figure(run, path))
+
     def learning_curves_figure(self, dataset: str) -> str:
         main = [r for r in self._dataset(dataset) if not GRID_SUFFIX.search(r.experiment)]
         return self._figure(f"{dataset}-curves", lambda path: plots.learning_curves(main, path))

@@ -119,6 +119,25 @@ def relative_bars(runs: list[RunResults], path: Path, reference: dict | None) ->
                            xlabel="relative to the baseline (1.0 = same); error bars: 95 % CI over seeds"), path)
 
 
+def sensitivity_curves(curves: dict[str, list[float]], sparsities: list[float], title: str = ""):
+    """The 1a sweep: top-1 against the sparsity of the one layer pruned, a line per layer (the caller saves it)."""
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    for i, (name, accs) in enumerate(curves.items()):
+        ax.plot(sparsities, accs, marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1.5,
+                color=plt.get_cmap("tab20")(i % 20), label=name)
+    ax.set_xlim(min(sparsities) - 0.02, max(sparsities) + 0.02)
+    return _laid_out(fig, ax, {"loc": "center left", "bbox_to_anchor": (1.01, 0.5), "fontsize": 8, "title": "layer"},
+                     {"alpha": 0.3}, xlabel="sparsity of the pruned layer (fraction of its weights removed)",
+                     ylabel="top-1 accuracy (%)", title=title or "Sensitivity: one layer magnitude-pruned at a time")
+
+
+def sensitivity_figure(run: RunResults, path: Path) -> Path | None:
+    """A kept 1a run's sweep drawn again from its results.json (``sweep.curves``); None without one."""
+    sweep = run.data.get("sweep") or {}
+    title = f"{run.experiment}, seed {run.data.get('seed')}: one layer magnitude-pruned at a time"
+    return _save(sensitivity_curves(sweep["curves"], sweep["sparsities"], title), path) if sweep.get("curves") else None
+
+
 def layer_bars(series: dict[str, dict[str, float]], title: str = "Per-layer sparsity"):
     """Grouped bars: layer on x, sparsity on y, one bar per method side by side (a matplotlib figure)."""
     layers = list(dict.fromkeys(name for values in series.values() for name in values))
