@@ -16,10 +16,11 @@ from lightning_prune.report.handoff import handoff_section, ladders, records_of
 from lightning_prune.results import atomic_write_bytes
 
 STATS_NOTE = ("Where an experiment ran with several seeds, a cell is mean ± the half-width of its 95 % "
-              "confidence interval (Student t, n - 1 degrees of freedom, scipy.stats) with n seeds. Drops are "
+              "confidence interval (Student t, n - 1 degrees of freedom, scipy.stats) with n seeds; \"sd\" after a "
+              "single run's latency is its standard deviation over the timed batches. Drops are "
               "taken seed by seed against the dense model of the same seed. Differences between methods are "
               "claimed only from the controls table's tests (paired t-test when both ran the same seeds, else "
-              "Welch's), at p < 0.05.")
+              "Welch's), at p < 0.05 after Holm's correction over the table.")
 CONTROLS_NOTE = ("Each method against the control that removes its idea, on the pruned model's test top-1 (see "
                  "`lightning_prune/report/controls.py`). 'Not established' means the test did not find a "
                  "difference at p < 0.05, which with 3-5 seeds is not evidence that there is none.")

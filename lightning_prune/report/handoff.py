@@ -61,7 +61,7 @@ def _latency(record: dict[str, Any], form: str = "onnx") -> str:
     if cell == MISSING:
         return cell
     std, batch = record.get(f"{form}_latency_ms_std"), record.get("batch_size")
-    return (cell + (f" ± {std:.1f}" if isinstance(std, (int, float)) else "") + " ms"
+    return (cell + (f" (sd {std:.1f})" if isinstance(std, (int, float)) else "") + " ms"
             + (f" (bs {batch})" if isinstance(batch, int) else ""))
 
 

@@ -50,7 +50,7 @@ def row(run: RunResults, model: dict, reference: float | None, label: str | None
     latency = num(p.get("latency_ms"), "{:.1f}")
     merged = getattr(p.get("latency_ms"), "n", 1) > 1  # the spread shown is over seeds, not batches
     if isinstance(p.get("latency_ms_std"), (int, float)) and latency != MISSING and not merged:
-        latency += f" ± {p['latency_ms_std']:.1f}"
+        latency += f" (sd {p['latency_ms_std']:.1f})"  # "±" is kept for 95 % intervals over seeds
     if isinstance(p.get("batch_size"), (int, float)) and latency != MISSING:
         latency += f" (bs {int(p['batch_size'])})"
     peak = num(p.get("peak_memory_mb"), "{:.1f}")
