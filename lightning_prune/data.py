@@ -46,10 +46,12 @@ class _UncheckedMixin:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-def cifar_class(dataset: str, verify_checksums: bool) -> type:
-    """torchvision's CIFAR class, without its MD5 check when ``verify_checksums`` is false."""
-    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-    return cls if verify_checksums else type(f"Unchecked{cls.__name__}", (_UncheckedMixin, cls), {})
+class UncheckedCIFAR10(_UncheckedMixin, datasets.CIFAR10):
+    """CIFAR-10 without torchvision's MD5 check (a module-level class: worker processes unpickle it)."""
+
+
+class UncheckedCIFAR100(_UncheckedMixin, datasets.CIFAR100):
+    """CIFAR-100 without torchvision's MD5 check."""
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +149,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.dataset == "digits":
             return ArrayDataset(*self._digits_split(train), transform=transform)
         name = "CIFAR-10" if self.dataset == "cifar10" else "CIFAR-100"
-        cls = cifar_class(self.dataset, self.verify_checksums)
+        checked, unchecked = ((datasets.CIFAR10, UncheckedCIFAR10) if self.dataset == "cifar10"
+                              else (datasets.CIFAR100, UncheckedCIFAR100))
+        cls = checked if self.verify_checksums else unchecked
         try:
             return cls(root=self.data_dir, train=train, transform=transform, download=self.download)
         except FileNotFoundError as err:

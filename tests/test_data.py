@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
 
 import pytest
@@ -90,6 +91,9 @@ def test_real_cifar10_subset_loads_without_checksums(cifar10_subset):
     assert x.shape == (256, 3, 32, 32) and int(y.max()) <= 9
     # Normalised with CIFAR-10's statistics, real images are close to zero mean.
     assert x.mean().abs() < 0.3
+    # DataLoader workers started by spawn (macOS, Windows) receive the dataset pickled.
+    copy = pickle.loads(pickle.dumps(dm._sets["test"]))
+    assert type(copy) is type(dm._sets["test"]) and len(copy) == 1017
 
 
 def test_real_cifar10_subset_fails_the_checksum_clearly(cifar10_subset):

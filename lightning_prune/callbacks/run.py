@@ -167,11 +167,7 @@ def run_info(trainer: L.Trainer) -> RunInfo | None:
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's own folder, known on every rank without a collective from ``setup`` on.
-
-    From the CLI it is ``logs/<experiment>/version_N``; a Trainer built by hand uses its
-    ``default_root_dir``.
-    """
+    """The run's folder on every rank without a collective from ``setup`` on (by hand: ``default_root_dir``)."""
     info = run_info(trainer)
     return info.run.log_dir if info is not None and info.run is not None else Path(trainer.default_root_dir)
 
