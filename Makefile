@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint reproduce report clean bench bench-growth results-docs budget evidence evidence-baseline \
-	evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget int8-paths int8-diagnosis ladder-docs render-docs
+	evidence-1a evidence-1b evidence-2 evidence-ladder evidence-budget int8-paths int8-diagnosis ladder-docs render-docs \
+	fresh-clone-timing
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +16,12 @@ $(STAMP): pyproject.toml
 SEEDS ?= 1
 demo: $(STAMP)
 	$(PY) -m studies.demo --seeds $(SEEDS)
+
+# The set-up times the README states: a fresh clone of HEAD beside this one, `bash .ci/run` then `make demo`
+# timed there (about 15 minutes on 2 cores), kept in docs/results/fresh-clone-timing.json; then the docs.
+fresh-clone-timing: $(STAMP)
+	$(PY) -m studies.fresh_clone
+	$(MAKE) render-docs
 
 # Two pytest-xdist workers; the tests that start processes (DDP ranks, a killed fit) share one of them.
 test: $(STAMP)

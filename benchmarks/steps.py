@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.measure import Meter, layer_macs, suffix_macs
+from benchmarks.naive_sweep import naive_sensitivity_scan
 from lightning_prune.artifacts import export_sparse
 from lightning_prune.data import NUM_CLASSES, ImageDataModule
 from lightning_prune.models import VGG, scaled_channels, vgg16_bn
@@ -31,7 +32,7 @@ from lightning_prune.profiling.static import count_macs
 from lightning_prune.pruning.channel import prune_channels
 from lightning_prune.pruning.layers import count_parameters, layer_table, prunable_modules
 from lightning_prune.pruning.saliency import grasp_scores, masks_from_scores, snip_scores, split_batch
-from lightning_prune.pruning.sensitivity import DEFAULT_SPARSITIES, naive_sensitivity_scan, sensitivity_scan
+from lightning_prune.pruning.sensitivity import DEFAULT_SPARSITIES, sensitivity_scan
 from lightning_prune.pruning.unstructured import apply_magnitude_pruning
 
 REPO = Path(__file__).resolve().parent.parent

@@ -81,11 +81,6 @@ def new_results(task: str, dataset: str, device: torch.device | str, model: str 
     }
 
 
-def upsert_model(results: dict, entry: dict) -> None:
-    """Add a variant's entry, replacing an earlier one of the same name."""
-    results["models"] = [m for m in results["models"] if m["variant"] != entry["variant"]] + [entry]
-
-
 def save_results(results: dict, log_dir: str | Path) -> Path:
     """Validate, then write results.json and its markdown table into ``log_dir``."""
     results["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

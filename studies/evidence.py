@@ -174,16 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headline-seeds", type=int, default=5, help="seeds of the headline comparisons (default 5)")
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS, help="groups to run")
     parser.add_argument("--workers", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
+    parser.add_argument("--only", nargs="+", metavar="EXPERIMENT",
+                        help="only these experiments' steps (e.g. the staged 1b runs after a change of triggers)")
+    parser.add_argument("--fresh", action="store_true", help="run the chosen steps again even if their runs finished")
     parser.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.headline_seeds < args.seeds or args.workers < 1:
         parser.error("--seeds >= 1, --headline-seeds >= --seeds and --workers >= 1")
     steps = [s for s in plan(args.seeds, args.headline_seeds) if s.group in args.groups]
+    if args.only:
+        steps = [s for s in steps if any(s.label.startswith(f"{name}_s") for name in args.only)]
     if args.dry_run:
         for step in steps:
             print(f"{'done' if step.done() else 'todo'}  {step.group:<8} {' '.join(step.commands[0])}")
         return 0
-    return run(steps, STUDY, args.workers, resume=True, keep_going=True)
+    return run(steps, STUDY, args.workers, resume=not args.fresh, keep_going=True)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def _entry() -> dict:
 
 def test_results_are_validated_and_written_whole(tmp_path):
     results = R.new_results("baseline", "digits", "cpu")
-    R.upsert_model(results, _entry())
+    results["models"].append(_entry())
     path = R.save_results(results, tmp_path)
     assert json.loads(path.read_text())["models"][0]["variant"] == "dense"
     assert "| dense |" in path.with_suffix(".md").read_text()
@@ -104,15 +104,6 @@ def test_results_are_validated_and_written_whole(tmp_path):
         R.save_results(broken, tmp_path)
     assert json.loads(path.read_text())["models"][0]["accuracy"]["test_top1"] == 50.0  # old file intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]  # no temp files left
-
-
-def test_upsert_replaces_a_variant():
-    results = R.new_results("baseline", "digits", "cpu")
-    R.upsert_model(results, _entry())
-    second = _entry()
-    second["accuracy"]["test_top1"] = 60.0
-    R.upsert_model(results, second)
-    assert len(results["models"]) == 1 and results["models"][0]["accuracy"]["test_top1"] == 60.0
 
 
 @pytest.mark.skipif(not SHARED_SCHEMA.is_file(), reason="shared schema not beside the checkout")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.naive_sweep import naive_sensitivity_scan
 from lightning_prune.artifacts import read_curves_csv, save_curves_csv
 from lightning_prune.pruning.layers import prunable_modules
-from lightning_prune.pruning.sensitivity import naive_sensitivity_scan, sensitivity_scan
+from lightning_prune.pruning.sensitivity import sensitivity_scan
 from lightning_prune.report.plots import sensitivity_curves
 
 LEVELS = (0.0, 0.5, 0.9)

@@ -176,3 +176,20 @@ def test_cli_fit_writes_results(tmp_path, monkeypatch):
     model = ImageClassifier.load_from_checkpoint(ckpt).model
     exported = torch.load(run / "masks.pt", weights_only=True)
     assert all(torch.equal(current_masks(model)[n], exported[n]) for n in exported)
+
+
+def test_the_subset_triggers_are_fractions_of_what_its_dense_reference_reaches():
+    """The CIFAR-10 subset's 1b triggers: 0.2 / 0.4 / 0.6 of the mean final validation top-1 of the kept
+    dense reference runs (the same 20-epoch budget, never pruned), so that the stages can fire by accuracy."""
+    import statistics
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    finals = [json.loads(p.read_text())["history"][-1]["val_top1"]
+              for p in (root / "docs" / "results" / "cifar10subset_dense").glob("version_*/results.json")]
+    assert len(finals) >= 3
+    expected = [round(f * statistics.mean(finals)) for f in (0.2, 0.4, 0.6)]
+    for name in ("grasp", "snip", "grasp_abs"):
+        config = yaml.safe_load((root / "configs" / "cifar10-subset" / f"{name}.yaml").read_text())
+        assert config["prune"]["init_args"]["accuracy_triggers"] == expected, name

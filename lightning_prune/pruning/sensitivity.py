@@ -13,10 +13,9 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import prune
 
 from lightning_prune.pruning.layers import dense, prunable_modules
-from lightning_prune.pruning.unstructured import is_masked, magnitude_masks
+from lightning_prune.pruning.unstructured import magnitude_masks
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 0.7, 0.8, 0.9)
 CPU_PASS_MB = 8.0  # largest activation of one pass on the CPU: beyond the caches, more images run slower each
@@ -216,38 +215,3 @@ def sensitivity_scan(
     if seen == 0:
         raise ValueError("sensitivity_scan got an empty dataloader")
     return {n: [100.0 * float(c) / seen for c in counts[i, 1:]] for i, n in enumerate(names)}
-
-
-@torch.no_grad()
-def naive_sensitivity_scan(
-    model: nn.Module,
-    dataloader: Batches,
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-    layers: Sequence[str] | None = None,
-    max_batches: int | None = None,
-) -> dict[str, list[float]]:
-    """The reference: per (layer, level), prune the layer in place with ``l1_unstructured``, run the net."""
-    names = _resolve(model, sparsities, layers)
-    modules = prunable_modules(model)
-    if any(is_masked(modules[n]) for n in names):
-        raise ValueError("naive_sensitivity_scan expects layers without pruning masks")
-    device = next(model.parameters()).device
-    batches = [(x.to(device), y.to(device)) for x, y in islice(dataloader, max_batches)]
-    was_training = model.training
-    model.eval()
-    result: dict[str, list[float]] = {}
-    try:
-        for name in names:
-            module, result[name] = modules[name], []
-            original = module.weight.detach().clone()
-            for s in sparsities:
-                if s > 0:
-                    prune.l1_unstructured(module, "weight", amount=s)
-                hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-                if s > 0:
-                    prune.remove(module, "weight")
-                    module.weight.data = original.clone()
-                result[name].append(100.0 * hits / sum(len(y) for _, y in batches))
-    finally:
-        model.train(was_training)
-    return result

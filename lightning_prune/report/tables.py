@@ -114,13 +114,10 @@ def schedule_table(runs: list[RunResults]) -> str | None:
                 f"fallback epoch {event.get('fallback_epoch', MISSING)})",
                 num(val, "{:.1f}") if val is not None else "n/a", num(event.get("sparsity"), "{:.1%}"),
                 num(d.get("removed"), "{:.1%}"), num(d.get("top_removed"), "{:.1%}"),
-                num(d.get("filter_sum_ratio"), "{:.3f}"),
-            ])
-    if not rows:
-        return None
+                num(d.get("filter_sum_ratio"), "{:.3f}")])
     header = ["method", "stage", "epoch", "fired by", "val top-1 before", "sparsity after",
               "kept weights removed", "top-10% magnitude removed", "filter |sum| / sum |score|"]
-    return markdown(header, rows)
+    return markdown(header, rows) if rows else None
 
 
 def layer_table(runs: list[RunResults]) -> str | None:
@@ -145,10 +142,8 @@ def layer_table(runs: list[RunResults]) -> str | None:
                 columns[-1] = (columns[-1][0] + " = " + title.split(": ", 1)[1], cells)
             else:
                 columns.append((title, cells))
-    if not columns:
-        return None
-    header = ["layer", *[t for t, _ in columns]]
-    return markdown(header, [[name, *[c.get(name, MISSING) for _, c in columns]] for name in order])
+    rows = [[name, *[c.get(name, MISSING) for _, c in columns]] for name in order]
+    return markdown(["layer", *[t for t, _ in columns]], rows) if columns else None
 
 
 def environment_table(runs: list[RunResults]) -> str:
@@ -182,9 +177,8 @@ def operator_table(runs: list[RunResults], top: int = 4) -> str | None:
                       if any(marker in str(op.get("name", "")) for marker in SPARSE_MARKERS)]
             rows.append([task_label(run, runs), str(m.get("variant", MISSING)),
                          ", ".join(_operator_cell(op) for op in ops[:top]), ", ".join(sparse) or "none"])
-    if not rows:
-        return None
-    return markdown(["task", "variant", "top operators (share of self time)", "sparse / densifying operators"], rows)
+    header = ["task", "variant", "top operators (share of self time)", "sparse / densifying operators"]
+    return markdown(header, rows) if rows else None
 
 
 def meets(drop, budget: float) -> bool:
@@ -221,8 +215,7 @@ def budget_table(runs: list[RunResults], max_drop: float, references: Sequence[s
             name, target_label(target) if within else f"not established (least drop at {target_label(target)})", tried,
             num(removed_share(profile, dense_params(run, runs, references)), "{:.1%}"),
             num(profile.get("sparsity"), "{:.1%}"), num(drop), num(profile.get("model_size_mb")),
-            num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}"),
-        ])
+            num(scaled(profile.get("macs"), 1e-6), "{:.1f}"), num(profile.get("latency_ms"), "{:.1f}")])
     header = ["method", f"highest target within {max_drop:g} points", "top-1 drop at each target tried",
               "params removed (vs dense)", "sparsity (within the model)", "top-1 drop (points)", "size (MB, masked)",
               "MMACs", "latency (ms/batch)"]
