@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUMMARY = re.compile(r"=+ (.*\b(?:passed|failed)\b.*) in ([\d.]+)s")  # pytest's last line
+SUMMARY = re.compile(r"^=*\s*(\d+ (?:passed|failed).*?) in ([\d.]+)s", re.M)  # pytest's last line, -q or not
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> float:
