@@ -2,8 +2,9 @@
 
 Groups (``--groups``, in this order by default), each a list of ``lightning-prune`` commands per seed:
 
-- ``baseline``: the 40-epoch plateau baseline (fit, then test for its profile), and one 60-epoch fit
-  that shows the plateau; ``dense``: the 20-epoch never-pruned reference of 1b;
+- ``baseline``: the 40-epoch plateau baseline (fit, then test for its profile), the same trained 10 more
+  epochs unpruned (the fair reference of the drops after fine-tuning), and one 60-epoch fit that shows the
+  plateau; ``dense``: the 20-epoch never-pruned reference of 1b;
 - ``1a``: magnitude pruning of seed k's baseline to 90 %, sensitivity allocation and its controls
   (one global threshold, uniform per layer);
 - ``2``: channel pruning of seed k's baseline to 90 % of its parameters: LASSO, L1-norm and random
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from lightning_prune.runs import grid_experiment
@@ -40,7 +42,7 @@ from studies import runs
 from studies.runner import Step, run
 
 SUBSET = Path("configs/cifar10-subset")
-BASELINE, DENSE = "cifar10subset_baseline", "cifar10subset_dense"
+BASELINE, DENSE, FINETUNED = "cifar10subset_baseline", "cifar10subset_dense", "cifar10subset_baseline_ft"
 GROUPS = ("baseline", "dense", "1a", "2", "1b", "ladder", "budget")
 BUDGET_TARGETS = (0.7, 0.8)
 STUDY = Path("logs/evidence")
@@ -129,11 +131,14 @@ def _ladder(s: int) -> list[Step]:
                           [(experiment, s)], "export") for experiment in LADDER_EXPORTS]
 
 
-def _references(s: int) -> list[Step]:
-    """Seed ``s``'s plateau baseline and 1b dense reference, each fitted then tested."""
+def _references(s: int, finetuned: bool = False) -> list[Step]:
+    """Seed ``s``'s plateau baseline and 1b dense reference, each fitted then tested; ``finetuned``: the baseline
+    trained 10 more epochs unpruned instead (the fair reference of the drops after fine-tuning)."""
     steps = []
-    for group, experiment, config in (("baseline", BASELINE, "baseline"), ("dense", DENSE, "dense")):
-        steps.append(fit(group, config, experiment, s))
+    references = (("baseline", BASELINE, "baseline"), ("dense", DENSE, "dense"))
+    for group, experiment, config in (("baseline", FINETUNED, "baseline_ft"),) if finetuned else references:
+        pretrained = (f"--model.pretrained={{{BASELINE}@{s}}}",) if finetuned else ()
+        steps.append(fit(group, config, experiment, s, *pretrained, needs=[(BASELINE, s)] if finetuned else ()))
         steps.append(_step(group, experiment, s, ["test", "--config", str(SUBSET / f"{config}.yaml"),
                                                   f"--ckpt_path={{{experiment}@{s}}}", f"--seed_everything={s}"],
                            [(experiment, s)], "test"))
@@ -143,7 +148,7 @@ def _references(s: int) -> list[Step]:
 def plan(seeds: int, headline: int) -> list[Step]:
     """Every step, in the order they start: the order is a priority, so a stopped set keeps whole comparisons."""
     steps = [step for s in range(headline) for step in _references(s)]
-    for stage in (_headline, _ladder, _controls):
+    for stage in (_headline, partial(_references, finetuned=True), _ladder, _controls):
         steps += [step for s in range(seeds) for step in stage(s)]
     steps += [step for s in range(seeds, headline) for step in _headline(s)]
     for stage in MORE_CONTROLS:

@@ -70,6 +70,12 @@ def test_the_evidence_plan_keeps_whole_comparisons_and_waits_for_what_it_prunes(
     assert labels.count("cifar10subset_channel_t70_s0") == 1  # the ladder's channel run is also a budget run
     exports = [s for s in steps if s.label.endswith("_export")]
     assert len(exports) == 3 * len(evidence.LADDER_EXPORTS) and all(not s.makes for s in exports)
+    finetuned = {s.label: s for s in steps if s.label.startswith(f"{evidence.FINETUNED}_s")}
+    assert sorted(finetuned) == sorted(f"{evidence.FINETUNED}_s{s}{t}" for s in range(3) for t in ("", "_test"))
+    fit1 = finetuned[f"{evidence.FINETUNED}_s1"]
+    assert fit1.needs == [(evidence.BASELINE, 1)]
+    assert f"--model.pretrained={{{evidence.BASELINE}@1}}" in fit1.commands[0]
+    assert labels.index(f"{evidence.FINETUNED}_s0") > labels.index(f"{evidence.BASELINE}_s0_test")
 
 
 def _run(logs: Path, experiment: str, version: int, seed: int, done: bool) -> None:

@@ -63,7 +63,7 @@ def _stated() -> tuple[list[tuple[str, str, str, str]], set[tuple[str, str]]]:
 
     original = {name: env.globals[name] for name in ("cmp", "verdict")}
     env.globals.update({name: recorded(name) for name in original})
-    for template in docs.templates(env):
+    for template in env.list_templates(extensions=["j2"]):
         page = template
         env.get_template(template).render()
     for path in sorted(DOCS.glob("*.md")):
@@ -103,7 +103,7 @@ def test_every_cost_comparison_within_a_run_follows_from_its_corrected_paired_te
     runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
     said, original = [], env.globals["within"]
     env.globals["within"] = lambda *args: said.append((args, original(*args))) or said[-1][1]
-    for template in docs.templates(env):
+    for template in env.list_templates(extensions=["j2"]):
         env.get_template(template).render()
     assert {args[2] for args, _ in said} >= {"latency", "peak_memory", "avg_memory"}, said
     section = {"latency": "latency_ms", "peak_memory": "peak_memory_mb", "avg_memory": "avg_memory_mb",
@@ -131,3 +131,35 @@ def test_every_cost_comparison_within_a_run_follows_from_its_corrected_paired_te
         diff, p_holm = tests[args][0], corrected[args]
         expected = ("lower" if diff < 0 else "higher") if p_holm < 0.05 else "not established"
         assert text.endswith(f"Holm p = {p_holm:.2g}: {expected})"), (args, text, p_holm)
+
+
+def test_every_drop_against_the_fine_tuned_reference_is_recomputed_seed_by_seed():
+    """``drops``: a pruned run's top-1 loss on the seeds it shares with a dense run trained as long, against its
+    own baseline and against that run, each with its 95 % t interval; "within" only where the interval's upper
+    end is within the budget."""
+    env = docs.environment(DOCS, DOCS / "results")
+    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
+    said, original = [], env.globals["drops"]
+    env.globals["drops"] = lambda *args: said.append((args, original(*args))) or said[-1][1]
+    for template in env.list_templates(extensions=["j2"]):
+        env.get_template(template).render()
+    assert {args[0] for args, _ in said} >= {"cifar10subset_unstructured", "cifar10subset_channel_t70"}, said
+
+    def seeds_of(value):
+        return dict(zip(value.seeds, value.values))
+
+    for (experiment, reference, *budget), text in said:
+        models = {m["variant"]: m["accuracy"]["test_top1"] for m in runs[experiment].data["models"]}
+        pruned = seeds_of(controls.pruned_top1(runs[experiment]))
+        own, ref = seeds_of(models["dense"]), seeds_of(runs[reference].data["models"][0]["accuracy"]["test_top1"])
+        shared = sorted(set(pruned) & set(ref))
+        assert len(shared) >= 2, (experiment, shared)
+        for base in (own, ref):
+            drops = [base[s] - pruned[s] for s in shared]
+            mean, half = sum(drops) / len(drops), stats.t.ppf(0.975, len(drops) - 1) * stats.tstd(drops) / len(
+                drops) ** 0.5
+            assert f"{mean:.2f} ± {half:.2f} against" in text, (experiment, text)
+        fair = [ref[s] - pruned[s] for s in shared]
+        upper = sum(fair) / len(fair) + stats.t.ppf(0.975, len(fair) - 1) * stats.tstd(fair) / len(fair) ** 0.5
+        within = "within" if upper <= (budget[0] if budget else 5.0) else "not within"
+        assert f"({within} " in text and f"seeds {', '.join(map(str, shared))})" in text, (experiment, text)

@@ -208,6 +208,17 @@ class Sources:
         return (f"{a / b:.2f}x ({r.difference:+.1f} ± {r.ci95:.1f}, {r.test}, n = {r.n[0]}, p = {r.p:.2g}, "
                 f"Holm p = {r.p_corrected:.2g}: {said})")
 
+    def drops(self, experiment: str, reference: str, budget: float = 5.0) -> str:
+        """The pruned top-1 drop, seed by seed on the seeds shared with ``reference`` (a dense run trained as long as
+        the pruned one was fine-tuned): against the run's own dense model and against ``reference``'s."""
+        run, ref = self._run(experiment), stats.per_seed(self._model(reference, "dense")[1]["accuracy"]["test_top1"])
+        pruned, own = stats.per_seed(controls.pruned_top1(run)), stats.per_seed(reference_top1(run, []))
+        seeds = self._found(f"seeds {experiment} shares with {reference}", [s for s in pruned if s in ref and s in own])
+        own, fair = (Stat([base[s] - pruned[s] for s in seeds], seeds) for base in (own, ref))
+        within = "within" if tables.meets(fair, budget) else "not within"
+        return (f"{own:.2f} ± {own.ci95:.2f} against its own baseline, {fair:.2f} ± {fair.ci95:.2f} against "
+                f"`{reference}` ({within} {budget:g} points at 95 %; seeds {', '.join(map(str, seeds))})")
+
     def layer_sparsity(self, experiment: str, layer: str) -> str:
         """The pruned model's sparsity of one layer."""
         found = [r["sparsity"] for r in self._model(experiment, MASKED)[1].get("layers") or [] if r["name"] == layer]
@@ -226,14 +237,10 @@ def environment(folder: Path, results: Path, draw: bool = False) -> jinja2.Envir
     return env
 
 
-def templates(env: jinja2.Environment) -> list[str]:
-    return env.list_templates(filter_func=lambda name: name.endswith(SUFFIX))
-
-
 def calls(env: jinja2.Environment) -> dict[str, list[tuple[str, tuple]]]:
     """Per template, every call it makes, in order: the function's name and its constant arguments."""
     found = {}
-    for name in templates(env):
+    for name in env.list_templates(extensions=["j2"]):
         source, filename, _ = env.loader.get_source(env, name)
         found[name] = [(call.node.name, tuple(arg.value for arg in call.args if isinstance(arg, nodes.Const)))
                        for call in env.parse(source, name, filename).find_all(nodes.Call)
@@ -262,7 +269,7 @@ def render(folder: Path, results: Path, write: bool = True) -> dict[Path, int | 
     try:
         env = environment(folder, results, draw=write)
         pages = {(folder.parent if name == ENTRANCE else folder) / name.removesuffix(".j2"):
-                 env.get_template(name).render() for name in templates(env)}
+                 env.get_template(name).render() for name in env.list_templates(extensions=["j2"])}
     except (jinja2.TemplateError, ValueError, LookupError, TypeError) as err:
         raise ValueError(f"{_where(err)}: {' '.join(str(err).split()) or type(err).__name__}") from err
     differs = {}

@@ -59,11 +59,8 @@ def _std(value) -> float:
 
 
 def accuracy_series(runs: list[RunResults], reference: dict | None = None) -> dict[str, list[tuple[float, ...]]]:
-    """Per method, its points (% removed, top-1, std of each over seeds), sorted by the share removed.
-
-    Grid runs of one method (``python -m studies.budget``) join into one curve. Variants of
-    one run with the same point (masked, COO, densified: same weights) count once.
-    """
+    """Per method, its points (% removed, top-1, std of each over seeds), sorted by the share removed: a method's
+    grid runs join into one curve; variants of one run at the same point (masked, COO, densified) count once."""
     dense = (reference or {}).get("profile", {}).get("nonzero_params")
     series: dict[str, dict[tuple[float, float], tuple[float, ...]]] = {}
     for run, _, p, a in _points(runs):
