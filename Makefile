@@ -23,7 +23,7 @@ fresh-clone-timing: $(STAMP)
 	$(PY) -m studies.fresh_clone
 	$(MAKE) render-docs
 
-# Two pytest-xdist workers; the tests that start processes (DDP ranks, a killed fit) share one of them.
+# Two pytest-xdist workers; the launches that race each other (a killed fit, two at once) share one of them.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 

@@ -99,7 +99,7 @@ def test_every_config_parses(config, capsys):
     prefix = {"demo": "digits", "cifar10-subset": "cifar10subset"}.get(config.parent.name, config.parent.name)
     assert printed["run"]["experiment"] == f"{prefix}_{config.stem}"
     assert not printed["checkpoint"]["save_last"]  # every fit writes last.ckpt itself (LastCheckpoint)
-    task = config.stem if config.stem != "dense" else "baseline"
+    task = "baseline" if config.stem in ("dense", "baseline_ft") else config.stem  # unpruned references
     method = (printed.get("prune") or {}).get("init_args", {}).get("method")
     assert (printed["prune"] is None) == (task == "baseline") and method in (None, task)
 

@@ -77,7 +77,7 @@ def test_the_final_epoch_is_what_run_references_resume_and_export_get(tmp_path, 
     assert _epoch(resumed) == 3 and torch.load(resumed, weights_only=False)["global_step"] == 8
 
 
-@pytest.mark.xdist_group("processes")  # starts processes: with the DDP tests, in turn
+@pytest.mark.xdist_group("processes")  # starts processes whose timing matters: one worker runs them in turn
 def test_a_killed_fit_is_skipped_by_run_references_and_kept_out_of_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", BASELINE, *_tiny(tmp_path, "killed")]) == 0
@@ -115,7 +115,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xdist_group("processes")  # starts processes: with the DDP tests, in turn
+@pytest.mark.xdist_group("processes")  # starts processes whose timing matters: one worker runs them in turn
 def test_two_launches_at_once_one_of_them_two_nodes_get_distinct_versions(tmp_path):
     """A 2-node DDP job (one process per node, as an external launcher starts them) and a single run, together."""
     args = [*_tiny(tmp_path, "together"), "--trainer.accelerator=cpu"]
