@@ -95,16 +95,22 @@ def test_holm_matches_the_textbook_example():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
 
 
+def _calls_of(name: str) -> tuple[list, dict]:
+    """Every call of the template function ``name`` the pages make, with what it rendered, and the kept runs."""
+    env = docs.environment(DOCS, DOCS / "results")
+    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
+    said, original = [], env.globals[name]
+    env.globals[name] = lambda *args: said.append((args, original(*args))) or said[-1][1]
+    for template in env.list_templates(extensions=["j2"]):
+        env.get_template(template).render()
+    return said, runs
+
+
 def test_every_cost_comparison_within_a_run_follows_from_its_corrected_paired_test():
     """``within`` (a pruned model's memory, latency or size against its own run's dense model): recomputed per
     seed with scipy's paired t and Holm over every such call the pages make; a figure equal in every seed is
     reported as such, with no test."""
-    env = docs.environment(DOCS, DOCS / "results")
-    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
-    said, original = [], env.globals["within"]
-    env.globals["within"] = lambda *args: said.append((args, original(*args))) or said[-1][1]
-    for template in env.list_templates(extensions=["j2"]):
-        env.get_template(template).render()
+    said, runs = _calls_of("within")
     assert {args[2] for args, _ in said} >= {"latency", "peak_memory", "avg_memory"}, said
     section = {"latency": "latency_ms", "peak_memory": "peak_memory_mb", "avg_memory": "avg_memory_mb",
                "size": "model_size_mb"}
@@ -137,12 +143,7 @@ def test_every_drop_against_the_fine_tuned_reference_is_recomputed_seed_by_seed(
     """``drops``: a pruned run's top-1 loss on the seeds it shares with a dense run trained as long, against its
     own baseline and against that run, each with its 95 % t interval; "within" only where the interval's upper
     end is within the budget."""
-    env = docs.environment(DOCS, DOCS / "results")
-    runs = {r.experiment: r for r in (merge_runs(g) for g in seed_groups(load_runs(DOCS / "results")))}
-    said, original = [], env.globals["drops"]
-    env.globals["drops"] = lambda *args: said.append((args, original(*args))) or said[-1][1]
-    for template in env.list_templates(extensions=["j2"]):
-        env.get_template(template).render()
+    said, runs = _calls_of("drops")
     assert {args[0] for args, _ in said} >= {"cifar10subset_unstructured", "cifar10subset_channel_t70"}, said
 
     def seeds_of(value):
