@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 from lightning_prune.runs import grid_experiment
@@ -131,24 +130,28 @@ def _ladder(s: int) -> list[Step]:
                           [(experiment, s)], "export") for experiment in LADDER_EXPORTS]
 
 
-def _references(s: int, finetuned: bool = False) -> list[Step]:
-    """Seed ``s``'s plateau baseline and 1b dense reference, each fitted then tested; ``finetuned``: the baseline
-    trained 10 more epochs unpruned instead (the fair reference of the drops after fine-tuning)."""
-    steps = []
-    references = (("baseline", BASELINE, "baseline"), ("dense", DENSE, "dense"))
-    for group, experiment, config in (("baseline", FINETUNED, "baseline_ft"),) if finetuned else references:
-        pretrained = (f"--model.pretrained={{{BASELINE}@{s}}}",) if finetuned else ()
-        steps.append(fit(group, config, experiment, s, *pretrained, needs=[(BASELINE, s)] if finetuned else ()))
-        steps.append(_step(group, experiment, s, ["test", "--config", str(SUBSET / f"{config}.yaml"),
-                                                  f"--ckpt_path={{{experiment}@{s}}}", f"--seed_everything={s}"],
-                           [(experiment, s)], "test"))
-    return steps
+def _test(group: str, config: str, experiment: str, s: int) -> Step:
+    """The test of seed ``s``'s run of an unpruned reference: its profile and test accuracy."""
+    return _step(group, experiment, s, ["test", "--config", str(SUBSET / f"{config}.yaml"),
+                                        f"--ckpt_path={{{experiment}@{s}}}", f"--seed_everything={s}"],
+                 [(experiment, s)], "test")
+
+
+def _references(s: int) -> list[Step]:
+    """Seed ``s``'s plateau baseline and 1b dense reference, each fitted then tested."""
+    return [step for group, experiment, config in (("baseline", BASELINE, "baseline"), ("dense", DENSE, "dense"))
+            for step in (fit(group, config, experiment, s), _test(group, config, experiment, s))]
+
+
+def _finetuned(s: int) -> list[Step]:
+    """Seed ``s``'s baseline trained 10 more epochs unpruned (the fair reference of the drops after fine-tuning)."""
+    return [pruned("baseline", "baseline_ft", FINETUNED, s), _test("baseline", "baseline_ft", FINETUNED, s)]
 
 
 def plan(seeds: int, headline: int) -> list[Step]:
     """Every step, in the order they start: the order is a priority, so a stopped set keeps whole comparisons."""
     steps = [step for s in range(headline) for step in _references(s)]
-    for stage in (_headline, partial(_references, finetuned=True), _ladder, _controls):
+    for stage in (_headline, _finetuned, _ladder, _controls):
         steps += [step for s in range(seeds) for step in stage(s)]
     steps += [step for s in range(seeds, headline) for step in _headline(s)]
     for stage in MORE_CONTROLS:
