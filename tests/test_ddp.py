@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_prune.cli import main as cli_main
 from lightning_prune.models import VGG
 from lightning_prune.pruning.sensitivity import sensitivity_scan
 from tests.helpers import TINY_CLASSIFIER, last_checkpoint, tiny_cli_args
+from tests.helpers.sweep_rank import sweep_rank
 
 pytestmark = pytest.mark.slow  # each launch picks its own free port, so two can run at once
 
@@ -80,11 +80,14 @@ def test_every_task_fits_under_ddp(tmp_path, monkeypatch, task):
         assert results["models"][1]["channels"] != results["models"][0]["layers"][0].get("out_channels")
 
 
-def test_a_ddp_staged_fit_resumes_at_the_right_stage(tmp_path):
-    """GraSP under DDP, stopped after two stages and resumed: the third fires once, and the ranks agree."""
-    args = [*tiny_cli_args(tmp_path, "ddp_grasp"), *SMALL, *TASK_ARGS["grasp"], *DDP]
-    cli(tmp_path, ["fit", "--config", str(CONFIGS / "grasp.yaml"), *args, "--trainer.max_epochs=2",
-                   "--prune.record=false"])
+def test_a_ddp_staged_fit_resumes_at_the_right_stage(tmp_path, monkeypatch):
+    """GraSP stopped after two stages (one process: the stages under DDP are the resumed fit's) and resumed under
+    DDP: the third fires once, on both ranks alike."""
+    args = [*tiny_cli_args(tmp_path, "ddp_grasp"), *SMALL, *TASK_ARGS["grasp"]]
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["fit", "--config", str(CONFIGS / "grasp.yaml"), *args, "--trainer.max_epochs=2",
+                     "--prune.record=false"]) == 0
+    args += DDP
     ckpt = last_checkpoint(tmp_path, "ddp_grasp")
     done = [s["epoch"] for s in torch.load(ckpt, weights_only=False)["callbacks"]["StagedPruning"]["events"]]
     assert done == [0, 1]
@@ -100,20 +103,6 @@ def test_a_ddp_staged_fit_resumes_at_the_right_stage(tmp_path):
     assert checksums[0] == checksums[1]
 
 
-def _sweep_rank(rank: int, port: int, model_state: dict, batches: list, out: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    model = VGG(10, [4] * 13, TINY_CLASSIFIER)
-    model.load_state_dict(model_state)
-
-    def reduce(t: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(t)
-        return t
-
-    out[rank] = sensitivity_scan(model, batches, [0.0, 0.5, 0.9], shard=(rank, 2), reduce=reduce)
-    dist.destroy_process_group()
-
-
 def test_the_sharded_sweep_equals_the_single_process_one():
     model = VGG(10, [4] * 13, TINY_CLASSIFIER)
     g = torch.Generator().manual_seed(3)
@@ -122,7 +111,7 @@ def test_the_sharded_sweep_equals_the_single_process_one():
     with mp.Manager() as manager:
         out = manager.dict()
         port = 29500 + os.getpid() % 1000
-        mp.spawn(_sweep_rank, args=(port, model.state_dict(), batches, out), nprocs=2, join=True)
+        mp.spawn(sweep_rank, args=(port, model.state_dict(), TINY_CLASSIFIER, batches, out), nprocs=2, join=True)
         assert out[0] == out[1]
         for name, curve in single.items():
             assert out[0][name] == pytest.approx(curve, abs=1e-9)

@@ -50,7 +50,8 @@ def test_demo_configs_write_a_report_with_every_section(tmp_path, monkeypatch):
     # Two-batch models are near chance: one flipped test image moves top-1 by more than the int8 gate's point.
     # In this process (--workers 0): the parallel runner has its own tests, and here starts would cost more than
     # two-batch steps. Without equalization each run is one ONNX export, not two (tests/test_int8.py has it).
-    exports = [f"--export-option={o}" for o in ("--max-int8-drop=100", "--no-equalize", "--latency-batches=1")]
+    exports = [f"--export-option={o}" for o in ("--max-int8-drop=100", "--no-equalize", "--latency-batches=1",
+                                                   "--calibration-images=64", "--eval-batches=2")]
     assert demo.main(["--configs", str(configs), "--workers", "0", *exports, "--", *TINY]) == 0
 
     results = {p.parts[-3]: json.loads(p.read_text()) for p in Path("logs").glob("*/version_*/results.json")}
